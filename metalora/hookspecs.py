@@ -1,0 +1,73 @@
+"""Pluggy hook specifications: how a plugin tells metalora what it provides.
+
+Each ``register_*`` hook receives a ``register`` callable. A plugin calls it
+once per implementation, in the manner of simonw/llm's ``register_models``::
+
+    from metalora import hookimpl
+
+    @hookimpl
+    def register_learners(register):
+        register(MyLearner)
+
+Learners, priors, metrics and pruners are registered as classes (with a
+``name`` class attribute); task samplers as instances (one per suite, so one
+class can provide several suites). ``register`` also takes an explicit name:
+``register(obj, name="alias")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+import pluggy
+import typer
+
+PROJECT = "metalora"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., None]
+"""``register(implementation, name=None)``."""
+
+
+@hookspec
+def register_learners(register: Register) -> None:
+    """Register :class:`metalora.interfaces.Learner` subclasses."""
+
+
+@hookspec
+def register_priors(register: Register) -> None:
+    """Register :class:`metalora.interfaces.Prior` subclasses."""
+
+
+@hookspec
+def register_task_samplers(register: Register) -> None:
+    """Register :class:`metalora.interfaces.TaskSampler` instances (one per suite)."""
+
+
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Register :class:`metalora.interfaces.Metric` subclasses."""
+
+
+@hookspec
+def register_pruners(register: Register) -> None:
+    """Register :class:`metalora.interfaces.Pruner` subclasses."""
+
+
+@hookspec
+def register_commands(app: typer.Typer) -> None:
+    """Add commands to the ``metalora`` CLI (``@app.command()``)."""
+
+
+HOOK_KINDS: dict[str, str] = {
+    "register_learners": "learner",
+    "register_priors": "prior",
+    "register_task_samplers": "suite",
+    "register_metrics": "metric",
+    "register_pruners": "pruner",
+}
+"""Each registration hook and the kind of implementation it registers."""
+

@@ -1,0 +1,125 @@
+"""The :class:`Learner` interface and what the engine hands a learner."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from metalora.settings import NoSettings
+
+if TYPE_CHECKING:
+    from metalora.adapters import AdapterHandle
+    from metalora.batching import Batch, PromptEncoder
+    from metalora.config import RunSettings
+    from metalora.episodes import EpisodeSampler
+    from metalora.interfaces.prior import Prior
+    from metalora.records import Task
+
+
+@dataclass
+class StepLog:
+    """One optimisation step, as the engine logs it (JSONL) and checks it (NaN)."""
+
+    epoch: int
+    task: str | None
+    step: int
+    loss: float
+    phase: str = "train"
+    """E.g. ``"train"``, ``"inner"`` or ``"outer"``."""
+    components: dict[str, float] = field(default_factory=dict)
+    """Named loss terms, e.g. ``{"nll": ..., "kl": ..., "prior": ...}``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat JSON-ready mapping."""
+        return {
+            "epoch": self.epoch,
+            "task": self.task,
+            "step": self.step,
+            "phase": self.phase,
+            "loss": self.loss,
+            **self.components,
+        }
+
+
+@dataclass
+class LearnerContext:
+    """Everything a learner needs, built by the engine for one run and seed."""
+
+    model: nn.Module
+    """The causal LM with frozen base weights (adapters are attached by the learner)."""
+    encoder: PromptEncoder
+    episodes: EpisodeSampler
+    run: RunSettings
+    settings: Any
+    """The learner's own ``Settings`` instance."""
+    rng: random.Random
+    """Seeded Python RNG for task order and batch draws."""
+    make_prior: Callable[[str], Prior] = field(default=lambda name: None)  # type: ignore[arg-type,return-value]
+    """Builds a registered prior by name, with its settings resolved from the run's config."""
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+
+class Learner(ABC):
+    """A way to train LoRA adapters across tasks and adapt them to a new task.
+
+    Lifecycle, driven by :mod:`metalora.engine`:
+
+    1. ``__init__`` attaches the learner's adapter pairs to ``context.model``
+       (:func:`metalora.adapters.attach_adapters`) and builds its optimisers.
+    2. :meth:`train_epoch` runs one pass over the training tasks, yielding a
+       :class:`StepLog` per optimisation step.
+    3. For each evaluated task the engine snapshots every adapter tensor,
+       calls :meth:`adapt` on the support batches, :meth:`predict_proba` on
+       the query batches, and restores the snapshot exactly.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Settings: ClassVar[type] = NoSettings
+    mean_pair: ClassVar[str] = "default"
+    """The adapter pair whose ``s * B @ A`` is the (global mean) weight update.
+
+    Pruning merges it and PEFT export writes it.
+    """
+
+    def __init__(self, context: LearnerContext) -> None:
+        self.context = context
+        self.settings = context.settings
+
+    @property
+    @abstractmethod
+    def adapters(self) -> AdapterHandle:
+        """The adapter pairs this learner attached to the model."""
+
+    def steps_per_epoch(self, tasks: Sequence[Task]) -> int:
+        """How many :class:`StepLog` entries :meth:`train_epoch` yields (for progress bars)."""
+        return 0
+
+    @abstractmethod
+    def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
+        """One pass over ``tasks``, yielding after each optimisation step."""
+
+    @abstractmethod
+    def adapt(self, support: Sequence[Batch]) -> None:
+        """Test-time adaptation on one unseen task's support batches (mutates adapters)."""
+
+    @abstractmethod
+    def predict_proba(self, batch: Batch) -> Tensor:
+        """``(B, O)`` option probabilities, renormalised over each example's options."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond the adapter tensors needed to resume (optimiser states)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""

@@ -1,0 +1,26 @@
+"""The :class:`Metric` interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import Tensor
+
+
+class Metric(ABC):
+    """A score of predicted option probabilities against the correct options.
+
+    ``probs`` is ``(N, O)``: each row sums to one over the example's options
+    and is zero on padded positions (``option_mask`` False). ``targets`` is
+    ``(N,)``, the index of the correct option. The result is one float per
+    task; the evaluation protocol macro-averages it over tasks.
+    """
+
+    name: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def compute(self, probs: Tensor, targets: Tensor, option_mask: Tensor) -> float:
+        """The metric over one task's predictions."""

@@ -1,0 +1,212 @@
+"""The plugin manager: loads entry points and builds the registries.
+
+Every implementation, built-in or third-party, arrives the same way: a module
+listed under the ``metalora`` entry-point group defines ``@hookimpl``
+functions from :mod:`metalora.hookspecs`. Set ``METALORA_PLUGINS`` to a
+comma-separated list of entry-point names to load only those (an empty value
+loads none). A plugin that fails to import is reported as a warning and the
+others still load; two implementations of one kind under one name are an
+error that names both providers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from metalora import hookspecs
+from metalora.errors import PluginError, unknown_choice
+
+ENTRY_POINT_GROUP = "metalora"
+ALLOW_LIST_ENV = "METALORA_PLUGINS"
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin could not be imported or failed while registering."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered implementation and where it came from."""
+
+    kind: str
+    name: str
+    implementation: Any
+    plugin: str
+    """The plugin (entry-point or registration) name."""
+    provider: str
+    """The distribution that provides it, or the plugin name if it was registered in code."""
+
+
+class Registry:
+    """The implementations of one kind, by name."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Registration] = {}
+
+    def add(self, registration: Registration) -> None:
+        """Add one implementation; a second one with the same name is an error."""
+        seen = self._entries.get(registration.name)
+        if seen is not None:
+            raise PluginError(
+                f"{self.kind} '{registration.name}' is registered twice: by plugin "
+                f"'{seen.plugin}' ({seen.provider}) and by plugin '{registration.plugin}' "
+                f"({registration.provider})"
+            )
+        self._entries[registration.name] = registration
+
+    def get(self, name: str) -> Any:
+        """The implementation registered as ``name``, or a clear error listing the choices."""
+        try:
+            return self._entries[name].implementation
+        except KeyError:
+            raise unknown_choice(self.kind, name, self._entries) from None
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Registration]:
+        return iter(sorted(self._entries.values(), key=lambda r: r.name))
+
+
+class PluginManager:
+    """Loads plugins and answers "which learners, priors, ... are there?"."""
+
+    def __init__(self, load_entry_points: bool = True) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._providers: dict[str, str] = {}
+        self._registries: dict[str, Registry] | None = None
+        self.failures: dict[str, str] = {}
+        """Plugins that failed to load, with the reason."""
+        if load_entry_points:
+            self._load_entry_points()
+
+    # -- loading -------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        allowed = _allow_list()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if allowed is not None and ep.name not in allowed:
+                continue
+            if self._pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                self._warn(ep.name, f"failed to import ({type(exc).__name__}: {exc})")
+                continue
+            provider = ep.dist.name if ep.dist is not None else ep.name
+            self.register(module, name=ep.name, provider=provider)
+
+    def _warn(self, plugin: str, reason: str) -> None:
+        self.failures[plugin] = reason
+        warnings.warn(f"metalora plugin '{plugin}' {reason}; skipped", PluginLoadWarning,
+                      stacklevel=3)
+
+    def register(self, plugin: ModuleType | object, name: str | None = None,
+                 provider: str | None = None) -> str:
+        """Register a plugin object (a module or any object with ``@hookimpl`` methods)."""
+        registered = self._pm.register(plugin, name=name)
+        if registered is None:
+            raise PluginError(f"plugin '{name}' is already registered")
+        self._providers[registered] = provider or registered
+        self._registries = None
+        return registered
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin by name (its implementations disappear from the registries)."""
+        plugin = self._pm.get_plugin(name)
+        if plugin is None:
+            raise unknown_choice("plugin", name, self.plugin_names())
+        self._pm.unregister(plugin)
+        self._providers.pop(name, None)
+        self._registries = None
+
+    def plugin_names(self) -> list[str]:
+        """Names of the registered plugins."""
+        return sorted(n for n, _ in self._pm.list_name_plugin())
+
+    def provider(self, plugin: str) -> str:
+        """The distribution that provides a plugin."""
+        return self._providers.get(plugin, plugin)
+
+    # -- registries -------------------------------------------------------------
+    def registry(self, kind: str) -> Registry:
+        """The registry of ``kind``: learner, prior, suite, metric or pruner."""
+        if self._registries is None:
+            self._registries = self._collect()
+        if kind not in self._registries:
+            raise unknown_choice("registry kind", kind, self._registries)
+        return self._registries[kind]
+
+    def _collect(self) -> dict[str, Registry]:
+        registries = {kind: Registry(kind) for kind in hookspecs.HOOK_KINDS.values()}
+        for hook_name, kind in hookspecs.HOOK_KINDS.items():
+            caller = getattr(self._pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                plugin = self._pm.get_name(impl.plugin) or repr(impl.plugin)
+
+                def register(implementation: Any, name: str | None = None, *,
+                             _kind: str = kind, _plugin: str = plugin) -> None:
+                    reg_name = name or getattr(implementation, "name", None)
+                    if not reg_name:
+                        raise PluginError(
+                            f"plugin '{_plugin}' registered a {_kind} without a name"
+                        )
+                    registries[_kind].add(Registration(
+                        kind=_kind, name=reg_name, implementation=implementation,
+                        plugin=_plugin, provider=self.provider(_plugin)))
+
+                kwargs = {"register": register} if "register" in impl.argnames else {}
+                impl.function(**kwargs)
+        return registries
+
+    def add_commands(self, app: Any) -> None:
+        """Let every plugin add its CLI commands to ``app``."""
+        for impl in self._pm.hook.register_commands.get_hookimpls():
+            plugin = self._pm.get_name(impl.plugin)
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                self._warn(plugin or "?", f"failed to add commands ({type(exc).__name__}: {exc})")
+
+    def registrations(self) -> Iterator[Registration]:
+        """Every registered implementation of every kind."""
+        for kind in hookspecs.HOOK_KINDS.values():
+            yield from self.registry(kind)
+
+
+def _allow_list() -> set[str] | None:
+    value = os.environ.get(ALLOW_LIST_ENV)
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+_manager: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, loading entry points on first use."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the process-wide manager (the next call reloads entry points)."""
+    global _manager
+    _manager = None
