@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
 import pluggy
 import typer
 

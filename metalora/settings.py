@@ -46,6 +46,8 @@ class SettingInfo:
     """Who declares it: ``"run"`` for the core, else plugin names."""
     defaults: Mapping[str, Any]
     """The default of each owner (owners may disagree, e.g. learning rates)."""
+    item_type: type = str
+    """For list settings: the type of the items."""
 
 
 def field_infos(settings_cls: type, owner: str) -> list[SettingInfo]:
@@ -63,6 +65,7 @@ def field_infos(settings_cls: type, owner: str) -> list[SettingInfo]:
                 choices=f.metadata.get("choices"),
                 owners=(owner,),
                 defaults={owner: default},
+                item_type=_item_type(hints[f.name]),
             )
         )
     return infos
@@ -111,9 +114,9 @@ def coerce(info: SettingInfo, value: Any) -> Any:
                 return value.lower() in {"true", "1", "yes"}
             raise ValueError
         if kind is list:
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            return list(value)
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [info.item_type(v.strip() if isinstance(v, str) else v)
+                    for v in items if not (isinstance(v, str) and not v.strip())]
         if kind is float and isinstance(value, str):
             return float(value)
         if kind in (int, float) and isinstance(value, bool):
@@ -128,6 +131,18 @@ def coerce(info: SettingInfo, value: Any) -> Any:
             f"setting '{info.name}' got {converted!r}; valid choices: {', '.join(info.choices)}"
         )
     return converted
+
+
+def _item_type(hint: Any) -> type:
+    """``list[int] | None`` -> ``int``; anything else -> ``str``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _item_type(args[0])
+    if origin is list:
+        (item,) = typing.get_args(hint) or (str,)
+        return item
+    return str
 
 
 def _base_type(hint: Any) -> type:

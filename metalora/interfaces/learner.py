@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from metalora.settings import NoSettings
 
 if TYPE_CHECKING:
-    from metalora.adapters import AdapterHandle
+    from metalora.adapters import AdapterConfig, AdapterHandle
     from metalora.batching import Batch, PromptEncoder
     from metalora.config import RunSettings
     from metalora.episodes import EpisodeSampler
@@ -62,6 +62,14 @@ class LearnerContext:
     """Seeded Python RNG for task order and batch draws."""
     make_prior: Callable[[str], Prior] = field(default=lambda name: None)  # type: ignore[arg-type,return-value]
     """Builds a registered prior by name, with its settings resolved from the run's config."""
+
+    @property
+    def adapter_config(self) -> AdapterConfig:
+        """The run's LoRA setup: rank, alpha and target modules."""
+        from metalora.adapters import AdapterConfig
+
+        return AdapterConfig(rank=self.run.rank, alpha=self.run.alpha,
+                             target_modules=tuple(self.run.target_modules))
 
     @property
     def device(self) -> torch.device:

