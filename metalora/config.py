@@ -107,10 +107,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise MetaloraError(f"config file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text)
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise MetaloraError(f"config file {str(path)!r} is malformed: {first}") from None

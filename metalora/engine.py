@@ -105,7 +105,8 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MetaloraError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise MetaloraError(
+            f"device {name!r} requested but CUDA is not available; valid choices: auto, cpu")
     return name
 
 

@@ -81,7 +81,8 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], metrics: Mapping[str
             try:
                 learner.adapt(episode.support)
                 with torch.no_grad():
-                    probs = torch.cat([learner.predict_proba(b).float().cpu() for b in episode.query])
+                    probs = torch.cat(
+                        [learner.predict_proba(b).float().cpu() for b in episode.query])
             finally:
                 handle.restore(snapshot)
         targets = torch.cat([b.targets.cpu() for b in episode.query])

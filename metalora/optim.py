@@ -11,7 +11,8 @@ from metalora.batching import Batch
 from metalora.scoring import answer_loss
 
 
-def adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+def adamw(params: Iterable[nn.Parameter], lr: float,
+          weight_decay: float = 0.01) -> torch.optim.AdamW:
     """The optimiser every learner uses (paper section 5.1.1)."""
     return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
 

@@ -71,7 +71,7 @@ def answer_loss(model: nn.Module, batch: Batch, over: str = "vocab") -> Tensor:
 
 
 def option_probs_full_logits(model: nn.Module, batch: Batch) -> Tensor:
-    """Reference implementation through the model's full ``(B, T, V)`` logits (for tests/benchmarks)."""
+    """Reference: the same probabilities through the model's full ``(B, T, V)`` logits."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    use_cache=False).logits
     rows = torch.arange(logits.shape[0], device=logits.device)

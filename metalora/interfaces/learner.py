@@ -129,5 +129,5 @@ class Learner(ABC):
         """Everything beyond the adapter tensors needed to resume (optimiser states)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what :meth:`state_dict` returned."""

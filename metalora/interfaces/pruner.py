@@ -26,5 +26,6 @@ class Pruner(ABC):
         self.settings = settings if settings is not None else self.Settings()
 
     @abstractmethod
-    def prune(self, model: nn.Module, ratio: float, modules: dict[str, nn.Linear]) -> dict[str, int]:
+    def prune(self, model: nn.Module, ratio: float,
+              modules: dict[str, nn.Linear]) -> dict[str, int]:
         """Prune ``ratio`` of ``modules`` (name -> linear layer of ``model``) in place."""

@@ -38,7 +38,9 @@ def tiny_config(vocab_size: int, attn_implementation: str | None = None) -> Llam
     return config
 
 
-def build_tiny(attn_implementation: str | None = None) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def build_tiny(
+    attn_implementation: str | None = None,
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """The tiny model (same weights every time: seeded without touching the global RNG)."""
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):

@@ -61,9 +61,9 @@ class LoraLearner(Learner):
         episodes, rng = self.context.episodes, self.context.rng
         if self.settings.steps_per_task > 0:
             k = min(self.context.run.batch_size, len(records))
+            n_batches = self._batches_per_epoch(tasks)
             batches: Iterator[Batch] = (
-                episodes.encode(rng.sample(records, k)) for _ in range(self._batches_per_epoch(tasks))
-            )
+                episodes.encode(rng.sample(records, k)) for _ in range(n_batches))
         else:
             batches = iter(episodes.shuffled_batches(records, rng))
         for step, batch in enumerate(batches):
