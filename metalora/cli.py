@@ -22,10 +22,16 @@ from typer.core import TyperGroup
 
 from metalora import __version__
 from metalora.config import all_setting_infos, read_config_file, resolve_config
-from metalora.engine import Engine, RunSummary
+from metalora.engine import SELECTION_BEST, SELECTION_LAST, Engine, RunInterrupted, RunSummary
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginLoadWarning, PluginManager, get_plugin_manager
 from metalora.records import TaskRole
+from metalora.reporting import (
+    format_mean_se,
+    headline_columns,
+    per_task_table,
+    table_rows,
+)
 from metalora.settings import SettingInfo
 
 console = Console()
@@ -34,7 +40,6 @@ err_console = Console(stderr=True)
 OPTION_TYPES: dict[type, Any] = {
     bool: bool | None, int: int | None, float: float | None, str: str | None, list: str | None,
 }
-TABLE_METRICS = ("accuracy", "ece")
 
 
 class MetaloraGroup(TyperGroup):
@@ -110,17 +115,50 @@ def make_run_command(plugins: PluginManager):
 
     def run(**kwargs: Any) -> None:
         config_path: Path | None = kwargs.pop("config")
-        file_values = read_config_file(config_path) if config_path else {}
-        resolved = resolve_config(infos, file_values, kwargs)
-        engine = Engine(resolved, plugins, console=err_console)
-        summary = engine.execute()
-        print_results(summary)
+        resume: Path | None = kwargs.pop("resume")
+        per_task: bool = kwargs.pop("per_task")
+        if resume is not None:
+            given = [f"--{k.replace('_', '-')}" for k, v in kwargs.items() if v is not None]
+            if config_path is not None:
+                given.insert(0, "--config")
+            if given:
+                raise MetaloraError(
+                    f"--resume continues a run with its recorded settings; remove {given[0]}")
+            engine = Engine.from_run_dir(resume, plugins, console=err_console)
+        else:
+            file_values = read_config_file(config_path) if config_path else {}
+            resolved = resolve_config(infos, file_values, kwargs)
+            engine = Engine(resolved, plugins, console=err_console)
+        try:
+            summary = engine.execute()
+        except RunInterrupted as exc:
+            where = f" ({exc.detail})" if exc.detail else ""
+            err_console.print(
+                f"[bold red]Interrupted[/bold red]{where}. Finished learners/seeds and the latest "
+                f"epoch checkpoint are in {exc.run_dir}", highlight=False)
+            err_console.print(f"Resume with: {exc.resume_command}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        print_results(summary, per_task=per_task)
 
-    params = [inspect.Parameter(
-        "config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
-        default=typer.Option(None, "--config", "-c", help="TOML or YAML file of settings "
-                             "(names as below, with underscores); the command line overrides it.",
-                             rich_help_panel="Run"))]
+    params = [
+        inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+            default=typer.Option(None, "--config", "-c", help="TOML or YAML file of settings "
+                                 "(names as below, with underscores); the command line "
+                                 "overrides it.", rich_help_panel="Run")),
+        inspect.Parameter(
+            "resume", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+            default=typer.Option(None, "--resume", metavar="RUN_DIR",
+                                 help="Continue an interrupted run: keeps its finished "
+                                      "learners/seeds, restarts the unfinished one from its "
+                                      "latest epoch checkpoint (settings come from "
+                                      "RUN_DIR/config.json).", rich_help_panel="Run")),
+        inspect.Parameter(
+            "per_task", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+            default=typer.Option(False, "--per-task/--no-per-task",
+                                 help="Also print the per-task test table (it is always in "
+                                      "results.json).", rich_help_panel="Run")),
+    ]
     for info in infos.values():
         flag = info.name.replace("_", "-")
         decls = [f"--{flag}/--no-{flag}"] if info.type is bool else [f"--{flag}"]
@@ -133,41 +171,60 @@ def make_run_command(plugins: PluginManager):
     return run
 
 
-def _fmt(mean: float, se: float, percent: bool, seeds: int) -> str:
-    if percent:
-        text = f"{100 * mean:.1f}%"
-        return text + (f" ± {100 * se:.1f}%" if seeds > 1 else "")
-    return f"{mean:.3f}" + (f" ± {se:.3f}" if seeds > 1 else "")
+def print_results(summary: RunSummary, per_task: bool = False) -> None:
+    """The paper's Table 1 layout: one row per learner, test Acc and ECE as mean ± SE over
+    seeds (each seed tested at its best-validation epoch); optionally the per-task table."""
+    columns = headline_columns(summary.metric_names)
+    seeds = len(summary.protocol.get("seeds", [])) or max(
+        (len(r) for r in summary.results.values()), default=0)
+    test_at = summary.protocol.get("test_at", SELECTION_LAST)
+    when = ("best-validation epoch" if test_at == SELECTION_BEST else "last epoch")
+    table = Table(
+        title=f"Test results on '{summary.suite}'",
+        caption=f"mean ± SE over {seeds} seed{'s' if seeds != 1 else ''}; macro-average over "
+                f"test tasks; tested at the {when}")
+    table.add_column("Method")
+    for col in columns:
+        table.add_column(f"{col.label} {col.arrow}", justify="right")
+    table.add_column("tested epoch(s)", justify="right")
+    for row in table_rows(summary):
+        epochs = ",".join("-" if e is None else str(e) for e in row["tested_epochs"])
+        table.add_row(row["method"], *(row[col.label] for col in columns), epochs)
+    if per_task:
+        console.print(per_task_rich_table(summary))
+    console.print(table)
+    console.print(f"Run directory: {summary.run_dir}", soft_wrap=True)
 
 
-def print_results(summary: RunSummary) -> None:
-    """Per-task and macro accuracy and ECE of every learner (mean ± SE over seeds)."""
-    shown = [m for m in TABLE_METRICS if m in summary.metric_names]
-    table = Table(title=f"Test results on '{summary.suite}'", show_lines=False)
+def per_task_rich_table(summary: RunSummary) -> Table:
+    """Per-task test accuracy and ECE of every learner (mean over seeds), plus the macro row."""
+    columns = headline_columns(summary.metric_names)
+    table = Table(title=f"Per-task test results on '{summary.suite}' (mean over seeds)")
     table.add_column("task")
     for learner in summary.results:
-        for metric in shown:
-            table.add_column(f"{learner} {'Acc' if metric == 'accuracy' else metric.upper()}",
-                             justify="right")
-    first = next(iter(summary.results.values()))
-    task_names = [t.task for t in first[0].test.tasks] if first else []
-    for i, task in enumerate(task_names):
+        for col in columns:
+            table.add_column(f"{learner} {col.label}", justify="right")
+    tasks = per_task_table(summary)
+    names: list[str] = []
+    for learner_tasks in tasks.values():
+        names += [t for t in learner_tasks if t not in names]
+    for task in names:
         row = [task]
-        for seeds in summary.results.values():
-            for metric in shown:
-                values = [s.test.tasks[i].metrics[metric] for s in seeds]
-                row.append(_fmt(sum(values) / len(values), 0.0, metric == "accuracy", 1))
+        for learner in summary.results:
+            for col in columns:
+                value = tasks[learner].get(task, {}).get(col.metric)
+                row.append("-" if value is None else format_mean_se(value["mean"], 0.0,
+                                                                     col.percent, 1))
         table.add_row(*row)
     table.add_section()
     macro = ["macro"]
     agg = summary.summary()
     for learner, seeds in summary.results.items():
-        for metric in shown:
-            mean, se = agg[learner][metric]
-            macro.append(_fmt(mean, se, metric == "accuracy", len(seeds)))
+        for col in columns:
+            mean, se = agg[learner][col.metric]
+            macro.append(format_mean_se(mean, se, col.percent, len(seeds)))
     table.add_row(*macro, style="bold")
-    console.print(table)
-    console.print(f"Run directory: {summary.run_dir}")
+    return table
 
 
 # -- plugins and tasks ---------------------------------------------------------------

@@ -39,6 +39,18 @@ class RunSettings:
         None, "Directory of MetaICL-format task files (suites that read data).")
     seeds: list[int] = setting([0], "Seed(s), comma-separated; metrics report mean ± SE.")
     epochs: int = setting(1, "Passes over the training tasks.")
+    eval_every: int = setting(
+        1, "Validate on the suite's validation tasks every N epochs (0 = never). Test metrics "
+           "are taken at the best-validation epoch; with no validation tasks, or 0, at the "
+           "last epoch.")
+    select_metric: str = setting(
+        "accuracy", "Validation metric that picks the tested epoch (higher or lower is better "
+                    "as the metric declares).")
+    tensorboard: bool = setting(
+        True, "Write TensorBoard event files when the tensorboard package is installed.")
+    plots: bool = setting(
+        True, "Write PNG figures into the run directory (needs matplotlib: "
+              "pip install 'metalora[plots]').")
     batch_size: int = setting(2, "Examples per batch (paper: 2).")
     support_batches: int = setting(
         5, "Support batches per evaluated task (support = support_batches x batch_size).")

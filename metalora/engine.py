@@ -1,18 +1,48 @@
 """The run engine: composes a suite, a model, learners and metrics into one run.
 
-For each learner and seed: seed everything, let the learner attach its
-adapters, train for ``epochs`` (logging every step to ``log.jsonl`` and
-stopping with a clear message on a NaN/inf loss; the adapters of the last
-finished epoch stay on disk), evaluate on the test tasks with the shared
-protocol, write adapters and metrics, and detach the adapters so the next
-learner starts from the same base model.
+The protocol (SPEC section 4, paper section 5.1), identical for every learner:
+
+* For each learner and seed: seed everything, let the learner attach its
+  adapters, and train for ``epochs`` epochs (an epoch is one pass of
+  ``Learner.train_epoch`` over the training tasks; task order is shuffled by
+  the learner with its seeded ``context.rng``). Every step is logged to
+  ``log.jsonl`` (and TensorBoard when installed); a NaN/inf loss stops the
+  run with a clear message.
+* Every ``eval_every`` epochs (and only at multiples of it), the learner is
+  validated on the suite's validation tasks with the shared test-time
+  adaptation protocol (:func:`metalora.evaluation.evaluate`, which restores
+  every RNG state, so validating never changes the training trajectory).
+* After every epoch a checkpoint is written (:mod:`metalora.checkpoint`):
+  the latest one, and the best one by the validation ``select_metric``
+  (default accuracy; on ties the earlier epoch wins).
+* The test tasks are evaluated ONCE per learner and seed, with the adapters
+  of the best-validation epoch. If nothing was validated (the suite has no
+  validation tasks, ``eval_every = 0``, or ``epochs < eval_every``) the test
+  uses the last epoch. A learner whose first epoch yields no optimisation
+  step (``pretrained``) is validated once, as "epoch 0", and tested as is.
+* Metrics are macro-averaged over test tasks per seed and reported as mean ±
+  standard error over seeds (:mod:`metalora.stats`), as a Table-1-style
+  table (:mod:`metalora.reporting`), with figures (:mod:`metalora.plots`).
+
+Interruption and resume: Ctrl-C (``KeyboardInterrupt``) stops the run with
+:class:`RunInterrupted`; the run directory then holds every finished
+learner/seed pair and the latest epoch checkpoint of the unfinished one.
+:meth:`Engine.from_run_dir` (``metalora run --resume RUN_DIR``) rebuilds the
+engine from ``config.json``, skips finished pairs, and restarts the
+unfinished pair from its latest checkpoint (adapters, learner state, every
+RNG state, validation history), dropping the log lines written after that
+checkpoint, so the resumed run ends exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-from collections.abc import Iterator
+import os
+import shlex
+import shutil
+import socket
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,21 +61,38 @@ from rich.progress import (
 )
 
 from metalora.batching import PromptEncoder
-from metalora.config import ResolvedConfig, RunSettings, settings_dict
+from metalora.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng
+from metalora.config import (
+    ResolvedConfig,
+    RunSettings,
+    all_setting_infos,
+    settings_dict,
+)
 from metalora.episodes import Episode, EpisodeSampler
 from metalora.errors import MetaloraError, TrainingDiverged
 from metalora.evaluation import EvalResult, evaluate
-from metalora.interfaces import DataOptions, Learner, LearnerContext, Metric, Prior
+from metalora.interfaces import DataOptions, Learner, LearnerContext, Metric, Prior, StepLog
+from metalora.logging_sinks import RunLogger, tensorboard_writer_class
 from metalora.models import LoadedModel, load_model
 from metalora.plugins import PluginManager
 from metalora.records import Suite, Task
+from metalora.reporting import format_mean_se, write_results
 from metalora.rundir import (
     ADAPTERS_FILE,
+    CHECKPOINT_DIR,
     CONFIG_FILE,
     LOG_FILE,
     METRICS_FILE,
+    PLOTS_DIR,
+    PREDICTIONS_FILE,
+    STATE_FILE,
+    TENSORBOARD_DIR,
+    file_size,
+    read_config,
+    read_json,
     save_adapters,
     seed_dir,
+    truncate_file,
     write_json,
 )
 from metalora.seeding import seed_everything
@@ -53,6 +100,38 @@ from metalora.settings import build_settings
 from metalora.stats import mean_se
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+SELECTION_BEST = "best-validation"
+SELECTION_LAST = "last-epoch"
+
+
+def resume_command(run_dir: Path) -> str:
+    """The shell command that continues the run in ``run_dir``."""
+    return f"metalora run --resume {shlex.quote(str(run_dir))}"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C; its directory can be resumed (see :func:`resume_command`)."""
+
+    def __init__(self, run_dir: Path, detail: str = "") -> None:
+        super().__init__(detail)
+        self.run_dir = run_dir
+        self.detail = detail
+
+    @property
+    def resume_command(self) -> str:
+        return resume_command(self.run_dir)
+
+
+class RunCallback:
+    """Optional hooks into a run (subclass and override; every method is a no-op here)."""
+
+    def on_step(self, learner: str, seed: int, step: StepLog) -> None:
+        """After each optimisation step has been logged."""
+
+    def on_epoch_end(self, learner: str, seed: int, epoch: int,
+                     validation: dict[str, float] | None) -> None:
+        """After ``epoch`` epochs are done, validated (if due) and checkpointed."""
 
 
 @dataclass
@@ -63,6 +142,27 @@ class SeedResult:
     seed: int
     test: EvalResult
     path: Path
+    tested_epoch: int | None = None
+    """The epoch whose adapters were tested (epochs finished; 0 = untrained)."""
+    selection: str = SELECTION_LAST
+    """How the tested epoch was chosen: ``best-validation`` or ``last-epoch``."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Validation records: ``{"epoch": e, "<metric>": value, ...}``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (a seed's ``metrics.json``)."""
+        return {**self.test.to_dict(), "tested_epoch": self.tested_epoch,
+                "selection": self.selection, "validation": self.history}
+
+    @classmethod
+    def load(cls, learner: str, seed: int, path: Path) -> SeedResult:
+        """Read back a finished seed from its directory."""
+        data = read_json(path / METRICS_FILE, "seed metrics")
+        return cls(learner=learner, seed=seed,
+                   test=EvalResult.load(data, path / PREDICTIONS_FILE), path=path,
+                   tested_epoch=data.get("tested_epoch"),
+                   selection=data.get("selection", SELECTION_LAST),
+                   history=list(data.get("validation", [])))
 
 
 @dataclass
@@ -73,6 +173,8 @@ class RunSummary:
     suite: str
     metric_names: list[str]
     results: dict[str, list[SeedResult]] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    """Epochs, validation schedule and selection rule the results come from."""
 
     def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
         """learner -> metric -> (mean, standard error) of the macro average over seeds."""
@@ -90,10 +192,11 @@ class RunSummary:
         return {
             "suite": self.suite,
             "metrics": self.metric_names,
+            "protocol": self.protocol,
             "learners": {
                 learner: {
                     "summary": {m: {"mean": v[0], "se": v[1]} for m, v in summary[learner].items()},
-                    "seeds": {str(r.seed): r.test.to_dict() for r in seeds},
+                    "seeds": {str(r.seed): r.to_dict() for r in seeds},
                 }
                 for learner, seeds in self.results.items()
             },
@@ -110,35 +213,82 @@ def resolve_device(name: str) -> str:
     return name
 
 
+@dataclass
+class _Protocol:
+    """What every learner/seed of one run shares: episodes, metrics, the selection rule."""
+
+    run_dir: Path
+    tasks: list[Task]
+    validation: list[Episode]
+    test: list[Episode]
+    metrics: dict[str, Metric]
+    validation_metrics: dict[str, Metric]
+    select_metric: str
+    higher_is_better: bool
+
+
 class Engine:
     """Runs learners on a suite under one protocol. See the module docstring."""
 
     def __init__(self, config: ResolvedConfig, plugins: PluginManager,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None,
+                 callbacks: Sequence[RunCallback] = ()) -> None:
         self.config = config
         self.plugins = plugins
         self.console = console or Console(stderr=True)
+        self.callbacks = list(callbacks)
         self.run: RunSettings = config.run
+        self.resume_dir: Path | None = None
+        """Set by :meth:`from_run_dir`: the run directory to continue."""
+        self._learner_overrides: dict[str, dict[str, Any]] = {}
         self._validate_names()
         self.suite: Suite | None = None
         self.loaded: LoadedModel | None = None
         self.episodes: EpisodeSampler | None = None
+        self._state: dict[str, Any] = {}
+        self._current: str = ""
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path | str, plugins: PluginManager,
+                     console: Console | None = None,
+                     callbacks: Sequence[RunCallback] = ()) -> Engine:
+        """An engine that continues the run in ``run_dir`` with its recorded settings."""
+        run_dir = Path(run_dir)
+        recorded = read_config(run_dir)
+        run_fields = {f.name for f in dataclasses.fields(RunSettings)}
+        given = recorded.get("given") or {}
+        values = {**given, **{k: v for k, v in recorded.items() if k in run_fields}}
+        engine = cls(ResolvedConfig(values=values, infos=all_setting_infos(plugins)), plugins,
+                     console=console, callbacks=callbacks)
+        engine.resume_dir = run_dir
+        engine._learner_overrides = dict(recorded.get("learner_settings") or {})
+        return engine
 
     # -- set-up ----------------------------------------------------------------
     def _validate_names(self) -> None:
-        """Fail fast, before loading anything, on unknown plugin names."""
+        """Fail fast, before loading anything, on unknown plugin names and bad settings."""
         if not self.run.learner:
             raise MetaloraError("no learner given; valid choices: "
                                 + ", ".join(self.plugins.registry("learner").names()))
         for name in self.run.learner:
             self.plugins.registry("learner").get(name)
+        if len(set(self.run.learner)) != len(self.run.learner):
+            raise MetaloraError(f"learner given twice in {','.join(self.run.learner)!r}")
         self.plugins.registry("suite").get(self.run.tasks)
         for name in self.run.metrics:
             self.plugins.registry("metric").get(name)
+        self.plugins.registry("metric").get(self.run.select_metric)
         if self.run.data_dir is not None and not Path(self.run.data_dir).is_dir():
             raise MetaloraError(f"data directory {self.run.data_dir!r} does not exist")
         if not self.run.seeds:
             raise MetaloraError("no seed given; pass e.g. --seeds 0 or --seeds 0,1,2")
+        if len(set(self.run.seeds)) != len(self.run.seeds):
+            raise MetaloraError(f"seed given twice in {self.run.seeds}")
+        if self.run.epochs < 0:
+            raise MetaloraError(f"epochs must be 0 or more, got {self.run.epochs}")
+        if self.run.eval_every < 0:
+            raise MetaloraError(
+                f"eval_every must be 0 (never) or a number of epochs, got {self.run.eval_every}")
 
     def metrics(self) -> dict[str, Metric]:
         """The metrics to report, instantiated."""
@@ -173,9 +323,10 @@ class Engine:
         return self.loaded
 
     def learner_settings(self, name: str) -> Any:
-        """A learner's settings: its defaults overridden by the given values."""
+        """A learner's settings: its defaults overridden by the given (or recorded) values."""
         cls = self.plugins.registry("learner").get(name)
-        return build_settings(cls.Settings, self.config.values)
+        values = {**self.config.values, **self._learner_overrides.get(name, {})}
+        return build_settings(cls.Settings, values)
 
     def make_prior(self, name: str) -> Prior:
         """A registered prior with its settings resolved from this run's config."""
@@ -194,11 +345,13 @@ class Engine:
         return cls(context)
 
     def resolved_config(self) -> dict[str, Any]:
-        """Everything needed to rebuild this run: core settings and each learner's settings."""
+        """Everything needed to rebuild this run: core settings, each learner's settings,
+        and the values given explicitly (``given``, which also carries prior settings)."""
         return {
             **settings_dict(self.run),
             "learner_settings": {n: settings_dict(self.learner_settings(n))
                                  for n in self.run.learner},
+            "given": dict(self.config.values),
         }
 
     def make_run_dir(self) -> Path:
@@ -214,6 +367,32 @@ class Engine:
         path.mkdir(parents=True)
         return path
 
+    def protocol_dict(self, validated: bool) -> dict[str, Any]:
+        """The protocol the results come from (stored in metrics.json and results.json)."""
+        return {
+            "epochs": self.run.epochs,
+            "eval_every": self.run.eval_every,
+            "select_metric": self.run.select_metric,
+            "test_at": SELECTION_BEST if validated else SELECTION_LAST,
+            "seeds": list(self.run.seeds),
+        }
+
+    # -- run state (state.json) -------------------------------------------------------
+    def _write_state(self, run_dir: Path, status: str | None = None) -> None:
+        if status is not None:
+            self._state["status"] = status
+        self._state["updated"] = datetime.now().isoformat(timespec="seconds")
+        write_json(run_dir / STATE_FILE, self._state)
+
+    def _load_state(self, run_dir: Path) -> None:
+        path = run_dir / STATE_FILE
+        self._state = read_json(path, "run state") if path.exists() else {}
+        if self._state.get("status") == "running" and _alive(self._state):
+            raise MetaloraError(
+                f"run {str(run_dir)!r} is still running (process {self._state.get('pid')}); "
+                "wait for it or stop it before resuming")
+        self._state.setdefault("pairs", {})
+
     # -- running -------------------------------------------------------------------
     def execute(self) -> RunSummary:
         """Run every learner for every seed; write and return the results."""
@@ -224,25 +403,109 @@ class Engine:
         for note in suite.notes:
             self.console.print(f"[dim]{suite.name}: {note}[/dim]")
         metrics = self.metrics()
-        run_dir = self.make_run_dir()
-        write_json(run_dir / CONFIG_FILE, self.resolved_config())
-        summary = RunSummary(run_dir=run_dir, suite=suite.name, metric_names=list(metrics))
-        test_episodes = [self.episodes.episode(task) for task in suite.test]
-        for name in self.run.learner:
-            summary.results[name] = []
-            for seed in self.run.seeds:
-                learner = self.build_learner(name, seed)
-                try:
-                    out = seed_dir(run_dir, name, seed)
-                    self.train(learner, name, seed, suite.train, out, run_dir / LOG_FILE)
-                    result = self.test(learner, name, seed, test_episodes, metrics)
-                    save_adapters(out / ADAPTERS_FILE, learner.adapters.snapshot())
-                    write_json(out / METRICS_FILE, result.to_dict())
-                    summary.results[name].append(SeedResult(name, seed, result, out))
-                finally:
-                    learner.adapters.remove()
-                write_json(run_dir / METRICS_FILE, summary.to_dict())
+        validated = self.run.eval_every > 0 and bool(suite.validation)
+        if self.run.eval_every > 0 and not suite.validation:
+            self.console.print(f"[dim]{suite.name} has no validation tasks: test metrics are "
+                               "taken at the last epoch[/dim]")
+        if self.run.tensorboard and tensorboard_writer_class() is None:
+            self.console.print("[dim]tensorboard is not installed: TensorBoard logging "
+                               "skipped (pip install tensorboard)[/dim]")
+        if self.resume_dir is not None:
+            run_dir = self.resume_dir
+            self._load_state(run_dir)
+            self.console.print(f"Resuming {run_dir}")
+        else:
+            run_dir = self.make_run_dir()
+            write_json(run_dir / CONFIG_FILE, self.resolved_config())
+            self._state = {"pairs": {}}
+        self._state.update(pid=os.getpid(), host=socket.gethostname(),
+                           resume=resume_command(run_dir))
+        self._write_state(run_dir, "running")
+
+        validation_metrics = dict(metrics)
+        select = self.run.select_metric
+        if select not in validation_metrics:
+            validation_metrics[select] = self.plugins.registry("metric").get(select)()
+        protocol = _Protocol(
+            run_dir=run_dir, tasks=suite.train,
+            validation=[self.episodes.episode(t) for t in suite.validation] if validated else [],
+            test=[self.episodes.episode(t) for t in suite.test], metrics=metrics,
+            validation_metrics=validation_metrics, select_metric=select,
+            higher_is_better=bool(validation_metrics[select].higher_is_better))
+        summary = RunSummary(run_dir=run_dir, suite=suite.name, metric_names=list(metrics),
+                             protocol=self.protocol_dict(validated))
+        try:
+            for name in self.run.learner:
+                summary.results[name] = []
+                for seed in self.run.seeds:
+                    summary.results[name].append(self.run_seed(name, seed, protocol))
+                    write_json(run_dir / METRICS_FILE, summary.to_dict())
+                    write_results(summary, run_dir)
+        except KeyboardInterrupt:
+            self._write_state(run_dir, "interrupted")
+            raise RunInterrupted(run_dir, self._current) from None
+        except BaseException:
+            self._write_state(run_dir, "failed")
+            raise
+        self.write_plots(summary)
+        self._write_state(run_dir, "finished")
         return summary
+
+    def run_seed(self, name: str, seed: int, protocol: _Protocol) -> SeedResult:
+        """Train, validate, checkpoint and test one learner with one seed (or load it if done)."""
+        run_dir = protocol.run_dir
+        out = seed_dir(run_dir, name, seed)
+        key = f"{name}/seed-{seed}"
+        self._current = f"{name} seed {seed}"
+        if self.resume_dir is not None and (out / METRICS_FILE).exists():
+            self.console.print(f"[dim]{name} seed {seed}: finished earlier, kept[/dim]")
+            return SeedResult.load(name, seed, out)
+        log_path = run_dir / LOG_FILE
+        store = CheckpointStore(out / CHECKPOINT_DIR)
+        resumed = store.load("latest") if self.resume_dir is not None else None
+        learner = self.build_learner(name, seed)
+        try:
+            if resumed is not None:
+                learner.adapters.restore(resumed.adapters)
+                learner.load_state_dict(resumed.learner_state)
+                restore_rng(resumed.rng, learner.context.rng)
+                training = resumed.training
+                truncate_file(log_path, training.log_offset)
+                purge_step: int | None = training.global_step + 1
+                self.console.print(f"{name} seed {seed}: resuming after epoch {training.epoch}")
+            else:
+                pair = self._state["pairs"].get(key)
+                if pair is not None:  # started before, interrupted before its first checkpoint
+                    truncate_file(log_path, int(pair.get("log_offset", file_size(log_path))))
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(run_dir / TENSORBOARD_DIR / name / f"seed-{seed}",
+                              ignore_errors=True)
+                training = TrainingState(log_offset=file_size(log_path))
+                purge_step = None
+            self._state["pairs"][key] = {"status": "running", "log_offset": training.log_offset}
+            self._write_state(run_dir)
+            with RunLogger(run_dir, log_path, name, seed, tensorboard=self.run.tensorboard,
+                           purge_step=purge_step) as logger, self._progress() as progress:
+                self.train(learner, name, seed, protocol, training, store, logger, progress)
+            if training.best_epoch is not None:
+                best = store.load("best")
+                learner.adapters.restore(best.adapters)
+                learner.load_state_dict(best.learner_state)
+                tested, selection = training.best_epoch, SELECTION_BEST
+            else:
+                tested, selection = training.epoch, SELECTION_LAST
+            result = self.test(learner, name, seed, protocol.test, protocol.metrics)
+            save_adapters(out / ADAPTERS_FILE, learner.adapters.snapshot(),
+                          metadata={"epoch": str(tested)})
+            result.save_predictions(out / PREDICTIONS_FILE)
+            seed_result = SeedResult(name, seed, result, out, tested_epoch=tested,
+                                     selection=selection, history=list(training.history))
+            write_json(out / METRICS_FILE, seed_result.to_dict())
+            self._state["pairs"][key] = {"status": "done", "log_offset": file_size(log_path)}
+            self._write_state(run_dir)
+            return seed_result
+        finally:
+            learner.adapters.remove()
 
     @contextmanager
     def _progress(self) -> Iterator[Progress]:
@@ -252,27 +515,92 @@ class Engine:
         with progress:
             yield progress
 
-    def train(self, learner: Learner, name: str, seed: int, tasks: list[Task], out: Path,
-              log_path: Path) -> None:
-        """Train for ``epochs``; log steps; keep the last good adapters on disk."""
-        if self.run.epochs <= 0 or not tasks:
-            return
-        per_epoch = learner.steps_per_epoch(tasks)
-        if per_epoch == 0:
-            return
-        with self._progress() as progress, log_path.open("a") as log:
-            bar = progress.add_task(f"{name} seed {seed}: train", total=per_epoch * self.run.epochs)
-            for epoch in range(self.run.epochs):
-                for step in learner.train_epoch(tasks, epoch):
-                    log.write(json.dumps({"learner": name, "seed": seed, **step.to_dict()}) + "\n")
-                    if not math.isfinite(step.loss):
-                        log.flush()
-                        raise TrainingDiverged(
-                            f"{name} (seed {seed}): loss became {step.loss} at epoch {epoch}, "
-                            f"task {step.task or '-'}, step {step.step}; the adapters of the last "
-                            f"finished epoch are kept in {out / ADAPTERS_FILE}")
-                    progress.advance(bar)
-                save_adapters(out / ADAPTERS_FILE, learner.adapters.snapshot())
+    def train(self, learner: Learner, name: str, seed: int, protocol: _Protocol,
+              training: TrainingState, store: CheckpointStore, logger: RunLogger,
+              progress: Progress) -> None:
+        """Train from ``training.epoch`` to ``epochs``, validating and checkpointing each epoch.
+
+        Mutates ``training``. A learner whose first epoch yields no step does
+        not train: it is validated once as epoch 0.
+        """
+        epochs = self.run.epochs
+        per_epoch = learner.steps_per_epoch(protocol.tasks) if protocol.tasks else 0
+        bar = progress.add_task(
+            f"{name} seed {seed}: train", total=per_epoch * epochs or None,
+            completed=per_epoch * training.epoch)
+        while training.trains and training.epoch < epochs:
+            epoch = training.epoch
+            self._current = f"{name} seed {seed} during epoch {epoch + 1}"
+            steps = 0
+            for step in learner.train_epoch(protocol.tasks, epoch):
+                steps += 1
+                training.global_step += 1
+                logger.step(step, training.global_step)
+                for callback in self.callbacks:
+                    callback.on_step(name, seed, step)
+                if not math.isfinite(step.loss):
+                    logger.flush()
+                    kept = (f"the checkpoint after epoch {training.epoch} is kept in "
+                            f"{store.directory}" if store.exists()
+                            else "no epoch had finished")
+                    raise TrainingDiverged(
+                        f"{name} (seed {seed}): loss became {step.loss} at epoch {epoch}, "
+                        f"task {step.task or '-'}, step {step.step}; {kept}")
+                progress.advance(bar)
+            if steps == 0 and epoch == 0:
+                training.trains = False
+                progress.update(bar, total=0, description=f"{name} seed {seed}: no training")
+                break
+            training.epoch += 1
+            record = None
+            if protocol.validation and training.epoch % self.run.eval_every == 0:
+                record = self._validate(learner, name, seed, protocol, training, logger,
+                                        progress)
+            self._checkpoint(learner, training, store, logger, record)
+            self._describe(progress, bar, name, seed, training, record)
+            for callback in self.callbacks:
+                callback.on_epoch_end(name, seed, training.epoch, record)
+        if protocol.validation and training.epoch == 0 and not training.history:
+            record = self._validate(learner, name, seed, protocol, training, logger, progress)
+            self._checkpoint(learner, training, store, logger, record)
+            self._describe(progress, bar, name, seed, training, record)
+
+    def _validate(self, learner: Learner, name: str, seed: int, protocol: _Protocol,
+                  training: TrainingState, logger: RunLogger,
+                  progress: Progress) -> dict[str, Any]:
+        """Validate, update the best epoch, log; return the validation record."""
+        bar = progress.add_task(f"{name} seed {seed}: validate", total=len(protocol.validation))
+        result = evaluate(learner, protocol.validation, protocol.validation_metrics, seed=seed,
+                          on_task=lambda _task: progress.advance(bar))
+        progress.remove_task(bar)
+        metrics = result.macro
+        value = metrics[protocol.select_metric]
+        best = training.best_value
+        improved = best is None or (value > best if protocol.higher_is_better else value < best)
+        if improved:
+            training.best_epoch, training.best_value = training.epoch, value
+        record = {"epoch": training.epoch, **metrics}
+        training.history.append(record)
+        logger.validation(training.epoch, metrics, best=improved)
+        return {**record, "best": improved}
+
+    def _checkpoint(self, learner: Learner, training: TrainingState, store: CheckpointStore,
+                    logger: RunLogger, record: dict[str, Any] | None) -> None:
+        training.log_offset = logger.flush()
+        store.save(learner.adapters.snapshot(), learner.state_dict(),
+                   capture_rng(learner.context.rng, learner.context.device), training,
+                   is_best=bool(record and record["best"]))
+
+    def _describe(self, progress: Progress, bar: Any, name: str, seed: int,
+                  training: TrainingState, record: dict[str, Any] | None) -> None:
+        text = f"{name} seed {seed}: epoch {training.epoch}/{self.run.epochs}"
+        select = self.run.select_metric
+        if record is not None:
+            percent = select == "accuracy"
+            text += (f" val {select} {format_mean_se(record[select], 0.0, percent, 1)}"
+                     f" (best {format_mean_se(training.best_value, 0.0, percent, 1)}"
+                     f" @{training.best_epoch})")
+        progress.update(bar, description=text)
 
     def test(self, learner: Learner, name: str, seed: int, episodes: list[Episode],
              metrics: dict[str, Metric]) -> EvalResult:
@@ -281,3 +609,37 @@ class Engine:
             bar = progress.add_task(f"{name} seed {seed}: test", total=len(episodes))
             return evaluate(learner, episodes, metrics, seed=seed,
                             on_task=lambda _task: progress.advance(bar))
+
+    def write_plots(self, summary: RunSummary) -> list[Path]:
+        """Validation curves and reliability diagrams (skipped with a note without matplotlib)."""
+        if not self.run.plots:
+            return []
+        from metalora.plots import PlotsUnavailable, write_plots
+
+        histories = {n: [r.history for r in seeds] for n, seeds in summary.results.items()}
+        predictions = {n: [(t.probs, t.targets) for r in seeds for t in r.test.tasks]
+                       for n, seeds in summary.results.items()}
+        try:
+            return write_plots(histories, predictions, summary.run_dir / PLOTS_DIR,
+                               suite=summary.suite)
+        except PlotsUnavailable:
+            self.console.print("[dim]matplotlib is not installed: plots skipped "
+                               "(pip install 'metalora[plots]')[/dim]")
+        except Exception as exc:  # a figure must never cost a finished run its results
+            self.console.print(f"[yellow]Warning:[/yellow] plots skipped: "
+                               f"{type(exc).__name__}: {exc}")
+        return []
+
+
+def _alive(state: dict[str, Any]) -> bool:
+    """Whether the process recorded in ``state`` still runs on this host."""
+    pid, host = state.get("pid"), state.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -4,22 +4,34 @@ For each evaluated task: snapshot every adapter tensor, let the learner adapt
 on the support batches (test-time adaptation), score the query batches,
 restore the snapshot exactly. Metrics are computed per task and
 macro-averaged over tasks. Randomness inside evaluation (e.g. weight
-sampling) comes from a generator seeded per task, and the global RNG state
-is restored afterwards, so evaluating never changes how training continues.
+sampling) comes from torch's global generator seeded per task; every RNG
+state (torch, CUDA, Python's ``random``, NumPy and the learner's
+``context.rng``) is restored afterwards, so evaluating -- validation during
+training included -- never changes how training continues.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import random
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from metalora.episodes import Episode
+from metalora.errors import MetaloraError
 from metalora.interfaces.learner import Learner
 from metalora.interfaces.metric import Metric
+from metalora.rundir import atomic_write_bytes
 
 
 @dataclass
@@ -58,6 +70,34 @@ class EvalResult:
             "tasks": {t.task: {"n": t.size, **t.metrics} for t in self.tasks},
         }
 
+    def save_predictions(self, path: Path) -> None:
+        """Atomically write every task's probabilities, targets and option mask (safetensors)."""
+        tensors: dict[str, Tensor] = {}
+        for i, t in enumerate(self.tasks):
+            tensors[f"{i}.probs"] = t.probs.float().contiguous()
+            tensors[f"{i}.targets"] = t.targets.long().contiguous()
+            tensors[f"{i}.option_mask"] = t.option_mask.bool().contiguous()
+        data = save_safetensors(
+            tensors, metadata={"tasks": json.dumps([t.task for t in self.tasks])})
+        atomic_write_bytes(path, data)
+
+    @classmethod
+    def load(cls, metrics: Mapping[str, Any], predictions: Path) -> EvalResult:
+        """Rebuild a result from its :meth:`to_dict` form and :meth:`save_predictions` file."""
+        if not predictions.exists():
+            raise MetaloraError(f"predictions file {str(predictions)!r} does not exist")
+        with safe_open(str(predictions), framework="pt") as handle:
+            names = json.loads((handle.metadata() or {}).get("tasks", "[]"))
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        per_task = metrics.get("tasks", {})
+        result = cls()
+        for i, name in enumerate(names):
+            values = {k: float(v) for k, v in per_task.get(name, {}).items() if k != "n"}
+            result.tasks.append(TaskResult(
+                task=name, metrics=values, probs=tensors[f"{i}.probs"],
+                targets=tensors[f"{i}.targets"], option_mask=tensors[f"{i}.option_mask"]))
+        return result
+
 
 def compute_metrics(metrics: Mapping[str, Metric], probs: Tensor, targets: Tensor,
                     option_mask: Tensor) -> dict[str, float]:
@@ -73,10 +113,10 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], metrics: Mapping[str
     model = learner.context.model
     was_training = model.training
     model.eval()
+    device = learner.context.device
     for episode in episodes:
         snapshot = handle.snapshot()
-        device = learner.context.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with preserved_rng(learner.context.rng, device):
             torch.manual_seed(_task_seed(seed, episode.task))
             try:
                 learner.adapt(episode.support)
@@ -94,6 +134,24 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], metrics: Mapping[str
             on_task(episode.task)
     model.train(was_training)
     return result
+
+
+@contextlib.contextmanager
+def preserved_rng(learner_rng: random.Random | None = None,
+                  device: torch.device | None = None) -> Iterator[None]:
+    """Restore every RNG state on exit: torch (CPU, and CUDA on a GPU), Python, NumPy, ``rng``."""
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    learner_state = learner_rng.getstate() if learner_rng is not None else None
+    devices = [device] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        if learner_rng is not None:
+            learner_rng.setstate(learner_state)
 
 
 def _task_seed(seed: int, task: str) -> int:

@@ -1,12 +1,28 @@
-"""The run directory: layout, atomic writes, and reading a finished run back.
+"""The run directory: layout, atomic writes, and reading a run back.
 
 ::
 
     RUN_DIR/
-      config.json                      resolved settings (usable with --config)
-      metrics.json                     test metrics per learner and seed, mean ± SE
-      log.jsonl                        one line per optimisation step
-      <learner>/seed-<s>/adapters.safetensors
+      config.json                 resolved settings (usable with --config; --resume reads it)
+      state.json                  progress: run status, which learner/seed pairs are done
+      metrics.json                test metrics per learner and seed, validation history, mean ± SE
+      results.csv, results.json   the paper's Table 1 layout: one row per learner, mean ± SE
+      log.jsonl                   one line per optimisation step and per validation
+      tensorboard/<learner>/seed-<s>/   TensorBoard event files (when tensorboard is installed)
+      plots/validation.png        validation accuracy and ECE over epochs (paper Figure 2)
+      plots/reliability-<learner>.png   reliability diagram of the test predictions
+      <learner>/seed-<s>/
+        adapters.safetensors      the tested adapters (best-validation epoch, else last epoch)
+        metrics.json              test metrics of this seed, best epoch, validation history
+        predictions.safetensors   test probabilities, targets and option masks per task
+        checkpoints/
+          checkpoints.json        which files are the latest and the best checkpoint
+          epoch-<e>.safetensors   adapter tensors after <e> epochs
+          epoch-<e>.pt            learner state (optimisers), RNG states, validation history
+
+Every file is written atomically (a temporary file renamed over the target),
+so an interrupted run never leaves a half-written file behind. A seed's
+``metrics.json`` is written last: it marks the learner/seed pair as finished.
 """
 
 from __future__ import annotations
@@ -19,14 +35,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metalora.errors import MetaloraError
 
 CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
 METRICS_FILE = "metrics.json"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
 LOG_FILE = "log.jsonl"
 ADAPTERS_FILE = "adapters.safetensors"
+PREDICTIONS_FILE = "predictions.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+PLOTS_DIR = "plots"
 
 
 def seed_dir(run_dir: Path, learner: str, seed: int) -> Path:
@@ -53,13 +77,25 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def save_adapters(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+def read_json(path: Path, what: str) -> Any:
+    """Read a JSON file of a run directory, or raise one clear error."""
+    if not path.exists():
+        raise MetaloraError(f"{what} {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MetaloraError(f"{what} {str(path)!r} is unreadable: {exc}") from None
+
+
+def save_adapters(path: Path, tensors: Mapping[str, torch.Tensor],
+                  metadata: Mapping[str, str] | None = None) -> None:
     """Atomically write adapter tensors as safetensors."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                  metadata=dict(metadata) if metadata else None)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,17 +106,40 @@ def load_adapters(path: Path) -> dict[str, torch.Tensor]:
     """Read adapter tensors written by :func:`save_adapters`."""
     if not path.exists():
         raise MetaloraError(f"adapter file {str(path)!r} does not exist")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise MetaloraError(f"adapter file {str(path)!r} is unreadable: {exc}") from None
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The resolved config and metrics of a finished run, or a clear error."""
+    """The resolved config and metrics of a run, or a clear error."""
+    config = read_config(run_dir)
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return config, metrics
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """A run directory's ``config.json``, or one clear error if it is not a run directory."""
     if not run_dir.is_dir():
         raise MetaloraError(f"run directory {str(run_dir)!r} does not exist")
     config_path = run_dir / CONFIG_FILE
     if not config_path.exists():
         raise MetaloraError(f"{str(run_dir)!r} is not a complete run directory: no {CONFIG_FILE}")
-    config = json.loads(config_path.read_text())
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return config, metrics
+    config = read_json(config_path, "run configuration")
+    if not isinstance(config, dict):
+        raise MetaloraError(f"run configuration {str(config_path)!r} is not a mapping")
+    return config
+
+
+def truncate_file(path: Path, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (drops log lines of an epoch that did not finish)."""
+    if path.exists() and path.stat().st_size > size:
+        with path.open("r+b") as handle:
+            handle.truncate(size)
+
+
+def file_size(path: Path) -> int:
+    """Size of ``path`` in bytes (0 when it does not exist)."""
+    return path.stat().st_size if path.exists() else 0
