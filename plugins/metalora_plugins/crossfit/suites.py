@@ -29,6 +29,7 @@ the plugin never reads a data directory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from metalora.records import TaskRole
@@ -129,6 +130,23 @@ QA_TO_QA_TEST: tuple[str, ...] = (
     "unifiedqa:openbookqa_with_ir", "unifiedqa:mctest", "unifiedqa:ai2_science_middle",
 )
 """MetaICL ``qa_to_qa`` test list (22 tasks)."""
+
+OVERSIZED: Mapping[str, int] = {
+    "circa": 5,
+    "dbpedia_14": 14,
+    "discovery": 174,
+    "emotion": 6,
+    "liar": 6,
+    "trec": 6,
+    "trec-finegrained": 47,
+    "tweet_eval-emoji": 20,
+    "yahoo_answers_topics": 10,
+}
+"""Tasks of these lists whose CrossFit label set has more than four options, with its size.
+
+The option filter removes them; so the hub source has no converter for them
+and never downloads them, and a data directory may lack their folders.
+"""
 
 
 @dataclass(frozen=True)
