@@ -1,0 +1,142 @@
+"""Reptile (Nichol et al. 2018) on one LoRA pair (paper section 5.1.1, SPEC section 4).
+
+Per training task, in an order shuffled per epoch with the run's seeded RNG:
+
+1. snapshot the meta-parameters ``theta`` (the adapter tensors);
+2. take ``inner_steps`` AdamW steps (lr ``lr``, paper: 5 steps at 1e-5) on
+   batches drawn from the task, on the adapters in place, giving ``theta_i``;
+3. write ``theta <- theta + reptile_epsilon * (theta_i - theta)`` (paper: 0.5).
+
+Only the snapshot of the one pair exists besides the adapters themselves, so
+memory does not grow with the number of tasks.
+
+Inner optimiser: by default a fresh AdamW for every task, so the inner loop
+of training is exactly the test-time adaptation of SPEC section 4 (a fresh
+AdamW, a few steps, the same kind of batches) and Reptile meta-learns an
+initialisation for that very procedure; each task's ``theta_i`` depends only
+on ``theta`` and the task's batches. With ``reptile_persistent_optimizer`` one
+AdamW is kept for the whole run instead (its moments carry over from task to
+task, as in OpenAI's supervised-reptile); its state is then part of
+:meth:`ReptileLearner.state_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metalora.adapters import AdapterHandle, attach_adapters
+from metalora.batching import Batch
+from metalora.interfaces import Learner, LearnerContext, StepLog
+from metalora.optim import adamw, fit_steps
+from metalora.records import Task
+from metalora.scoring import answer_loss, option_probs
+from metalora.settings import setting
+
+
+@dataclass(frozen=True)
+class ReptileSettings:
+    """Settings of ``reptile``."""
+
+    lr: float = setting(1e-5, "Training learning rate (AdamW). Learner defaults: lora 5e-5, "
+                              "structured-lora 1e-5, reptile 1e-5, maml (outer) 5e-5.")
+    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).")
+    reptile_epsilon: float = setting(
+        0.5, "reptile: outer step size eps in theta <- theta + eps (theta_i - theta) (paper: 0.5).")
+    reptile_persistent_optimizer: bool = setting(
+        False, "reptile: keep one inner AdamW for the whole run instead of a fresh one per task.")
+
+
+def reptile_interpolate(theta: Tensor, theta_i: Tensor, epsilon: float) -> Tensor:
+    """The Reptile outer update ``theta + epsilon * (theta_i - theta)``."""
+    return theta + epsilon * (theta_i - theta)
+
+
+class ReptileLearner(Learner):
+    """Reptile: a few AdamW steps per task, then move ``theta`` part of the way there."""
+
+    name = "reptile"
+    description = ("Reptile: 5 AdamW steps per task from theta, then "
+                   "theta <- theta + eps (theta_i - theta), eps = 0.5 (baseline).")
+    Settings = ReptileSettings
+
+    def __init__(self, context: LearnerContext) -> None:
+        super().__init__(context)
+        self._adapters = attach_adapters(context.model, context.adapter_config, ["default"])
+        self.optimizer: torch.optim.AdamW | None = (
+            self._new_optimizer() if self.settings.reptile_persistent_optimizer else None)
+
+    @property
+    def adapters(self) -> AdapterHandle:
+        return self._adapters
+
+    def _new_optimizer(self) -> torch.optim.AdamW:
+        return adamw(self._adapters.parameters(), self.settings.lr, self.settings.weight_decay)
+
+    def steps_per_epoch(self, tasks: Sequence[Task]) -> int:
+        """``inner_steps`` inner logs plus one outer log per task."""
+        return len(tasks) * (max(self.settings.inner_steps, 0) + 1)
+
+    def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
+        """Per task (shuffled): inner AdamW steps in place, then the Reptile interpolation.
+
+        Yields one ``phase="inner"`` log per inner step and one ``phase="outer"``
+        log after the interpolation (its loss is the mean inner loss of the task,
+        ``shift`` the L2 norm of ``eps (theta_i - theta)`` over all adapter tensors).
+        """
+        episodes, rng, run = self.context.episodes, self.context.rng, self.context.run
+        order = list(tasks)
+        rng.shuffle(order)
+        for task in order:
+            theta = self._adapters.snapshot()
+            optimizer = self.optimizer if self.optimizer is not None else self._new_optimizer()
+            losses = []
+            for step in range(self.settings.inner_steps):
+                batch = episodes.train_batch(task, rng)
+                loss = answer_loss(self.context.model, batch, over=run.train_loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = float(loss.detach())
+                losses.append(value)
+                yield StepLog(epoch=epoch, task=task.name, step=step, loss=value, phase="inner",
+                              components={"nll": value})
+            optimizer.zero_grad(set_to_none=True)
+            shift = self._outer_update(theta)
+            mean = sum(losses) / len(losses) if losses else 0.0
+            yield StepLog(epoch=epoch, task=task.name, step=self.settings.inner_steps, loss=mean,
+                          phase="outer", components={"nll": mean, "shift": shift})
+
+    @torch.no_grad()
+    def _outer_update(self, theta: dict[str, Tensor]) -> float:
+        """Write ``theta + eps (theta_i - theta)`` in place; return the norm of the move."""
+        epsilon = self.settings.reptile_epsilon
+        squared = 0.0
+        for name, param in self._adapters.named_parameters().items():
+            new = reptile_interpolate(theta[name], param, epsilon)
+            squared += float((new - theta[name]).pow(2).sum())
+            param.copy_(new)
+        return squared ** 0.5
+
+    def adapt(self, support: Sequence[Batch]) -> None:
+        """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr`` (SPEC 4)."""
+        run = self.context.run
+        fit_steps(self.context.model, self._adapters.parameters(), support, run.adapt_steps,
+                  run.adapt_lr, run.train_loss)
+
+    def predict_proba(self, batch: Batch) -> Tensor:
+        return option_probs(self.context.model, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The persistent inner optimiser's state (``None`` with a fresh optimiser per task)."""
+        return {"optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("optimizer")
+        if saved is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(saved)
