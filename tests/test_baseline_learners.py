@@ -229,7 +229,6 @@ def test_maml_outer_step_matches_hand_first_order_and_adamw(build) -> None:
     task = suite.train[0]
     support = [learner.context.episodes.train_batch(task, rng) for _ in range(2)]
     query = learner.context.episodes.train_batch(task, rng)
-    theta = handle.snapshot()
     # B = 0 at initialisation would hide mistakes in the A gradients: start elsewhere.
     with torch.no_grad():
         for name, param in handle.named_parameters().items():
