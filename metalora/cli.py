@@ -17,6 +17,7 @@ from typing import Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -51,7 +52,8 @@ class MetaloraGroup(TyperGroup):
         except MetaloraError as exc:
             if ctx.params.get("debug"):
                 raise
-            err_console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False)
+            err_console.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]Interrupted.[/bold red] Finished results are on disk.")
@@ -178,11 +180,12 @@ def print_results(summary: RunSummary, per_task: bool = False) -> None:
     seeds = len(summary.protocol.get("seeds", [])) or max(
         (len(r) for r in summary.results.values()), default=0)
     test_at = summary.protocol.get("test_at", SELECTION_LAST)
-    when = ("best-validation epoch" if test_at == SELECTION_BEST else "last epoch")
+    when = {SELECTION_BEST: "the best-validation epoch", SELECTION_LAST: "the last epoch"}.get(
+        test_at, "the best-validation epoch where validated, else the last epoch")
     table = Table(
         title=f"Test results on '{summary.suite}'",
         caption=f"mean ± SE over {seeds} seed{'s' if seeds != 1 else ''}; macro-average over "
-                f"test tasks; tested at the {when}")
+                f"test tasks; tested at {when}")
     table.add_column("Method")
     for col in columns:
         table.add_column(f"{col.label} {col.arrow}", justify="right")
@@ -289,6 +292,7 @@ def main() -> None:
     try:
         app = build_app()
     except MetaloraError as exc:
-        err_console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False)
+        err_console.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)
         raise SystemExit(1) from None
     app()

@@ -60,6 +60,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from metalora import logging_sinks
 from metalora.batching import PromptEncoder
 from metalora.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng
 from metalora.config import (
@@ -72,7 +73,7 @@ from metalora.episodes import Episode, EpisodeSampler
 from metalora.errors import MetaloraError, TrainingDiverged
 from metalora.evaluation import EvalResult, evaluate
 from metalora.interfaces import DataOptions, Learner, LearnerContext, Metric, Prior, StepLog
-from metalora.logging_sinks import RunLogger, tensorboard_writer_class
+from metalora.logging_sinks import RunLogger
 from metalora.models import LoadedModel, load_model
 from metalora.plugins import PluginManager
 from metalora.records import Suite, Task
@@ -103,6 +104,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 SELECTION_BEST = "best-validation"
 SELECTION_LAST = "last-epoch"
+SELECTION_MIXED = "mixed"
 
 
 def resume_command(run_dir: Path) -> str:
@@ -368,7 +370,11 @@ class Engine:
         return path
 
     def protocol_dict(self, validated: bool) -> dict[str, Any]:
-        """The protocol the results come from (stored in metrics.json and results.json)."""
+        """The protocol the results come from (stored in metrics.json and results.json).
+
+        ``test_at`` is ``best-validation``, ``last-epoch``, or ``mixed`` when
+        some learner/seed was never validated (``epochs < eval_every``).
+        """
         return {
             "epochs": self.run.epochs,
             "eval_every": self.run.eval_every,
@@ -376,6 +382,11 @@ class Engine:
             "test_at": SELECTION_BEST if validated else SELECTION_LAST,
             "seeds": list(self.run.seeds),
         }
+
+    @staticmethod
+    def _test_at(summary: RunSummary) -> str:
+        selections = {r.selection for seeds in summary.results.values() for r in seeds}
+        return selections.pop() if len(selections) == 1 else SELECTION_MIXED
 
     # -- run state (state.json) -------------------------------------------------------
     def _write_state(self, run_dir: Path, status: str | None = None) -> None:
@@ -407,7 +418,7 @@ class Engine:
         if self.run.eval_every > 0 and not suite.validation:
             self.console.print(f"[dim]{suite.name} has no validation tasks: test metrics are "
                                "taken at the last epoch[/dim]")
-        if self.run.tensorboard and tensorboard_writer_class() is None:
+        if self.run.tensorboard and logging_sinks.tensorboard_writer_class() is None:
             self.console.print("[dim]tensorboard is not installed: TensorBoard logging "
                                "skipped (pip install tensorboard)[/dim]")
         if self.resume_dir is not None:
@@ -439,6 +450,7 @@ class Engine:
                 summary.results[name] = []
                 for seed in self.run.seeds:
                     summary.results[name].append(self.run_seed(name, seed, protocol))
+                    summary.protocol["test_at"] = self._test_at(summary)
                     write_json(run_dir / METRICS_FILE, summary.to_dict())
                     write_results(summary, run_dir)
         except KeyboardInterrupt:
@@ -624,7 +636,7 @@ class Engine:
                                suite=summary.suite)
         except PlotsUnavailable:
             self.console.print("[dim]matplotlib is not installed: plots skipped "
-                               "(pip install 'metalora[plots]')[/dim]")
+                               "(pip install 'metalora\\[plots]')[/dim]")
         except Exception as exc:  # a figure must never cost a finished run its results
             self.console.print(f"[yellow]Warning:[/yellow] plots skipped: "
                                f"{type(exc).__name__}: {exc}")
