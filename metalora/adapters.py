@@ -61,7 +61,12 @@ class LoRAPair(nn.Module):
 
 
 AdapterDelta = Callable[["AdaptedLinear", Tensor], Tensor]
-"""``delta(layer, x)`` returns what the adapters add to ``layer.base(x)``."""
+"""``delta(layer, x)`` returns what the adapters add to ``layer.base(x)``.
+
+A delta whose ``includes_base`` attribute is true returns the layer's whole
+output instead, base included (so that it can fuse the frozen ``W0`` with
+its own weight update in one matrix product).
+"""
 
 
 class LowRankDelta:
@@ -108,10 +113,13 @@ class AdaptedLinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.base(x)
         if self.delta is None:
-            return out
+            return self.base(x)
         adapter_dtype = next(iter(self.pairs.values())).A.dtype
+        if getattr(self.delta, "includes_base", False):
+            # the delta computes the whole output itself (e.g. fusing W0 with a sampled weight)
+            return self.delta(self, x.to(adapter_dtype)).to(x.dtype)
+        out = self.base(x)
         return out + self.delta(self, x.to(adapter_dtype)).to(out.dtype)
 
 
