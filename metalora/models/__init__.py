@@ -57,7 +57,14 @@ def _load_hf(name: str, attn_implementation: str | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    is_local = Path(name).exists()
+    is_local = Path(name).expanduser().exists()
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_like_path and not is_local:
+        raise MetaloraError(
+            f"model path {name!r} does not exist; valid aliases: {', '.join(sorted(ALIASES))}, "
+            "or an existing local directory, or a Hugging Face id"
+        )
+    name = str(Path(name).expanduser()) if is_local else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)

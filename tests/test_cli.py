@@ -1,0 +1,134 @@
+"""The CLI through Typer's CliRunner, bad input included."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from metalora.cli import build_app
+from metalora.errors import MetaloraError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def app(plugins):
+    return build_app(plugins)
+
+
+def invoke(app, *args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False, color=False)
+
+
+def test_help_everywhere(app):
+    for args in ([], ["run"], ["plugins"], ["tasks"]):
+        result = invoke(app, *args, "--help")
+        assert result.exit_code == 0, result.output
+        assert "Usage" in result.output
+    run_help = invoke(app, "run", "--help").output
+    for option in ("--learner", "--tasks", "--model", "--config", "--adapt-lr", "--seeds"):
+        assert option in run_help
+
+
+def test_plugins_lists_implementations_with_their_package(app):
+    result = invoke(app, "plugins")
+    assert result.exit_code == 0
+    for name in ("lora", "pretrained", "demo", "accuracy", "ece"):
+        assert name in result.output
+    assert "metalora" in result.output
+
+
+def test_tasks_lists_suites_and_the_tasks_of_one(app):
+    suites = invoke(app, "tasks")
+    assert suites.exit_code == 0 and "demo" in suites.output
+    demo = invoke(app, "tasks", "demo")
+    assert demo.exit_code == 0
+    assert "demo-sentiment_review" in demo.output and "test" in demo.output
+
+
+def test_run_writes_a_run_directory_and_prints_the_table(app, tmp_path):
+    result = invoke(app, "run", "--learner", "pretrained,lora", "--tasks", "demo", "--model",
+                    "tiny", "--epochs", "1", "--output-dir", str(tmp_path), "--run-name", "r",
+                    "--max-train-tasks", "2", "--query-cap", "16")
+    assert result.exit_code == 0, result.output
+    assert "pretrained" in result.output and "lora" in result.output
+    assert "Acc" in result.output and "ECE" in result.output
+    run_dir = tmp_path / "r"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "tiny" and config["learner"] == ["pretrained", "lora"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["learners"]) == {"pretrained", "lora"}
+    assert (run_dir / "lora" / "seed-0" / "adapters.safetensors").exists()
+
+
+def test_config_file_is_read_and_the_command_line_overrides_it(app, tmp_path):
+    config = tmp_path / "settings.toml"
+    config.write_text('learner = "pretrained"\ntasks = "demo"\nmodel = "tiny"\n'
+                      'epochs = 3\nquery_cap = 8\nadapt_lr = 0.5\n')
+    result = invoke(app, "run", "--config", str(config), "--query-cap", "4",
+                    "--output-dir", str(tmp_path), "--run-name", "c")
+    assert result.exit_code == 0, result.output
+    resolved = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert resolved["query_cap"] == 4  # command line wins
+    assert resolved["epochs"] == 3 and resolved["adapt_lr"] == 0.5  # from the file
+    yaml_config = tmp_path / "settings.yaml"
+    yaml_config.write_text("learner: [pretrained]\nmodel: tiny\nquery_cap: 2\n")
+    result = invoke(app, "run", "--config", str(yaml_config), "--output-dir", str(tmp_path),
+                    "--run-name", "y")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "y" / "config.json").read_text())["query_cap"] == 2
+
+
+BAD_INPUT = [
+    (["run", "--learner", "nope", "--model", "tiny"],
+     "unknown learner 'nope'; valid choices: ", "lora"),
+    (["run", "--tasks", "nosuchsuite", "--model", "tiny"],
+     "unknown suite 'nosuchsuite'; valid choices: ", "demo"),
+    (["run", "--learner", "pretrained", "--model", "/no/such/model/dir"],
+     "model path '/no/such/model/dir' does not exist", "tiny"),
+    (["run", "--model", "tiny", "--data-dir", "/no/such/data"],
+     "data directory '/no/such/data' does not exist", None),
+    (["run", "--train-loss", "sideways"], "setting 'train_loss' got 'sideways'", "vocab"),
+    (["tasks", "nosuchsuite"], "unknown suite 'nosuchsuite'", "demo"),
+]
+
+
+@pytest.mark.parametrize(("args", "message", "choice"), BAD_INPUT)
+def test_bad_input_is_one_clear_line_and_a_non_zero_exit(app, tmp_path, args, message, choice):
+    result = runner.invoke(app, [*args, "--output-dir", str(tmp_path)] if args[0] == "run"
+                           else args, color=False)
+    assert result.exit_code == 1, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    error_lines = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1, text
+    assert message in error_lines[0]
+    if choice:
+        assert choice in error_lines[0]
+
+
+@pytest.mark.parametrize(("content", "suffix", "message"), [
+    ("epochs = [unclosed", ".toml", "is malformed"),
+    ("epochs: [1, 2\n", ".yaml", "is malformed"),
+    ("no_such_setting = 1\n", ".toml", "unknown setting 'no_such_setting'; valid settings:"),
+    ('epochs = "many"\n', ".toml", "setting 'epochs' must be int, got 'many'"),
+])
+def test_a_malformed_config_is_one_clear_line(app, tmp_path, content, suffix, message):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(content)
+    result = runner.invoke(app, ["run", "--config", str(path)], color=False)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert message in result.output
+
+
+def test_missing_config_file(app, tmp_path):
+    result = runner.invoke(app, ["run", "--config", str(tmp_path / "none.toml")], color=False)
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_debug_shows_the_exception(app):
+    with pytest.raises(MetaloraError):
+        runner.invoke(app, ["--debug", "run", "--learner", "nope"], catch_exceptions=False)

@@ -1,0 +1,84 @@
+"""Support/query splits and the adapt-evaluate-restore protocol."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from metalora.batching import PromptEncoder
+from metalora.episodes import EpisodeSampler
+from metalora.errors import MetaloraError
+from metalora.evaluation import evaluate
+from metalora.records import Task, TaskRecord
+from tests.conftest import make_config
+
+
+def _task(name: str, n: int) -> Task:
+    return Task(name, [TaskRecord(name, f"question {i}", "yes", ("yes", "no")) for i in range(n)])
+
+
+def _sampler(tiny, **kwargs) -> EpisodeSampler:
+    return EpisodeSampler(PromptEncoder(tiny.tokenizer), **kwargs)
+
+
+def test_support_is_five_batches_of_two_and_query_is_the_rest(tiny):
+    episode = _sampler(tiny).episode(_task("a", 31))
+    assert [len(b) for b in episode.support] == [2] * 5
+    assert episode.query_size == 21
+    support = {r.input for b in episode.support for r in b.records}
+    query = {r.input for b in episode.query for r in b.records}
+    assert not support & query and len(support | query) == 31
+
+
+def test_splits_are_seeded_per_task_and_the_query_can_be_capped(tiny):
+    def inputs(episode):
+        return [r.input for b in episode.support for r in b.records]
+
+    task = _task("a", 40)
+    assert inputs(_sampler(tiny, seed=0).episode(task)) == inputs(_sampler(tiny, seed=0).episode(task))
+    assert inputs(_sampler(tiny, seed=0).episode(task)) != inputs(_sampler(tiny, seed=1).episode(task))
+    assert _sampler(tiny, query_cap=7).episode(task).query_size == 7
+
+
+def test_a_task_too_small_to_evaluate_is_a_clear_error(tiny):
+    with pytest.raises(MetaloraError, match="task 'small' has 10 records"):
+        _sampler(tiny).episode(_task("small", 10))
+
+
+def test_train_batches_come_from_the_task_and_follow_the_rng(tiny):
+    sampler = _sampler(tiny, batch_size=3)
+    task = _task("a", 20)
+    first = sampler.train_batch(task, random.Random(5)).records
+    assert first == sampler.train_batch(task, random.Random(5)).records
+    assert len(first) == 3 and all(r in task.records for r in first)
+
+
+def test_evaluation_adapts_then_restores_the_adapters_bit_for_bit(plugins, tmp_path):
+    from metalora.engine import Engine
+
+    engine = Engine(make_config(plugins, model="tiny", learner=["lora"], adapt_lr=0.05,
+                                output_dir=str(tmp_path), query_cap=6), plugins)
+    learner = engine.build_learner("lora", seed=0)
+    suite = engine.load_suite()
+    with torch.no_grad():
+        for p in learner.adapters.parameters():
+            p.add_(0.01)
+    before = learner.adapters.snapshot()
+    adapted = []
+    original_adapt = learner.adapt
+
+    def spy(support):
+        original_adapt(support)
+        adapted.append(learner.adapters.snapshot())
+
+    learner.adapt = spy
+    episodes = [engine.episodes.episode(t) for t in suite.test]
+    result = evaluate(learner, episodes, engine.metrics())
+    assert len(adapted) == len(suite.test)
+    assert any(not torch.equal(adapted[0][k], before[k]) for k in before)  # it did adapt
+    after = learner.adapters.snapshot()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert set(result.macro) >= {"accuracy", "ece"}
+    assert [t.task for t in result.tasks] == [t.name for t in suite.test]
