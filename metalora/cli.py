@@ -79,9 +79,12 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
 
     app.command(
         "run",
-        help="Train learner(s) on a suite's training tasks and evaluate on its test tasks "
-             "(test-time adaptation on each task's support set, metrics on its query set). "
-             "Writes a run directory and prints the results table.",
+        help="Train learner(s) on a suite's training tasks for --epochs epochs, validating every "
+             "--eval-every epochs, and evaluate each seed on the test tasks at its "
+             "best-validation epoch (test-time adaptation on each task's support set, metrics "
+             "on its query set). Prints the results table (mean ± SE over --seeds) and writes "
+             "a run directory: results.csv/json, metrics.json, log.jsonl, checkpoints, plots. "
+             "Ctrl-C leaves a run that --resume RUN_DIR continues.",
     )(make_run_command(plugins))
     app.command("plugins")(make_plugins_command(plugins))
     app.command("tasks")(make_tasks_command(plugins))
@@ -137,7 +140,7 @@ def make_run_command(plugins: PluginManager):
             where = f" ({exc.detail})" if exc.detail else ""
             err_console.print(
                 f"[bold red]Interrupted[/bold red]{where}. Finished learners/seeds and the latest "
-                f"epoch checkpoint are in {exc.run_dir}", highlight=False)
+                f"epoch checkpoint are in {exc.run_dir}", highlight=False, soft_wrap=True)
             err_console.print(f"Resume with: {exc.resume_command}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         print_results(summary, per_task=per_task)

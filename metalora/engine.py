@@ -453,13 +453,13 @@ class Engine:
                     summary.protocol["test_at"] = self._test_at(summary)
                     write_json(run_dir / METRICS_FILE, summary.to_dict())
                     write_results(summary, run_dir)
+            self.write_plots(summary)
         except KeyboardInterrupt:
             self._write_state(run_dir, "interrupted")
             raise RunInterrupted(run_dir, self._current) from None
         except BaseException:
             self._write_state(run_dir, "failed")
             raise
-        self.write_plots(summary)
         self._write_state(run_dir, "finished")
         return summary
 
@@ -506,6 +506,7 @@ class Engine:
                 tested, selection = training.best_epoch, SELECTION_BEST
             else:
                 tested, selection = training.epoch, SELECTION_LAST
+            self._current = f"{name} seed {seed} while testing"
             result = self.test(learner, name, seed, protocol.test, protocol.metrics)
             save_adapters(out / ADAPTERS_FILE, learner.adapters.snapshot(),
                           metadata={"epoch": str(tested)})
@@ -581,6 +582,7 @@ class Engine:
                   training: TrainingState, logger: RunLogger,
                   progress: Progress) -> dict[str, Any]:
         """Validate, update the best epoch, log; return the validation record."""
+        self._current = f"{name} seed {seed} while validating epoch {training.epoch}"
         bar = progress.add_task(f"{name} seed {seed}: validate", total=len(protocol.validation))
         result = evaluate(learner, protocol.validation, protocol.validation_metrics, seed=seed,
                           on_task=lambda _task: progress.advance(bar))
@@ -609,9 +611,9 @@ class Engine:
         select = self.run.select_metric
         if record is not None:
             percent = select == "accuracy"
-            text += (f" val {select} {format_mean_se(record[select], 0.0, percent, 1)}"
-                     f" (best {format_mean_se(training.best_value, 0.0, percent, 1)}"
-                     f" @{training.best_epoch})")
+            label = "acc" if percent else select
+            text += (f", val {label} {format_mean_se(record[select], 0.0, percent, 1)}"
+                     f", best @{training.best_epoch}")
         progress.update(bar, description=text)
 
     def test(self, learner: Learner, name: str, seed: int, episodes: list[Episode],
