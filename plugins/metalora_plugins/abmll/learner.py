@@ -1,0 +1,297 @@
+"""The ``abmll`` learner: Amortized Bayesian Meta-Learning for LoRA (SPEC section 3).
+
+One epoch (paper Algorithm 1), for each training task in a seeded shuffled
+order:
+
+1. reset: copy the global pairs (theta) into the task pairs (phi), bit for bit;
+2. ``inner_steps`` AdamW steps (``inner_lr``) on
+   ``NLL + beta * KL(q(phi|D) || p(phi|theta))`` with respect to phi only
+   (theta is detached), a fresh batch of the task each step;
+3. one outer AdamW step (``outer_lr``) on a fresh batch, on
+   ``NLL + beta * KL + gamma * (-log p(theta))`` with respect to theta only.
+   First-order meta-gradient: phi's factors enter as
+   ``theta + stopgrad(phi - theta)`` (exactly phi's value), so the NLL
+   gradient at phi reaches theta as in first-order MAML and the KL reaches
+   theta both directly and through phi's factors.
+
+Test-time adaptation (:meth:`ABMLLLearner.adapt`) is the inner loop on the
+support set with the run's ``adapt_steps`` / ``adapt_lr``, starting from the
+global pairs; prediction averages the option probabilities over
+``eval_samples`` weight samples. The evaluation protocol restores every
+adapter tensor afterwards.
+
+Memory: only the four LoRA pairs per layer exist, whatever the number of
+tasks. The KL and prior are back-propagated one layer at a time before the
+NLL forward pass (:func:`~metalora_plugins.abmll.objective.backward_regularisers`)
+and the weight noise is regenerated from a seed in backward
+(:mod:`metalora_plugins.abmll.sampling`).
+
+Numerical safety: log-variances are clamped to ``[log_var_min, log_var_max]``;
+a step whose loss is NaN or infinite is not applied, is logged, and ends the
+epoch, so the engine stops the run with the epoch, task and step and the
+adapters stay at their last good values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metalora.adapters import AdapterHandle, attach_adapters
+from metalora.batching import Batch
+from metalora.errors import MetaloraError
+from metalora.interfaces import Learner, LearnerContext, Prior, StepLog
+from metalora.optim import adamw
+from metalora.records import Task
+from metalora.scoring import answer_loss, option_probs
+from metalora.settings import setting
+from metalora_plugins.abmll.objective import backward_regularisers
+from metalora_plugins.abmll.pairs import (
+    GLOBAL_PAIRS,
+    MU_THETA,
+    PAIR_NAMES,
+    TASK_OF,
+    TASK_PAIRS,
+    LogVarSpec,
+    global_factors,
+    task_factors,
+)
+from metalora_plugins.abmll.sampling import SAMPLING_MODES, ABMLLDelta
+
+META_GRADIENTS: tuple[str, ...] = ("first-order",)
+
+
+@dataclass(frozen=True)
+class ABMLLSettings:
+    """Settings of ``abmll`` (defaults: the paper's, SPEC section 3)."""
+
+    inner_lr: float = setting(
+        1e-5, "ABMLL inner-loop learning rate: AdamW on the task pairs phi (default 1e-5, "
+              "as the paper). Test-time adaptation uses adapt_lr and adapt_steps instead.")
+    outer_lr: float = setting(
+        5e-5, "ABMLL outer learning rate: AdamW on the global pairs theta (default 5e-5, as "
+              "the paper).")
+    inner_steps: int = setting(
+        5, "ABMLL inner steps K per training task, one fresh batch each (default 5, as the "
+           "paper).")
+    weight_decay: float = setting(0.01, "AdamW weight decay (default 0.01).")
+    beta: float = setting(
+        1e-8, "ABMLL weight beta of KL(q(phi|D) || p(phi|theta)) in the inner and outer "
+              "objectives (default 1e-8, as the paper).")
+    gamma: float | None = setting(
+        None, "ABMLL weight gamma of -log p(theta) in the outer objective; unset means "
+              "gamma = beta (the default: the paper's single weight).")
+    log_var_init: float = setting(
+        -20.0, "ABMLL c: the initial log-variance, logv = s*B@A + c (SPEC 3.1 reads the "
+               "paper's 'c = e^-20' as c = -20; default -20).")
+    log_var_min: float = setting(
+        -30.0, "ABMLL lower clamp of every log-variance (numerical safety; the gradient is "
+               "zero below it; default -30).")
+    log_var_max: float = setting(
+        5.0, "ABMLL upper clamp of every log-variance (numerical safety; the gradient is zero "
+             "above it; default 5).")
+    train_samples: int = setting(
+        1, "ABMLL weight samples per training step; the NLL is their mean (default 1, as "
+           "the paper).")
+    eval_samples: int = setting(
+        1, "ABMLL weight samples per prediction; >1 averages the option probabilities "
+           "(Bayesian model averaging; default 1, as the paper).")
+    sampling: str = setting(
+        "weight", "ABMLL noise: 'weight' = exact weight-space sample W0+mu+sigma*eps (noise "
+                  "regenerated in backward, not stored); 'local' = local reparameterisation "
+                  "trick (independent per token); 'mean' = no noise. Default 'weight'.",
+        choices=SAMPLING_MODES)
+    meta_gradient: str = setting(
+        "first-order", "ABMLL meta-gradient: 'first-order' passes the NLL gradient at phi to "
+                       "theta through theta + stopgrad(phi - theta) (SPEC 3.4). Second order "
+                       "is not implemented. Default 'first-order'.",
+        choices=META_GRADIENTS)
+    prior: str = setting(
+        "normal-gamma", "Prior p(theta) of ABMLL, by registered name (see `metalora plugins`; "
+        "default normal-gamma).")
+
+
+class ABMLLLearner(Learner):
+    """ABMLL: four LoRA pairs per layer (global/task mean and log-variance); see module doc."""
+
+    name = "abmll"
+    description = "Amortized Bayesian Meta-Learning for LoRA (Zhang, Snell & Griffiths, 2025)."
+    Settings = ABMLLSettings
+    mean_pair = MU_THETA
+
+    def __init__(self, context: LearnerContext) -> None:
+        super().__init__(context)
+        s: ABMLLSettings = self.settings
+        _validate(s)
+        self.beta = float(s.beta)
+        self.gamma = float(s.beta if s.gamma is None else s.gamma)
+        self.spec = LogVarSpec(offset=s.log_var_init, low=s.log_var_min, high=s.log_var_max)
+        self.prior: Prior | None = context.make_prior(s.prior)
+        if self.prior is None and self.gamma != 0:
+            raise MetaloraError(f"abmll needs the prior {s.prior!r} but no prior registry is "
+                                "available; set gamma = 0 to train without a prior")
+        self.delta = ABMLLDelta(s.sampling, self.spec)
+        self._adapters = attach_adapters(context.model, context.adapter_config, PAIR_NAMES,
+                                         delta=self.delta)
+        self.outer_optimizer = adamw(self._adapters.parameters(GLOBAL_PAIRS), s.outer_lr,
+                                     s.weight_decay)
+        self.reset_task()
+
+    # -- adapters -----------------------------------------------------------------
+    @property
+    def adapters(self) -> AdapterHandle:
+        return self._adapters
+
+    def reset_task(self) -> None:
+        """Copy the global pairs into the task pairs (Algorithm 1's reset)."""
+        for source, target in TASK_OF.items():
+            self._adapters.copy_pair(source, target)
+
+    def _clear_grads(self) -> None:
+        for param in self._adapters.parameters():
+            param.grad = None
+
+    # -- objective ---------------------------------------------------------------
+    def _nll_backward(self, batch: Batch, backward: bool = True) -> float:
+        """Mean answer loss over ``train_samples`` weight samples; accumulates its gradient."""
+        n = 1 if self.settings.sampling == "mean" else self.settings.train_samples
+        total = 0.0
+        for _ in range(n):
+            loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
+            if backward:
+                (loss / n).backward()
+            total += float(loss.detach())
+        return total / n
+
+    def prior_value(self) -> float:
+        """``-log p(theta)`` of the current global pairs (0 without a prior)."""
+        if self.prior is None:
+            return 0.0
+        with torch.no_grad():
+            reg = backward_regularisers(self._adapters.layers.values(), global_factors,
+                                        global_factors, self.spec, 0.0, 0.0, self.prior)
+        return float(reg.prior)
+
+    def inner_step(self, batch: Batch, optimizer: torch.optim.Optimizer,
+                   prior_value: float | None = None) -> tuple[float, dict[str, float]]:
+        """One step on ``NLL + beta * KL`` w.r.t. the task pairs only; returns (loss, terms).
+
+        The step is not applied when the loss is not finite.
+        """
+        self._clear_grads()
+        reg = backward_regularisers(
+            self._adapters.layers.values(), task_factors,
+            lambda layer: global_factors(layer, detach=True), self.spec, self.beta, 0.0, None)
+        nll = self._nll_backward(batch)
+        kl = float(reg.kl)
+        loss = nll + self.beta * kl
+        if math.isfinite(loss):
+            optimizer.step()
+        prior = self.prior_value() if prior_value is None else prior_value
+        return loss, {"nll": nll, "kl": kl, "prior": prior}
+
+    def outer_step(self, batch: Batch, apply: bool = True) -> tuple[float, dict[str, float]]:
+        """One step on ``NLL + beta * KL + gamma * (-log p(theta))`` w.r.t. the global pairs only.
+
+        First-order meta-gradient through ``theta + stopgrad(phi - theta)``.
+        With ``apply=False`` the gradients are left in ``.grad`` and no step
+        is taken (for inspection). The step is not applied when the loss is
+        not finite.
+        """
+        self._clear_grads()
+        self.delta.straight_through = True
+        try:
+            reg = backward_regularisers(
+                self._adapters.layers.values(),
+                lambda layer: task_factors(layer, straight_through=True), global_factors,
+                self.spec, self.beta, self.gamma, self.prior)
+            nll = self._nll_backward(batch)
+        finally:
+            self.delta.straight_through = False
+        kl, prior = float(reg.kl), float(reg.prior)
+        loss = nll + self.beta * kl + self.gamma * prior
+        if apply and math.isfinite(loss):
+            self.outer_optimizer.step()
+        return loss, {"nll": nll, "kl": kl, "prior": prior}
+
+    def _inner_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return adamw(self._adapters.parameters(TASK_PAIRS), lr, self.settings.weight_decay)
+
+    # -- training ------------------------------------------------------------------
+    def steps_per_epoch(self, tasks: Sequence[Task]) -> int:
+        return len(tasks) * (self.settings.inner_steps + 1)
+
+    def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
+        episodes, rng = self.context.episodes, self.context.rng
+        order = list(tasks)
+        rng.shuffle(order)
+        k_steps = self.settings.inner_steps
+        for task in order:
+            self.reset_task()
+            prior = self.prior_value()
+            inner = self._inner_optimizer(self.settings.inner_lr)
+            for k in range(k_steps):
+                loss, terms = self.inner_step(episodes.train_batch(task, rng), inner, prior)
+                yield StepLog(epoch=epoch, task=task.name, step=k, loss=loss, phase="inner",
+                              components=terms)
+                if not math.isfinite(loss):
+                    return
+            loss, terms = self.outer_step(episodes.train_batch(task, rng))
+            yield StepLog(epoch=epoch, task=task.name, step=k_steps, loss=loss, phase="outer",
+                          components=terms)
+            if not math.isfinite(loss):
+                return
+        self._clear_grads()
+        self.reset_task()
+
+    # -- test-time adaptation and prediction ---------------------------------------
+    def adapt(self, support: Sequence[Batch]) -> None:
+        """From the global pairs, ``adapt_steps`` inner steps at ``adapt_lr`` on the support set."""
+        self.reset_task()
+        run = self.context.run
+        if run.adapt_steps <= 0 or not support:
+            return
+        optimizer = self._inner_optimizer(run.adapt_lr)
+        prior = self.prior_value()
+        with torch.enable_grad():
+            for step in range(run.adapt_steps):
+                self.inner_step(support[step % len(support)], optimizer, prior)
+        self._clear_grads()
+
+    def predict_proba(self, batch: Batch) -> Tensor:
+        """Option probabilities under the task pairs, averaged over ``eval_samples`` samples."""
+        n = 1 if self.settings.sampling == "mean" else self.settings.eval_samples
+        probs = option_probs(self.context.model, batch)
+        for _ in range(n - 1):
+            probs = probs + option_probs(self.context.model, batch)
+        return probs / n
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"outer_optimizer": self.outer_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+
+
+def _validate(s: ABMLLSettings) -> None:
+    if not s.log_var_min <= s.log_var_init <= s.log_var_max:
+        raise MetaloraError(
+            f"abmll: log_var_init {s.log_var_init} must lie in [log_var_min, log_var_max] = "
+            f"[{s.log_var_min}, {s.log_var_max}]")
+    for name in ("inner_steps",):
+        if getattr(s, name) < 0:
+            raise MetaloraError(f"abmll: {name} must be at least 0, got {getattr(s, name)}")
+    for name in ("train_samples", "eval_samples"):
+        if getattr(s, name) < 1:
+            raise MetaloraError(f"abmll: {name} must be at least 1, got {getattr(s, name)}")
+    if s.meta_gradient not in META_GRADIENTS:
+        raise MetaloraError(f"abmll: unknown meta_gradient {s.meta_gradient!r}; valid choices: "
+                            + ", ".join(META_GRADIENTS))
+    if s.sampling not in SAMPLING_MODES:
+        raise MetaloraError(f"abmll: unknown sampling {s.sampling!r}; valid choices: "
+                            + ", ".join(SAMPLING_MODES))
