@@ -41,7 +41,9 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -401,12 +403,19 @@ class Engine:
         if self._state.get("status") == "running" and _alive(self._state):
             raise MetaloraError(
                 f"run {str(run_dir)!r} is still running (process {self._state.get('pid')}); "
-                "wait for it or stop it before resuming")
+                "wait for it or stop it before resuming (if it is not running, set \"status\" "
+                f"in {STATE_FILE} to \"interrupted\")")
         self._state.setdefault("pairs", {})
 
     # -- running -------------------------------------------------------------------
     def execute(self) -> RunSummary:
-        """Run every learner for every seed; write and return the results."""
+        """Run every learner for every seed; write and return the results.
+
+        SIGTERM is handled like Ctrl-C while the run executes (a batch
+        scheduler's preemption also leaves a resumable run directory).
+        """
+        if self.resume_dir is not None:
+            self._load_state(self.resume_dir)  # fail fast, before loading anything
         suite = self.load_suite()
         if not suite.test:
             raise MetaloraError(f"suite '{suite.name}' has no test tasks")
@@ -423,7 +432,6 @@ class Engine:
                                "skipped (pip install tensorboard)[/dim]")
         if self.resume_dir is not None:
             run_dir = self.resume_dir
-            self._load_state(run_dir)
             self.console.print(f"Resuming {run_dir}")
         else:
             run_dir = self.make_run_dir()
@@ -446,14 +454,15 @@ class Engine:
         summary = RunSummary(run_dir=run_dir, suite=suite.name, metric_names=list(metrics),
                              protocol=self.protocol_dict(validated))
         try:
-            for name in self.run.learner:
-                summary.results[name] = []
-                for seed in self.run.seeds:
-                    summary.results[name].append(self.run_seed(name, seed, protocol))
-                    summary.protocol["test_at"] = self._test_at(summary)
-                    write_json(run_dir / METRICS_FILE, summary.to_dict())
-                    write_results(summary, run_dir)
-            self.write_plots(summary)
+            with _terminate_as_interrupt():
+                for name in self.run.learner:
+                    summary.results[name] = []
+                    for seed in self.run.seeds:
+                        summary.results[name].append(self.run_seed(name, seed, protocol))
+                        summary.protocol["test_at"] = self._test_at(summary)
+                        write_json(run_dir / METRICS_FILE, summary.to_dict())
+                        write_results(summary, run_dir)
+                self.write_plots(summary)
         except KeyboardInterrupt:
             self._write_state(run_dir, "interrupted")
             raise RunInterrupted(run_dir, self._current) from None
@@ -600,6 +609,7 @@ class Engine:
 
     def _checkpoint(self, learner: Learner, training: TrainingState, store: CheckpointStore,
                     logger: RunLogger, record: dict[str, Any] | None) -> None:
+        self._current = f"{logger.learner} seed {logger.seed} while saving epoch {training.epoch}"
         training.log_offset = logger.flush()
         store.save(learner.adapters.snapshot(), learner.state_dict(),
                    capture_rng(learner.context.rng, learner.context.device), training,
@@ -645,6 +655,23 @@ class Engine:
         return []
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``KeyboardInterrupt`` (main thread only; the old handler comes back)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _alive(state: dict[str, Any]) -> bool:
     """Whether the process recorded in ``state`` still runs on this host."""
     pid, host = state.get("pid"), state.get("host")
@@ -656,4 +683,10 @@ def _alive(state: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():  # Linux: a recycled pid of another program is not our run
+        try:
+            return b"metalora" in cmdline.read_bytes()
+        except OSError:
+            return True
     return True

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +209,19 @@ def test_ctrl_c_prints_the_resume_command(plugins, tmp_path, monkeypatch) -> Non
     assert result.exit_code == 130
     assert f"Resume with: metalora run --resume {tmp_path / 'run'}" in result.output
     assert (tmp_path / "run" / "config.json").exists()
+
+
+def test_sigterm_is_handled_like_ctrl_c(plugins, tmp_path) -> None:
+    class Terminate(RunCallback):
+        def on_step(self, learner: str, seed: int, step: StepLog) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    config = resolve_config(all_setting_infos(plugins), {},
+                            {**SETTINGS, "learner": "lora", "seeds": "0", "epochs": 1,
+                             "output_dir": str(tmp_path)})
+    with pytest.raises(RunInterrupted):
+        Engine(config, plugins, console=Console(file=io.StringIO()),
+               callbacks=[Terminate()]).execute()
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is before
