@@ -160,9 +160,10 @@ def make_run_command(plugins: PluginManager):
                                       "RUN_DIR/config.json).", rich_help_panel="Run")),
         inspect.Parameter(
             "per_task", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-            default=typer.Option(False, "--per-task/--no-per-task",
-                                 help="Also print the per-task test table (it is always in "
-                                      "results.json).", rich_help_panel="Run")),
+            default=typer.Option(True, "--per-task/--no-per-task",
+                                 help="Print the per-task test table before the Table-1 "
+                                      "summary (it is always in results.json).",
+                                 rich_help_panel="Run")),
     ]
     for info in infos.values():
         flag = info.name.replace("_", "-")

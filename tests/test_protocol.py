@@ -272,7 +272,11 @@ def test_cli_prints_the_table_1_layout(plugins, tmp_path) -> None:
     assert "Acc ↑" in result.output and "ECE ↓" in result.output
     assert "81.2% ± 6.2%" in result.output  # mean of 0.875 and 0.75
     assert "best-validation epoch" in result.output
-    assert "Per-task" not in result.output
+    assert "Per-task" in result.output  # printed by default
+    quiet = CliRunner().invoke(build_app(plugins), [*args, "--no-per-task", "--run-name", "q"],
+                               env={"COLUMNS": "200"})
+    assert quiet.exit_code == 0, quiet.output
+    assert "Per-task" not in quiet.output and "81.2% ± 6.2%" in quiet.output
 
 
 # -- plots ---------------------------------------------------------------------------------

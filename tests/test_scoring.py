@@ -49,13 +49,39 @@ def test_answer_loss_is_the_cross_entropy_of_the_label_token(tiny):
     torch.testing.assert_close(answer_loss(tiny.model, batch, over="options"), expected_opt)
 
 
-def test_a_multi_token_label_prefix_is_appended_and_long_questions_are_truncated(tiny):
-    encoder = PromptEncoder(tiny.tokenizer, max_length=150)
-    assert encoder.prefix_ids  # the byte-level tokenizer splits " A" into " " + "A"
-    long = TaskRecord("t", "word " * 200, "no", ("yes", "no"))
-    ids = encoder.prompt_ids(long)
-    assert len(ids) == 150
-    assert ids[-len(encoder.prefix_ids):] == encoder.prefix_ids
-    tail = tiny.tokenizer.decode(ids)
-    assert tail.endswith("A) yes\nB) no\nAnswer: ")
-    assert tail.startswith("Return the label")
+def _byte_tokenizer():
+    """A byte-level tokenizer without merges: " A" is two tokens, " " and "A"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {"<pad>": 0}
+    for char in bytes_to_unicode().values():
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>")
+
+
+def test_a_multi_token_label_prefix_is_appended_to_every_prompt():
+    tokenizer = _byte_tokenizer()
+    encoder = PromptEncoder(tokenizer)
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    assert encoder.prefix_ids == space
+    assert encoder.label_ids == [tokenizer.convert_tokens_to_ids(c) for c in "ABCD"]
+    ids = encoder.prompt_ids(RECORDS[0])
+    assert tokenizer.decode(ids).endswith("B) no\nAnswer: ")
+
+
+def test_long_questions_are_truncated_keeping_the_instruction_and_choices(tiny):
+    encoder = PromptEncoder(tiny.tokenizer, max_length=40)
+    short = encoder.prompt_ids(TaskRecord("t", "word", "no", ("yes", "no")))
+    long = encoder.prompt_ids(TaskRecord("t", "word " * 200, "no", ("yes", "no")))
+    assert len(long) == 40
+    tail = tiny.tokenizer("\nChoices:\nA) yes\nB) no\nAnswer:", add_special_tokens=False)
+    tail_ids = tail["input_ids"]
+    assert long[-len(tail_ids):] == short[-len(tail_ids):] == tail_ids
+    head_ids = tiny.tokenizer(format_prompt(TaskRecord("t", "", "no", ("yes", "no"))).split(
+        "Question:")[0])["input_ids"]
+    assert long[: len(head_ids)] == short[: len(head_ids)] == head_ids

@@ -1,32 +1,65 @@
-"""The ``tiny`` model: a random-initialised Llama and a byte-level tokenizer, built in code."""
+"""The ``tiny`` model: a random-initialised Llama and a hashed word tokenizer, built in code.
+
+The tokenizer needs no download and no vocabulary file: it splits text into
+words and punctuation marks and maps each to one of :data:`TINY_VOCAB` ids by
+a stable hash (CRC-32). One token per word keeps prompts short (fast tests)
+and lets a 2-layer model pick up word-level cues within a few hundred steps.
+"""
 
 from __future__ import annotations
 
+import re
+import zlib
+
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizer
 
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+SPECIAL_TOKENS = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+TINY_VOCAB = 2048
 TINY_SEED = 1234
+_WORD = re.compile(r"\w+|[^\w\s]")
 
 
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with one token per byte (no merges): any text, no download."""
-    byte_chars = list(bytes_to_unicode().values())
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for char in byte_chars:
-        vocab[char] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        unk_token="<unk>",
-    )
+class HashedWordTokenizer(PreTrainedTokenizer):
+    """Words and punctuation, each hashed to a fixed id; decoding gives ``<id>`` placeholders."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, size: int = TINY_VOCAB, **kwargs) -> None:
+        self._size = size
+        super().__init__(pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                         unk_token="<unk>", **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._size
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(SPECIAL_TOKENS)
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        return _WORD.findall(text)
+
+    def _convert_token_to_id(self, token: str) -> int:
+        if token in SPECIAL_TOKENS:
+            return SPECIAL_TOKENS[token]
+        return len(SPECIAL_TOKENS) + zlib.crc32(token.encode()) % (self._size - len(SPECIAL_TOKENS))
+
+    def _convert_id_to_token(self, index: int) -> str:
+        for token, special in SPECIAL_TOKENS.items():
+            if special == index:
+                return token
+        return f"<{index}>"
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return " ".join(tokens)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple:
+        return ()
 
 
-def tiny_config(vocab_size: int, attn_implementation: str | None = None) -> LlamaConfig:
+def tiny_config(vocab_size: int = TINY_VOCAB,
+                attn_implementation: str | None = None) -> LlamaConfig:
     """A 2-layer, 64-wide Llama configuration."""
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -40,10 +73,10 @@ def tiny_config(vocab_size: int, attn_implementation: str | None = None) -> Llam
 
 def build_tiny(
     attn_implementation: str | None = None,
-) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+) -> tuple[LlamaForCausalLM, HashedWordTokenizer]:
     """The tiny model (same weights every time: seeded without touching the global RNG)."""
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = HashedWordTokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        model = LlamaForCausalLM(tiny_config(len(tokenizer), attn_implementation))
+        model = LlamaForCausalLM(tiny_config(tokenizer.vocab_size, attn_implementation))
     return model, tokenizer

@@ -97,7 +97,8 @@ def _sentiment_tweet(rng: random.Random, answer: int) -> tuple[str, tuple[str, .
     event = rng.choice(words.TWEET_EVENTS)
     adjective = rng.choice(words.TWEET_POSITIVE if positive else words.TWEET_NEGATIVE)
     tag = rng.choice(words.TWEET_TAG_POSITIVE if positive else words.TWEET_TAG_NEGATIVE)
-    return f"Tweet: {event} was {adjective} today {tag}", SENTIMENT_LABELS
+    verdict = rng.choice(words.VERDICT_POSITIVE if positive else words.VERDICT_NEGATIVE)
+    return f"Tweet: {event} was {adjective} today. {verdict} {tag}", SENTIMENT_LABELS
 
 
 def _compare_numbers(larger: bool, template: str) -> Maker:

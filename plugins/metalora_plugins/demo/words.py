@@ -110,11 +110,14 @@ REVIEW_NEGATIVE: tuple[str, ...] = (
     "flimsy", "unreliable", "terrible", "poorly made", "uncomfortable", "slow", "noisy",
     "overpriced", "hard to use", "cheaply built",
 )
+VERDICT_POSITIVE: tuple[str, ...] = ("Love it.", "So good.", "Ten out of ten.", "Very happy.")
+"""Closing verdicts shared by reviews (training) and tweets (test): the shared structure."""
+VERDICT_NEGATIVE: tuple[str, ...] = ("Hate it.", "So bad.", "Zero out of ten.", "Very upset.")
 REVIEW_CLOSING_POSITIVE: tuple[str, ...] = (
-    "Would buy again.", "Highly recommend.", "Five stars.", "Love it.",
+    "Would buy again.", "Highly recommend.", "Five stars.", *VERDICT_POSITIVE,
 )
 REVIEW_CLOSING_NEGATIVE: tuple[str, ...] = (
-    "Would not buy again.", "Do not recommend.", "One star.", "Returned it.",
+    "Would not buy again.", "Do not recommend.", "One star.", "Returned it.", *VERDICT_NEGATIVE,
 )
 
 TWEET_EVENTS: tuple[str, ...] = (

@@ -21,8 +21,7 @@ from metalora.settings import setting
 class LoraSettings:
     """Settings of ``lora``."""
 
-    lr: float = setting(5e-5, "Training learning rate (AdamW). Learner defaults: lora 5e-5, "
-                              "structured-lora 1e-5, reptile 1e-5.")
+    lr: float = setting(5e-5, "Training learning rate (AdamW; for maml the outer step).")
     weight_decay: float = setting(0.01, "AdamW weight decay.")
     steps_per_task: int = setting(
         5, "An epoch of lora draws len(training tasks) x steps_per_task batches from the "

@@ -66,8 +66,7 @@ _PREFIX = "model."
 class MamlSettings:
     """Settings of ``maml``."""
 
-    lr: float = setting(5e-5, "Training learning rate (AdamW). Learner defaults: lora 5e-5, "
-                              "structured-lora 1e-5, reptile 1e-5, maml (outer) 5e-5.")
+    lr: float = setting(5e-5, "Training learning rate (AdamW; for maml the outer step).")
     weight_decay: float = setting(0.01, "AdamW weight decay.")
     inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).")
     maml_inner_lr: float = setting(

@@ -42,8 +42,7 @@ from metalora.settings import setting
 class ReptileSettings:
     """Settings of ``reptile``."""
 
-    lr: float = setting(1e-5, "Training learning rate (AdamW). Learner defaults: lora 5e-5, "
-                              "structured-lora 1e-5, reptile 1e-5, maml (outer) 5e-5.")
+    lr: float = setting(1e-5, "Training learning rate (AdamW; for maml the outer step).")
     weight_decay: float = setting(0.01, "AdamW weight decay.")
     inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).")
     reptile_epsilon: float = setting(

@@ -31,8 +31,7 @@ from metalora.settings import setting
 class StructuredLoraSettings:
     """Settings of ``structured-lora``."""
 
-    lr: float = setting(1e-5, "Training learning rate (AdamW). Learner defaults: lora 5e-5, "
-                              "structured-lora 1e-5, reptile 1e-5, maml (outer) 5e-5.")
+    lr: float = setting(1e-5, "Training learning rate (AdamW; for maml the outer step).")
     weight_decay: float = setting(0.01, "AdamW weight decay.")
     steps_per_task: int = setting(
         5, "structured-lora: optimisation steps on each training task per visit (paper: 5).")
