@@ -25,7 +25,9 @@ from metalora import __version__
 from metalora.config import all_setting_infos, read_config_file, resolve_config
 from metalora.engine import SELECTION_BEST, SELECTION_LAST, Engine, RunInterrupted, RunSummary
 from metalora.errors import MetaloraError
+from metalora.export import EXPORT_HELP, make_export_command
 from metalora.plugins import PluginLoadWarning, PluginManager, get_plugin_manager
+from metalora.pruning import PRUNE_HELP, make_prune_command
 from metalora.records import TaskRole
 from metalora.reporting import (
     format_mean_se,
@@ -88,6 +90,8 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
     )(make_run_command(plugins))
     app.command("plugins")(make_plugins_command(plugins))
     app.command("tasks")(make_tasks_command(plugins))
+    app.command("prune", help=PRUNE_HELP)(make_prune_command(plugins))
+    app.command("export", help=EXPORT_HELP)(make_export_command(plugins))
     plugins.add_commands(app)
     return app
 

@@ -1,0 +1,306 @@
+"""Export a run's global mean adapters as a PEFT LoRA adapter: ``metalora export``.
+
+``metalora export RUN_DIR --format peft --out DIR`` reads one learner/seed's
+tested adapters (``<learner>/seed-<s>/adapters.safetensors``) and writes::
+
+    DIR/
+      adapter_config.json          peft LoraConfig: r, lora_alpha, target_modules,
+                                   lora_dropout 0, base_model_name_or_path = the run's model
+      adapter_model.safetensors    the mean pair, named as peft saves it:
+                                   base_model.model.<module>.lora_A.weight  (r x d_in)
+                                   base_model.model.<module>.lora_B.weight  (d_out x r)
+      metalora_pairs.safetensors   (only for learners with more than one pair, e.g. ABMLL)
+                                   the learner's other pairs, named as in the run:
+                                   <module>.pairs.<pair>.A / .B
+      metalora_export.json         where it came from (run, learner, seed, epoch), the
+                                   scaling, and how to read the sidecar pairs
+
+so that ``PeftModel.from_pretrained(base_model, DIR)`` computes
+``W0 + (alpha / r) * B @ A`` in every adapted layer: exactly metalora's model
+with the mean adapters (for ``lora`` the learner's only pair; for ABMLL the
+posterior mean ``mu_theta``, i.e. metalora's model without weight noise).
+
+The mean pair is the learner's :attr:`~metalora.interfaces.Learner.mean_pair`.
+The sidecar holds the pairs named by the learner's optional class attribute
+``export_sidecar_pairs`` or, without it, every pair but the mean pair. For
+ABMLL that includes the variance pair ``logv_theta``: the elementwise
+log-variance of the global posterior is
+``clamp(s * B @ A + log_var_init, log_var_min, log_var_max)`` with ``s = alpha / r``
+and the ``log_var_*`` values recorded under ``learner_settings`` in
+``metalora_export.json``. peft ignores the sidecar files (``adapter_config.json``
+holds only keys peft knows).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as save_safetensors
+
+from metalora.errors import MetaloraError, unknown_choice
+from metalora.plugins import PluginManager
+from metalora.rundir import (
+    ADAPTERS_FILE,
+    METRICS_FILE,
+    atomic_write_bytes,
+    load_adapters,
+    read_config,
+    read_json,
+    seed_dir,
+    write_json,
+)
+
+FORMATS: tuple[str, ...] = ("peft",)
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+SIDECAR_FILE = "metalora_pairs.safetensors"
+EXPORT_INFO_FILE = "metalora_export.json"
+EXPORT_DIR = "export"
+"""Default output: ``RUN_DIR/export/<learner>-seed-<s>-peft``."""
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_peft` wrote."""
+
+    out: Path
+    learner: str
+    seed: int
+    mean_pair: str
+    modules: list[str]
+    target_modules: list[str]
+    rank: int
+    alpha: float
+    tested_epoch: Any = None
+    files: list[str] = field(default_factory=list)
+    sidecar_pairs: list[str] = field(default_factory=list)
+
+
+def split_adapter_key(key: str) -> tuple[str, str, str]:
+    """``<module>.pairs.<pair>.<A|B>`` -> ``(module, pair, side)``."""
+    module, sep, rest = key.rpartition(".pairs.")
+    pair, _, side = rest.rpartition(".")
+    if not sep or not pair or side not in ("A", "B"):
+        raise MetaloraError(f"unexpected adapter tensor name {key!r} "
+                            "(expected <module>.pairs.<pair>.<A|B>)")
+    return module, pair, side
+
+
+def peft_state_dict(tensors: dict[str, torch.Tensor], pair: str) -> dict[str, torch.Tensor]:
+    """One pair of metalora adapter tensors, renamed as peft saves a LoRA adapter."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        module, name, side = split_adapter_key(key)
+        if name == pair:
+            lora = "lora_A" if side == "A" else "lora_B"
+            out[f"base_model.model.{module}.{lora}.weight"] = value.detach().float().contiguous()
+    return out
+
+
+def peft_config_dict(rank: int, alpha: float, target_modules: list[str],
+                     base_model: str | None) -> dict[str, Any]:
+    """The ``adapter_config.json`` written when peft is not installed (keys peft reads)."""
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": target_modules,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "base_model_name_or_path": base_model,
+    }
+
+
+def _write_peft_config(out: Path, rank: int, alpha: float, target_modules: list[str],
+                       base_model: str | None) -> None:
+    """``adapter_config.json`` through peft's own ``LoraConfig`` when peft is installed."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        data = peft_config_dict(rank, alpha, target_modules, base_model)
+        atomic_write_bytes(out / PEFT_CONFIG_FILE, (json.dumps(data, indent=2) + "\n").encode())
+        return
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                        base_model_name_or_path=base_model, inference_mode=True)
+    config.save_pretrained(str(out))
+
+
+def default_out(run_dir: Path, learner: str, seed: int) -> Path:
+    """Where an export goes without ``--out``."""
+    return run_dir / EXPORT_DIR / f"{learner}-seed-{seed}-peft"
+
+
+def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | None = None, *,
+                learner: str | None = None, seed: int | None = None,
+                overwrite: bool = False) -> ExportResult:
+    """Write one learner/seed's global mean adapters of a finished run as a PEFT adapter."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    learners = [str(n) for n in config.get("learner") or []]
+    seeds = [int(s) for s in config.get("seeds") or []]
+    if learner is None:
+        if len(learners) != 1:
+            raise MetaloraError(
+                f"run {str(run_dir)!r} holds several learners; pick one with --learner "
+                f"(valid choices: {', '.join(learners)})")
+        learner = learners[0]
+    elif learner not in learners:
+        raise MetaloraError(f"learner {learner!r} is not in run {str(run_dir)!r}; valid "
+                            f"choices: {', '.join(learners) or '(none)'}")
+    if seed is None:
+        if not seeds:
+            raise MetaloraError(f"run configuration of {str(run_dir)!r} lists no seeds")
+        seed = seeds[0]
+    elif seed not in seeds:
+        raise MetaloraError(f"seed {seed} is not in run {str(run_dir)!r}; valid choices: "
+                            + ", ".join(str(s) for s in seeds))
+    where = seed_dir(run_dir, learner, seed)
+    for needed in (METRICS_FILE, ADAPTERS_FILE):
+        if not (where / needed).exists():
+            raise MetaloraError(
+                f"run directory {str(run_dir)!r} is incomplete: {learner} seed {seed} has not "
+                f"finished (no {learner}/seed-{seed}/{needed}); finish it with: "
+                f"metalora run --resume {run_dir}")
+    cls = plugins.registry("learner").get(learner)
+    mean_pair = str(getattr(cls, "mean_pair", "default"))
+    tensors = load_adapters(where / ADAPTERS_FILE)
+    pairs = sorted({split_adapter_key(k)[1] for k in tensors})
+    if mean_pair not in pairs:
+        raise unknown_choice(f"mean pair of learner {learner!r} in the saved adapters",
+                             mean_pair, pairs)
+    weights = peft_state_dict(tensors, mean_pair)
+    modules = sorted({split_adapter_key(k)[0] for k in tensors})
+    rank = int(config.get("rank", 8))
+    alpha = float(config.get("alpha", 16.0))
+    for module in modules:
+        a = weights.get(f"base_model.model.{module}.lora_A.weight")
+        b = weights.get(f"base_model.model.{module}.lora_B.weight")
+        if a is None or b is None or a.shape[0] != rank or b.shape[1] != rank:
+            raise MetaloraError(f"adapter file {str(where / ADAPTERS_FILE)!r} does not hold a "
+                                f"rank-{rank} pair {mean_pair!r} for module {module!r}")
+    targets = list(config.get("target_modules") or [])
+    found = {m.rsplit(".", 1)[-1] for m in modules}
+    target_modules = [t for t in targets if t in found] + sorted(found - set(targets))
+    sidecar = getattr(cls, "export_sidecar_pairs", None)
+    sidecar_pairs = [p for p in (sidecar if sidecar is not None else pairs) if p != mean_pair]
+    missing = [p for p in sidecar_pairs if p not in pairs]
+    if missing:
+        raise unknown_choice(f"adapter pair of learner {learner!r}", missing[0], pairs)
+
+    out = Path(out) if out is not None else default_out(run_dir, learner, seed)
+    _prepare_out(out, run_dir, overwrite)
+    metrics = read_json(where / METRICS_FILE, "seed metrics")
+    result = ExportResult(out=out, learner=learner, seed=seed, mean_pair=mean_pair,
+                          modules=modules, target_modules=target_modules, rank=rank,
+                          alpha=alpha, tested_epoch=metrics.get("tested_epoch"),
+                          sidecar_pairs=sidecar_pairs)
+    _write_peft_config(out, rank, alpha, target_modules, config.get("model"))
+    atomic_write_bytes(out / PEFT_WEIGHTS_FILE,
+                       save_safetensors(weights, metadata={"format": "pt"}))
+    result.files = [PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]
+    if sidecar_pairs:
+        extra = {k: v.detach().float().contiguous() for k, v in tensors.items()
+                 if split_adapter_key(k)[1] in sidecar_pairs}
+        atomic_write_bytes(out / SIDECAR_FILE, save_safetensors(
+            extra, metadata={"format": "pt", "pairs": json.dumps(sidecar_pairs)}))
+        result.files.append(SIDECAR_FILE)
+    result.files.append(EXPORT_INFO_FILE)
+    write_json(out / EXPORT_INFO_FILE, {
+        "format_version": FORMAT_VERSION,
+        "format": "peft",
+        "run_dir": str(run_dir.resolve()),
+        "learner": learner,
+        "seed": seed,
+        "tested_epoch": result.tested_epoch,
+        "model": config.get("model"),
+        "mean_pair": mean_pair,
+        "rank": rank,
+        "alpha": alpha,
+        "scaling": alpha / rank,
+        "modules": modules,
+        "target_modules": target_modules,
+        "files": {
+            PEFT_CONFIG_FILE: "peft LoraConfig",
+            PEFT_WEIGHTS_FILE: f"pair {mean_pair!r} as peft LoRA weights: the global mean "
+                               "update W0 + scaling * lora_B @ lora_A",
+            **({SIDECAR_FILE: f"pairs {', '.join(sidecar_pairs)} as saved by metalora "
+                              "(<module>.pairs.<pair>.A / .B); dense update = scaling * B @ A"}
+               if sidecar_pairs else {}),
+        },
+        "sidecar_pairs": sidecar_pairs,
+        "learner_settings": (config.get("learner_settings") or {}).get(learner, {}),
+    })
+    return result
+
+
+def _prepare_out(out: Path, run_dir: Path, overwrite: bool) -> None:
+    """Refuse to write into a non-empty directory (unless ``overwrite``) or over a run's files."""
+    if out.exists() and not out.is_dir():
+        raise MetaloraError(f"output {str(out)!r} exists and is not a directory")
+    resolved, run = out.resolve(), run_dir.resolve()
+    if resolved == run or (resolved in run.parents):
+        raise MetaloraError(f"output directory {str(out)!r} would overwrite the run; choose "
+                            "another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise MetaloraError(f"output directory {str(out)!r} is not empty; choose another --out "
+                            "or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+# -- the command ---------------------------------------------------------------------------
+EXPORT_HELP = (
+    "Export a run's global mean adapters (one learner and seed, the tested adapters) as a "
+    "PEFT LoRA adapter: adapter_config.json and adapter_model.safetensors, loadable with "
+    "PeftModel.from_pretrained(base_model, OUT). For ABMLL the mean pair mu_theta is exported "
+    "and the variance pair goes to the sidecar metalora_pairs.safetensors, described in "
+    "metalora_export.json.")
+
+
+def make_export_command(plugins: PluginManager):
+    """The ``export`` command."""
+    import typer
+
+    from metalora import cli
+
+    def export(
+        run_dir: Path = typer.Argument(..., metavar="RUN_DIR",
+                                       help="A run directory written by `metalora run`."),
+        format: str = typer.Option("peft", "--format", "-f",
+                                   help="Export format (choices: peft)."),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", help="Output directory (default: "
+                                      "RUN_DIR/export/<learner>-seed-<seed>-peft)."),
+        learner: str | None = typer.Option(
+            None, "--learner", help="Which learner of the run (needed when it holds several)."),
+        seed: int | None = typer.Option(
+            None, "--seed", help="Which seed's adapters (default: the run's first seed)."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Write into an output directory that is not empty."),
+    ) -> None:
+        if format not in FORMATS:
+            raise unknown_choice("export format", format, FORMATS)
+        result = export_peft(run_dir, plugins, out, learner=learner, seed=seed,
+                             overwrite=overwrite)
+        epoch = "" if result.tested_epoch is None else f", epoch {result.tested_epoch}"
+        cli.console.print(
+            f"Exported {result.learner} seed {result.seed}{epoch} (pair {result.mean_pair!r}, "
+            f"{len(result.modules)} modules, r={result.rank}, alpha={result.alpha:g}, target "
+            f"{','.join(result.target_modules)}) to {result.out}: {', '.join(result.files)}",
+            soft_wrap=True, highlight=False)
+        cli.console.print(f"Load with: PeftModel.from_pretrained(base_model, "
+                          f"{str(result.out)!r})", soft_wrap=True, highlight=False)
+
+    return export
