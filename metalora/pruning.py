@@ -684,7 +684,8 @@ def make_prune_command(plugins: PluginManager):
             default=typer.Option(
                 "adapted", "--scope",
                 help="Layers to prune: 'adapted' (the learner's adapted layers) or 'all' (every "
-                     "linear layer of the transformer blocks; never lm_head or embeddings).", rich_help_panel="Pruning")),
+                     "linear layer of the transformer blocks; never lm_head or embeddings).",
+                rich_help_panel="Pruning")),
         inspect.Parameter(
             "pruner", inspect.Parameter.KEYWORD_ONLY, annotation=str,
             default=typer.Option(
