@@ -34,6 +34,7 @@ from metalora_plugins.abmll.sampling import (
     LocalNoise,
     SampledLinear,
     WeightNoise,
+    Workspace,
     half_log_var,
 )
 from metalora_plugins.normal_gamma import NormalGammaPrior
@@ -268,7 +269,8 @@ def test_prior_is_normal_times_gamma_on_the_precision(build, log_var_init: float
     assert learner.prior_value() == pytest.approx(expected, rel=1e-5)
 
 
-def test_layerwise_gradients_match_plain_autograd(build) -> None:
+@pytest.mark.parametrize("workspace", [None, Workspace()], ids=["fresh", "workspace"])
+def test_layerwise_gradients_match_plain_autograd(build, workspace: Workspace | None) -> None:
     """The closed-form layer-by-layer backward equals autograd through the checkpointed terms."""
     learner, _ = build(log_var_init=-3.0, log_var_min=-3.2, log_var_max=5.0)
     randomise(learner, scale=0.1)  # some log-variances fall below -3.2: the clamp is active
@@ -279,7 +281,8 @@ def test_layerwise_gradients_match_plain_autograd(build) -> None:
     def st(layer):
         return task_factors(layer, straight_through=True)
 
-    backward_regularisers(layers, st, global_factors, learner.spec, beta, gamma, learner.prior)
+    backward_regularisers(layers, st, global_factors, learner.spec, beta, gamma, learner.prior,
+                          workspace)
     fast = grads(params)
     for p in params.values():
         p.grad = None
@@ -362,9 +365,11 @@ def test_sampling_functions_pass_gradcheck(spec: LogVarSpec) -> None:
     W0, bias = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     mu_A, mu_B, v_A, v_B = leaf(2, 5), leaf(6, 2, scale=0.3), leaf(2, 5, scale=0.3), leaf(6, 2,
                                                                                           scale=0.3)
-    assert torch.autograd.gradcheck(
-        lambda *t: SampledLinear.apply(t[0], W0, bias, *t[1:], 2.0, spec, 123),
-        (x, mu_A, mu_B, v_A, v_B))
+    for workspace in (None, Workspace()):
+        assert torch.autograd.gradcheck(
+            lambda *t, w=workspace: SampledLinear.apply(t[0], W0, bias, *t[1:], 2.0, spec, 123,
+                                                        w),
+            (x, mu_A, mu_B, v_A, v_B))
     assert torch.autograd.gradcheck(lambda *t: WeightNoise.apply(*t, 2.0, spec, 7), (x, v_A, v_B))
     assert torch.autograd.gradcheck(lambda *t: LocalNoise.apply(*t, 2.0, spec, 7), (x, v_A, v_B))
 

@@ -50,7 +50,7 @@ from metalora.optim import adamw
 from metalora.records import Task
 from metalora.scoring import answer_loss, option_probs
 from metalora.settings import setting
-from metalora_plugins.abmll.objective import backward_regularisers
+from metalora_plugins.abmll.objective import backward_regularisers, prior_terms
 from metalora_plugins.abmll.pairs import (
     GLOBAL_PAIRS,
     MU_THETA,
@@ -172,10 +172,8 @@ class ABMLLLearner(Learner):
         """``-log p(theta)`` of the current global pairs (0 without a prior)."""
         if self.prior is None:
             return 0.0
-        with torch.no_grad():
-            reg = backward_regularisers(self._adapters.layers.values(), global_factors,
-                                        global_factors, self.spec, 0.0, 0.0, self.prior)
-        return float(reg.prior)
+        return float(prior_terms(self._adapters.layers.values(), global_factors, self.spec,
+                                 self.prior, self.delta.workspace))
 
     def inner_step(self, batch: Batch, optimizer: torch.optim.Optimizer,
                    prior_value: float | None = None) -> tuple[float, dict[str, float]]:
@@ -186,7 +184,8 @@ class ABMLLLearner(Learner):
         self._clear_grads()
         reg = backward_regularisers(
             self._adapters.layers.values(), task_factors,
-            lambda layer: global_factors(layer, detach=True), self.spec, self.beta, 0.0, None)
+            lambda layer: global_factors(layer, detach=True), self.spec, self.beta, 0.0, None,
+            self.delta.workspace)
         nll = self._nll_backward(batch)
         kl = float(reg.kl)
         loss = nll + self.beta * kl
@@ -209,7 +208,7 @@ class ABMLLLearner(Learner):
             reg = backward_regularisers(
                 self._adapters.layers.values(),
                 lambda layer: task_factors(layer, straight_through=True), global_factors,
-                self.spec, self.beta, self.gamma, self.prior)
+                self.spec, self.beta, self.gamma, self.prior, self.delta.workspace)
             nll = self._nll_backward(batch)
         finally:
             self.delta.straight_through = False

@@ -38,6 +38,7 @@ it per task).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -56,41 +57,111 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, (1,)).item())
 
 
-def standard_normal(shape: tuple[int, ...], like: Tensor, seed: int) -> Tensor:
+class Workspace:
+    """Reusable buffers for the dense ``d_out x d_in`` temporaries of one layer at a time.
+
+    Every dense matrix ABMLL builds (sampled weight, noise, log-variances,
+    their gradients) lives only while one layer is processed. On CPU a fresh
+    multi-megabyte allocation per temporary costs page faults on every use,
+    so a few buffers the size of the largest adapted layer are reused
+    (``slots`` of them at most; they grow, never shrink). On GPU the caching
+    allocator already reuses memory and plain allocations are used.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, Tensor] = {}
+
+    def get(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised tensor of ``shape`` (valid until ``slot`` is asked for again)."""
+        if like.device.type != "cpu":
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
+        n = math.prod(shape)
+        buffer = self._buffers.get(slot)
+        if buffer is None or buffer.numel() < n or buffer.dtype != like.dtype:
+            buffer = torch.empty(n, dtype=like.dtype)
+            self._buffers[slot] = buffer
+        return buffer[:n].view(shape)
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        """Free every buffer."""
+        self._buffers.clear()
+
+
+def _empty(workspace: Workspace | None, slot: int, shape: tuple[int, ...],
+           like: Tensor) -> Tensor:
+    if workspace is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return workspace.get(slot, shape, like)
+
+
+def standard_normal(shape: tuple[int, ...], like: Tensor, seed: int,
+                    out: Tensor | None = None) -> Tensor:
     """``N(0, 1)`` noise of ``shape`` on ``like``'s device and dtype, determined by ``seed``."""
     gen = torch.Generator(device=like.device)
     gen.manual_seed(seed)
+    if out is not None:
+        return torch.randn(shape, generator=gen, out=out)
     return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
+
+
+def scaled_log_var(v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec,
+                   factor: float = 1.0,
+                   out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """``factor * clamp(s * v_B @ v_A + c)`` (dense) and where the clamp passes gradients.
+
+    ``c`` and ``factor`` enter the product as one more rank
+    (``[f s B, f c] @ [A; 1]``), so the matrix is written in a single pass.
+    The mask is ``None`` when no element is clamped (checked on CPU; always
+    built on GPU, where checking would cost a device sync).
+    """
+    d_out, d_in = v_B.shape[0], v_A.shape[1]
+    B_aug = torch.cat([v_B * (factor * scaling), v_B.new_full((d_out, 1), factor * spec.offset)],
+                      1)
+    A_aug = torch.cat([v_A, v_A.new_ones((1, d_in))], 0)
+    value = torch.mm(B_aug, A_aug, out=out) if out is not None else B_aug @ A_aug
+    low, high = sorted((factor * spec.low, factor * spec.high))
+    if not value.is_cuda:
+        # |s B @ A| <= s * max_i sum_k |B_ik| max_j |A_kj|: a cheap bound that usually proves
+        # that nothing needs clamping (B starts at zero and stays small); else look
+        bound = abs(factor * scaling) * float(
+            (v_B.detach().abs() @ v_A.detach().abs().amax(dim=1)).max())
+        center = factor * spec.offset
+        if low <= center - bound and center + bound <= high:
+            return value, None
+        lo_val, hi_val = torch.aminmax(value)
+        if lo_val >= low and hi_val <= high:
+            return value, None
+    inside = (value >= low) & (value <= high)
+    return value.clamp_(low, high), inside
 
 
 def half_log_var(v_A: Tensor, v_B: Tensor, scaling: float,
                  spec: LogVarSpec) -> tuple[Tensor, Tensor | None]:
-    """``0.5 * clamp(s * v_B @ v_A + c)`` (dense) and where the clamp passes gradients.
+    """``0.5 * clamp(s * v_B @ v_A + c)`` and its clamp mask (see :func:`scaled_log_var`)."""
+    return scaled_log_var(v_A, v_B, scaling, spec, 0.5)
 
-    ``c`` enters as one more rank of the product (``[s/2 B, c/2] @ [A; 1]``),
-    so building the matrix is a single pass. The mask is ``None`` when no
-    element is clamped (checked on CPU; always built on GPU to avoid a sync).
-    """
-    d_out, d_in = v_B.shape[0], v_A.shape[1]
-    B_aug = torch.cat([v_B * (0.5 * scaling), v_B.new_full((d_out, 1), 0.5 * spec.offset)], 1)
-    A_aug = torch.cat([v_A, v_A.new_ones((1, d_in))], 0)
-    half = B_aug @ A_aug
-    low, high = 0.5 * spec.low, 0.5 * spec.high
-    if not half.is_cuda:
-        lo_val, hi_val = torch.aminmax(half)
-        if lo_val >= low and hi_val <= high:
-            return half, None
-    inside = (half >= low) & (half <= high)
-    return half.clamp_(low, high), inside
+
+def _sigma_eps(v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec, seed: int,
+               workspace: Workspace | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(sigma, eps, clamp mask)`` of one draw; ``sigma * eps`` is the weight noise."""
+    shape = (v_B.shape[0], v_A.shape[1])
+    sigma, inside = scaled_log_var(v_A, v_B, scaling, spec, 0.5,
+                                   out=_empty(workspace, 0, shape, v_A))
+    sigma.exp_()
+    eps = standard_normal(shape, sigma, seed, out=_empty(workspace, 1, shape, v_A))
+    return sigma, eps, inside
 
 
 def sample_noise(v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec,
                  seed: int) -> tuple[Tensor, Tensor | None]:
     """The dense weight noise ``sigma * eps`` of one draw and the clamp mask (no autograd)."""
     with torch.no_grad():
-        sigma, inside = half_log_var(v_A.detach(), v_B.detach(), scaling, spec)
-        sigma.exp_()
-        return sigma.mul_(standard_normal(tuple(sigma.shape), sigma, seed)), inside
+        sigma, eps, inside = _sigma_eps(v_A.detach(), v_B.detach(), scaling, spec, seed, None)
+        return sigma.mul_(eps), inside
 
 
 def _log_var_grads(grad_noise: Tensor, noise: Tensor, inside: Tensor | None, v_A: Tensor,
@@ -116,28 +187,31 @@ class SampledLinear(torch.autograd.Function):
     """``x W^T + bias`` with ``W = W0 + s B_mu A_mu + exp(logv / 2) * eps``, one layer, fused.
 
     Inputs: ``x``, ``W0``, ``bias`` (or None), ``mu_A``, ``mu_B``, ``v_A``,
-    ``v_B``, then the constants ``scaling``, ``spec`` and ``seed``. ``W0`` and
-    ``bias`` are frozen (no gradient is returned for them).
+    ``v_B``, then the constants ``scaling``, ``spec``, ``seed`` and a
+    :class:`Workspace` (or None). ``W0`` and ``bias`` are frozen (no
+    gradient is returned for them).
     """
 
     @staticmethod
     def _weight(W0: Tensor, mu_A: Tensor, mu_B: Tensor, v_A: Tensor, v_B: Tensor,
-                scaling: float, spec: LogVarSpec,
-                seed: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        noise, inside = sample_noise(v_A, v_B, scaling, spec, seed)
-        weight = torch.addmm(W0, mu_B, mu_A, alpha=scaling).add_(noise)
-        return weight, noise, inside
+                scaling: float, spec: LogVarSpec, seed: int,
+                workspace: Workspace | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(W, sigma, eps, clamp mask)``."""
+        sigma, eps, inside = _sigma_eps(v_A, v_B, scaling, spec, seed, workspace)
+        weight = torch.addmm(W0, mu_B, mu_A, alpha=scaling,
+                             out=_empty(workspace, 2, tuple(W0.shape), v_A))
+        return weight.addcmul_(sigma, eps), sigma, eps, inside
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, W0: Tensor, bias: Tensor | None, mu_A: Tensor,
                 mu_B: Tensor, v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec,
-                seed: int) -> Tensor:
-        weight, noise, _ = SampledLinear._weight(W0, mu_A, mu_B, v_A, v_B, scaling, spec, seed)
-        del noise
+                seed: int, workspace: Workspace | None = None) -> Tensor:
+        weight, *_ = SampledLinear._weight(W0, mu_A, mu_B, v_A, v_B, scaling, spec, seed,
+                                           workspace)
         out = F.linear(x, weight, bias)
         del weight
         ctx.save_for_backward(x, W0, mu_A, mu_B, v_A, v_B)
-        ctx.scaling, ctx.spec, ctx.seed = scaling, spec, seed
+        ctx.scaling, ctx.spec, ctx.seed, ctx.workspace = scaling, spec, seed, workspace
         return out
 
     @staticmethod
@@ -145,22 +219,24 @@ class SampledLinear(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, W0, mu_A, mu_B, v_A, v_B = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        scaling = ctx.scaling
-        weight, noise, inside = SampledLinear._weight(W0, mu_A, mu_B, v_A, v_B, scaling,
-                                                      ctx.spec, ctx.seed)
+        scaling, workspace = ctx.scaling, ctx.workspace
+        weight, sigma, eps, inside = SampledLinear._weight(W0, mu_A, mu_B, v_A, v_B, scaling,
+                                                           ctx.spec, ctx.seed, workspace)
         grad_x = grad_out @ weight if needs[0] else None
-        del weight
         grad_mu_A = grad_mu_B = grad_v_A = grad_v_B = None
         if any(needs[3:7]):
-            d_out, d_in = noise.shape
-            grad_w = grad_out.reshape(-1, d_out).t() @ x.reshape(-1, d_in)  # dL/dW
+            d_out, d_in = weight.shape
+            grad_w = torch.mm(grad_out.reshape(-1, d_out).t(), x.reshape(-1, d_in),
+                              out=_empty(workspace, 2, (d_out, d_in), weight))  # dL/dW
+            del weight
             if needs[3]:
                 grad_mu_A = torch.mm(mu_B.t(), grad_w).mul_(scaling)
             if needs[4]:
                 grad_mu_B = torch.mm(grad_w, mu_A.t()).mul_(scaling)
-            grad_v_A, grad_v_B = _log_var_grads(grad_w, noise, inside, v_A, v_B, scaling,
-                                                (needs[5], needs[6]))
-        return grad_x, None, None, grad_mu_A, grad_mu_B, grad_v_A, grad_v_B, None, None, None
+            grad_v_A, grad_v_B = _log_var_grads(grad_w.mul_(sigma), eps, inside, v_A, v_B,
+                                                scaling, (needs[5], needs[6]))
+        return (grad_x, None, None, grad_mu_A, grad_mu_B, grad_v_A, grad_v_B, None, None, None,
+                None)
 
 
 class WeightNoise(torch.autograd.Function):
@@ -257,6 +333,7 @@ class ABMLLDelta:
         self.spec = spec
         self.fuse = fuse
         self.straight_through = False
+        self.workspace = Workspace()
 
     def __call__(self, layer: AdaptedLinear, x: Tensor) -> Tensor:
         f = task_factors(layer, self.straight_through)
@@ -265,7 +342,7 @@ class ABMLLDelta:
         if (self.mode == "weight" and self.fuse and base.weight.dtype == x.dtype
                 and not torch.is_autocast_enabled(x.device.type)):
             return SampledLinear.apply(x, base.weight, base.bias, f.mu_A, f.mu_B, f.v_A, f.v_B,
-                                       s, self.spec, draw_seed())
+                                       s, self.spec, draw_seed(), self.workspace)
         out = base(x.to(base.weight.dtype)).to(x.dtype)
         out = out + s * F.linear(F.linear(x, f.mu_A), f.mu_B)
         if self.mode == "mean":
