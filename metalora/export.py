@@ -34,6 +34,7 @@ holds only keys peft knows).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,7 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
         "files": {
             PEFT_CONFIG_FILE: "peft LoraConfig",
             PEFT_WEIGHTS_FILE: f"pair {mean_pair!r} as peft LoRA weights: the global mean "
-                               "update W0 + scaling * lora_B @ lora_A",
+                               "weight is W0 + scaling * lora_B @ lora_A",
             **({SIDECAR_FILE: f"pairs {', '.join(sidecar_pairs)} as saved by metalora "
                               "(<module>.pairs.<pair>.A / .B); dense update = scaling * B @ A"}
                if sidecar_pairs else {}),
@@ -243,7 +244,16 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
         "sidecar_pairs": sidecar_pairs,
         "learner_settings": (config.get("learner_settings") or {}).get(learner, {}),
     })
+    for name in result.files:
+        _readable(out / name)
     return result
+
+
+def _readable(path: Path) -> None:
+    """Atomic writes create files readable by their owner only; give them the usual mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _prepare_out(out: Path, run_dir: Path, overwrite: bool) -> None:
