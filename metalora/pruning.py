@@ -624,8 +624,8 @@ PRUNE_HELP = (
     "--scope, and evaluate on the run's test tasks with its own protocol (test-time adaptation "
     "included). Prints accuracy and ECE per ratio (mean ± SE over seeds) and writes "
     "RUN_DIR/prune/<stamp>-<pruner>-<scope>/results.csv/json; the run itself is never modified. "
-    "Without RUN_DIR, untrained learners are built from the run settings below (e.g. --learner "
-    "pretrained --tasks demo) in a new run directory under --output-dir.")
+    "Without RUN_DIR, untrained learners are built from run settings given as options (e.g. "
+    "--learner pretrained --tasks demo) in a new run directory under --output-dir.")
 
 
 def make_prune_command(plugins: PluginManager):
