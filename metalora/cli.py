@@ -18,6 +18,7 @@ import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -106,10 +107,10 @@ def _option_help(info: SettingInfo) -> str:
         default = info.default
         if isinstance(default, list):
             default = ",".join(str(d) for d in default) or "(all)"
-        text += f" [default: {default}]"
+        text += f" [default: {'(none)' if default is None else default}]"
     if info.choices:
         text += f" [choices: {', '.join(info.choices)}]"
-    return text
+    return escape(text)
 
 
 def _panel(info: SettingInfo) -> str:
