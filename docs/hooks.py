@@ -34,7 +34,6 @@ import dataclasses
 import importlib
 import importlib.metadata
 import inspect
-import pkgutil
 import re
 import sys
 from collections.abc import Iterator
@@ -50,7 +49,6 @@ KINDS = ("learner", "prior", "suite", "metric", "pruner")
 DIRECTIVE = re.compile(r"^<!-- metalora:(?P<name>[\w-]+)(?: +(?P<arg>[^>]*?))? *-->[ \t]*$",
                        re.MULTILINE)
 API_BLOCK = re.compile(r"^::: +([\w.]+)", re.MULTILINE)
-ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj|const):`~?([^`]+)`")
 HTML_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj|const):<code>(~?)")
 LITERAL_MARK = re.compile(r"(<p>)?::</p>")
 
@@ -61,7 +59,12 @@ class DocsError(Exception):
 
 # -- plugins -----------------------------------------------------------------------------
 def builtin_plugin_manager():
-    """A plugin manager holding only the ``metalora`` distribution's own entry points."""
+    """A plugin manager holding only the ``metalora`` distribution's own entry points.
+
+    Unlike :class:`~metalora.plugins.PluginManager`'s own loading, it ignores
+    ``METALORA_PLUGINS`` and lets a built-in plugin that fails to import stop the
+    build instead of leaving it out of the docs with a warning.
+    """
     from metalora.plugins import ENTRY_POINT_GROUP, PluginManager
 
     manager = PluginManager(load_entry_points=False)
@@ -75,20 +78,13 @@ def builtin_plugin_manager():
 # -- markdown helpers ----------------------------------------------------------------------
 def md_escape(text: str) -> str:
     """Escape Markdown outside code spans (so help texts render literally)."""
-    parts = re.split(r"(`[^`\n]*`)", " ".join(str(text).split()))
+    parts = re.split(r"(``[^`\n]+``|`[^`\n]*`)", " ".join(str(text).split()))
     for i in range(0, len(parts), 2):
         part = parts[i].replace("\\", "\\\\")
         for char in "*_[]|":
             part = part.replace(char, "\\" + char)
         parts[i] = part.replace("<", "&lt;").replace(">", "&gt;")
     return "".join(parts)
-
-
-def docstring_markdown(text: str) -> str:
-    """A reST-flavoured docstring as Markdown: roles and ``::`` become plain code."""
-    text = ROLE.sub(lambda m: f"`{m.group(1)}`", inspect.cleandoc(text))
-    text = re.sub(r"``([^`]+)``", r"`\1`", text)
-    return re.sub(r"::$", ":", text, flags=re.MULTILINE)
 
 
 def code(value: str) -> str:
@@ -111,15 +107,18 @@ def cli_commands(app) -> Iterator[tuple[str, Any, Any]]:
     yield from _walk(root, root.make_context(PROG, [], resilient_parsing=True))
 
 
+def _subcommands(command, ctx) -> Iterator[tuple[str, Any]]:
+    """``(name, command)`` of a group's visible subcommands (none for a plain command)."""
+    for name in command.list_commands(ctx) if hasattr(command, "list_commands") else ():
+        sub = command.get_command(ctx, name)
+        if sub is not None and not getattr(sub, "hidden", False):
+            yield name, sub
+
+
 def _walk(command, ctx) -> Iterator[tuple[str, Any, Any]]:
     yield ctx.command_path, command, ctx
-    if hasattr(command, "list_commands"):
-        for name in command.list_commands(ctx):
-            sub = command.get_command(ctx, name)
-            if sub is None or getattr(sub, "hidden", False):
-                continue
-            yield from _walk(sub, sub.make_context(name, [], parent=ctx,
-                                                   resilient_parsing=True))
+    for name, sub in _subcommands(command, ctx):
+        yield from _walk(sub, sub.make_context(name, [], parent=ctx, resilient_parsing=True))
 
 
 def help_text(text: str | None) -> str:
@@ -139,15 +138,11 @@ def cli_reference(app) -> str:
         paragraphs = [p for p in help_text(command.help).split("\n\n") if p.strip()]
         lines += [md_escape(p) + "\n" for p in paragraphs]
         lines += ["```text", command.get_usage(ctx).strip(), "```", ""]
-        if hasattr(command, "list_commands"):
-            rows = []
-            for name in command.list_commands(ctx):
-                sub = command.get_command(ctx, name)
-                if sub is not None and not getattr(sub, "hidden", False):
-                    anchor = f"{path} {name}".replace(" ", "-")
-                    rows.append([f"[`{name}`](#{anchor})", md_escape(_first_paragraph(sub.help))])
-            if rows:
-                lines += ["**Commands**", "", table(["Command", "Description"], rows), ""]
+        rows = [[f"[`{name}`](#{path.replace(' ', '-')}-{name})",
+                  md_escape(_first_paragraph(sub.help))]
+                for name, sub in _subcommands(command, ctx)]
+        if rows:
+            lines += ["**Commands**", "", table(["Command", "Description"], rows), ""]
         panels: dict[str, list[list[str]]] = {}
         for param in command.get_params(ctx):
             if getattr(param, "hidden", False):
@@ -237,7 +232,7 @@ def registry_reference(manager, kind: str) -> str:
         lines += ["*" + "; ".join(_implementation_facts(kind, reg, cls)) + ".*", ""]
         doc = inspect.getdoc(cls)
         if doc and doc.strip() != description.strip():
-            lines += [docstring_markdown(doc), ""]
+            lines += [doc, ""]
         if kind == "suite":
             lines += _suite_tasks(impl)
         settings_cls = getattr(impl, "Settings", None)
@@ -271,26 +266,53 @@ def documented_identifiers(docs_dir: Path, skip: Path | None = None) -> set[str]
 
 
 def package_modules(package: str) -> list[tuple[str, bool]]:
-    """``(module, is_package)`` for ``package`` and its public modules, found without importing
-    them (under the repository's source folders)."""
+    """``(module, is_package)`` for ``package`` and its public modules, read from the
+    repository's source folders (nothing is imported)."""
     for base in (ROOT, ROOT / "plugins"):
         folder = base / package.replace(".", "/")
         if (folder / "__init__.py").exists():
             break
     else:
         raise DocsError(f"package {package!r} is not in the repository")
-    found = [(package, True)]
-    for info in pkgutil.walk_packages([str(folder)], prefix=package + "."):
-        if not any(part.startswith("_") for part in info.name.split(".")):
-            found.append((info.name, info.ispkg))
+    found = []
+    for path in folder.rglob("*.py"):
+        parts = list(path.relative_to(base).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        parts = parts[:-1] if is_package else parts
+        if not any(part.startswith("_") for part in parts):
+            found.append((".".join(parts), is_package))
     return sorted(found)
+
+
+def _module_path(module: str) -> Path:
+    for base in (ROOT, ROOT / "plugins"):
+        folder = base / module.replace(".", "/")
+        if (folder / "__init__.py").exists():
+            return folder / "__init__.py"
+        if folder.with_suffix(".py").exists():
+            return folder.with_suffix(".py")
+    raise DocsError(f"module {module!r} is not in the repository")
+
+
+def _defined_names(path: Path) -> list[str]:
+    """Public names a module defines itself (classes, functions, assignments), not imports."""
+    names: list[str] = []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+    return [n for n in dict.fromkeys(names) if not n.startswith("_")]
 
 
 def api_rest(package: str, documented: set[str]) -> str:
     """``:::`` blocks for the modules of ``package`` that no other page documents.
 
-    A package with modules of its own is shown by its docstring only (its
-    modules follow), so re-exported objects are documented once.
+    A package with modules of its own shows its docstring and only the objects
+    it defines itself (its modules follow), so re-exported objects are
+    documented once, where they are defined.
     """
     def covered(module: str) -> bool:
         return any(module == d or d.startswith(module + ".") or module.startswith(d + ".")
@@ -306,7 +328,9 @@ def api_rest(package: str, documented: set[str]) -> str:
             continue
         block = f"::: {module}"
         if has_children:
-            block += "\n    options:\n      members: false"
+            defined = _defined_names(_module_path(module))
+            block += "\n    options:\n      members: " + (
+                "[" + ", ".join(defined) + "]" if defined else "false")
         blocks.append(block)
     return "\n\n".join(blocks)
 
@@ -355,7 +379,7 @@ def benchmarks_page(root: Path = ROOT) -> str:
         doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
         title = doc.split("\n", 1)[0].strip() or script.stem
         commands = _commands(doc, f"python benchmarks/{script.name}")
-        parts += [f"### `{script.name}`", "", md_escape(docstring_markdown(title)), "",
+        parts += [f"### `{script.name}`", "", md_escape(title), "",
                   "```bash", *commands, "```", ""]
     return "\n".join(parts)
 

@@ -9,6 +9,7 @@ meta-gradient against autograd and the two test-time adaptation modes.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -38,7 +39,7 @@ except importlib.metadata.PackageNotFoundError:
                 "pip install -e examples/metalora-metasgd", allow_module_level=True)
 
 import metalora_metasgd  # noqa: E402
-from metalora_metasgd.learner import ALPHA, THETA, MetaSGDLearner  # noqa: E402
+from metalora_metasgd.learner import ALPHA, THETA, MetaSGDLearner, MetaSGDSettings  # noqa: E402
 
 
 def _metalora(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -94,6 +95,23 @@ def test_its_settings_are_options_of_metalora_run():
     for option in ("--metasgd-lr", "--metasgd-alpha-init", "--metasgd-alpha-lr",
                    "--metasgd-test-adapt"):
         assert option in result.output
+
+
+def test_the_example_readme_lists_every_setting_with_its_default():
+    readme = (Path(__file__).resolve().parents[1] / "examples" / "metalora-metasgd"
+              / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3:
+            rows[cells[0]] = cells[1]
+    for field in dataclasses.fields(MetaSGDSettings):
+        assert field.name in rows, f"{field.name} is missing from the example's README"
+        written = rows[field.name]
+        if isinstance(field.default, str):
+            assert written == field.default
+        else:
+            assert float(written) == field.default, field.name
 
 
 # The tutorial (docs/writing-a-plugin.md) includes this test between the markers.
