@@ -18,7 +18,6 @@ import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -30,6 +29,7 @@ from metalora.export import EXPORT_HELP, make_export_command
 from metalora.plugins import PluginLoadWarning, PluginManager, get_plugin_manager
 from metalora.pruning import PRUNE_HELP, make_prune_command
 from metalora.records import TaskRole
+from metalora.reevaluation import EVAL_HELP, make_eval_command
 from metalora.reporting import (
     format_mean_se,
     headline_columns,
@@ -93,6 +93,7 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
     app.command("tasks")(make_tasks_command(plugins))
     app.command("prune", help=PRUNE_HELP)(make_prune_command(plugins))
     app.command("export", help=EXPORT_HELP)(make_export_command(plugins))
+    app.command("eval", help=EVAL_HELP)(make_eval_command(plugins))
     plugins.add_commands(app)
     return app
 

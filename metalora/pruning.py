@@ -490,6 +490,27 @@ def open_run(run_dir: Path | str, plugins: PluginManager, console: Console | Non
     return engine
 
 
+def load_tested_learner(engine: Engine, run_dir: Path, name: str, seed: int) -> Learner:
+    """Build a learner of a finished run and load the adapters its test used.
+
+    The caller must call ``learner.adapters.remove()`` when done.
+    """
+    learner = engine.build_learner(name, seed)
+    path = seed_dir(run_dir, name, seed) / ADAPTERS_FILE
+    try:
+        saved = load_adapters(path)
+        expected = set(learner.adapters.named_parameters())
+        if set(saved) != expected:
+            odd = sorted(set(saved) ^ expected)[0]
+            raise MetaloraError(f"adapter file {str(path)!r} does not match learner "
+                                f"{name!r} with the run's settings (tensor {odd!r})")
+        learner.adapters.restore(saved)
+    except BaseException:
+        learner.adapters.remove()
+        raise
+    return learner
+
+
 def sweep_dir(run_dir: Path, pruner: str, scope: str) -> Path:
     """A new directory for one sweep's results: ``RUN_DIR/prune/<stamp>-<pruner>-<scope>``."""
     base = run_dir / PRUNE_DIR
@@ -549,18 +570,10 @@ def run_sweep(engine: Engine, run_dir: Path, ratios: Sequence[float], pruner: Pr
 def _sweep_seed(engine: Engine, name: str, seed: int, run_dir: Path, source: str,
                 ratios: Sequence[float], pruner: Pruner, scope: str, episodes: list,
                 metrics: dict, progress: Progress, bar: Any) -> Iterator[tuple[float, PrunedSeed]]:
-    learner = engine.build_learner(name, seed)
+    learner = (load_tested_learner(engine, run_dir, name, seed) if source == "run"
+               else engine.build_learner(name, seed))
     try:
         handle = learner.adapters
-        if source == "run":
-            path = seed_dir(run_dir, name, seed) / ADAPTERS_FILE
-            saved = load_adapters(path)
-            expected = set(handle.named_parameters())
-            if set(saved) != expected:
-                odd = sorted(set(saved) ^ expected)[0]
-                raise MetaloraError(f"adapter file {str(path)!r} does not match learner "
-                                    f"{name!r} with the run's settings (tensor {odd!r})")
-            handle.restore(saved)
         targets = prune_targets(learner.context.model, handle, learner.mean_pair, scope)
         for ratio in ratios:
             progress.update(bar, description=f"{name} seed {seed}: {100 * ratio:g}% pruned")

