@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learner", default="abmll", help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--learners", default="lora,abmll")
+    parser.add_argument("--abmll-settings", default="{}",
+                        help='JSON settings for abmll, e.g. \'{"sampling": "local"}\'')
     parser.add_argument("--tasks", type=int, default=10, help="training tasks (timing part)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=3)
@@ -270,16 +272,25 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     names = args.learners.split(",")
-    memory = {name: _run_worker(args, name, args.tasks, args.steps, {}, memory_run=True)
+    extra = json.loads(args.abmll_settings)
+
+    def settings_of(name: str) -> dict[str, Any]:
+        return extra if name == "abmll" else {}
+
+    memory = {name: _run_worker(args, name, args.tasks, args.steps, settings_of(name),
+                                memory_run=True)
               for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.repeats):  # alternate, so that a busy machine hurts both alike
         for name in names:
-            run = _run_worker(args, name, args.tasks, args.steps, {}, memory_run=False)
+            run = _run_worker(args, name, args.tasks, args.steps, settings_of(name),
+                              memory_run=False)
             times[name].append(run["median_step_s"])
             cpu_times[name].append(run["median_step_cpu_s"])
     first = memory[names[0]]
+    if extra:
+        print(f"abmll settings: {extra}")
     print(f"model: Llama {first['params'] / 1e6:.0f}M parameters (hidden {args.hidden}, "
           f"{args.layers} layers, vocab {args.vocab}), batch {args.batch} x seq {args.seq}, "
           f"device {args.device}, {first['threads']} thread(s)")
@@ -318,8 +329,8 @@ def main(argv: list[str] | None = None) -> None:
               "step(s) + 1 outer step per task):")
         print(f"{'tasks':>6}{'steps':>8}{'total peak MiB':>16}{'training MiB':>14}")
         for n in counts:
-            r = _run_worker(args, "abmll", n, 0, {"inner_steps": args.compare_inner_steps},
-                            memory_run=True)
+            r = _run_worker(args, "abmll", n, 0,
+                            {**extra, "inner_steps": args.compare_inner_steps}, memory_run=True)
             print(f"{n:>6}{r['steps']:>8}{_mib(r['peak_bytes']):>16}"
                   f"{_mib(r['peak_bytes'] - r['baseline_bytes']):>14}")
 

@@ -429,6 +429,20 @@ def test_no_dense_weight_sized_tensor_is_saved_for_backward(build, sampling: str
     assert not [s for s in saved if s in dense_shapes]
 
 
+def test_bfloat16_model_uses_the_additive_path_in_float32(build) -> None:
+    """With low-precision W0 the noise is not added to W0 in bf16 (it would round away)."""
+    learner, suite = build(dtype="bfloat16", log_var_init=-3.0, inner_lr=1e-2)
+    randomise(learner)
+    layer = next(iter(learner.adapters.layers.values()))
+    assert layer.base.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in learner.adapters.parameters())
+    before = learner.adapters.snapshot(TASK_PAIRS)
+    loss, terms = learner.inner_step(first_batch(learner, suite), learner._inner_optimizer(1e-2))
+    assert math.isfinite(loss) and all(math.isfinite(v) for v in terms.values())
+    after = learner.adapters.snapshot(TASK_PAIRS)
+    assert all(not torch.equal(after[n], before[n]) for n in before if ".logv_phi." in n)
+
+
 def test_prediction_averages_probabilities_over_eval_samples(build) -> None:
     learner, suite = build(log_var_init=-1.0, eval_samples=3)
     randomise(learner, scale=0.2)

@@ -20,11 +20,16 @@ global pairs; prediction averages the option probabilities over
 ``eval_samples`` weight samples. The evaluation protocol restores every
 adapter tensor afterwards.
 
-Memory: only the four LoRA pairs per layer exist, whatever the number of
-tasks. The KL and prior are back-propagated one layer at a time before the
-NLL forward pass (:func:`~metalora_plugins.abmll.objective.backward_regularisers`)
-and the weight noise is regenerated from a seed in backward
-(:mod:`metalora_plugins.abmll.sampling`).
+Memory: only the four LoRA pairs per layer (and the outer optimiser's state
+for the two global ones) persist, whatever the number of tasks; the inner
+optimiser is created per task and dropped after it. The KL and prior are
+back-propagated one layer at a time before the NLL forward pass
+(:func:`~metalora_plugins.abmll.objective.backward_regularisers`), and the
+weight noise is regenerated from a seed in backward
+(:mod:`metalora_plugins.abmll.sampling`), so no dense ``d_out x d_in``
+tensor outlives the processing of its layer. On CPU those per-layer
+temporaries reuse a few buffers the size of the largest adapted weight
+(:class:`~metalora_plugins.abmll.sampling.Workspace`).
 
 Numerical safety: log-variances are clamped to ``[log_var_min, log_var_max]``;
 a step whose loss is NaN or infinite is not applied, is logged, and ends the
@@ -157,14 +162,17 @@ class ABMLLLearner(Learner):
             param.grad = None
 
     # -- objective ---------------------------------------------------------------
-    def _nll_backward(self, batch: Batch, backward: bool = True) -> float:
-        """Mean answer loss over ``train_samples`` weight samples; accumulates its gradient."""
+    def _nll_backward(self, batch: Batch) -> float:
+        """Mean answer loss over ``train_samples`` weight samples; accumulates its gradient.
+
+        Each sample is back-propagated before the next is drawn, so memory does
+        not grow with ``train_samples``.
+        """
         n = 1 if self.settings.sampling == "mean" else self.settings.train_samples
         total = 0.0
         for _ in range(n):
             loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
-            if backward:
-                (loss / n).backward()
+            (loss / n).backward()
             total += float(loss.detach())
         return total / n
 
