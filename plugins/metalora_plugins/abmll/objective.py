@@ -119,7 +119,6 @@ def _layer_backward(q: GaussianFactors, p: GaussianFactors, scaling: float, spec
     with torch.no_grad():
         lq, inside_q = scaled_log_var(qd.v_A, qd.v_B, scaling, spec, 1.0, out=buffer(0))
         neg_lp, inside_p = scaled_log_var(pd.v_A, pd.v_B, scaling, spec, -1.0, out=buffer(1))
-        n = lq.numel()
         # -log p(theta): autograd on this layer's dense tensors only
         nlp: Tensor = lq.new_zeros(())
         prior_grad_mu = prior_grad_lp = None
@@ -142,14 +141,13 @@ def _layer_backward(q: GaussianFactors, p: GaussianFactors, scaling: float, spec
         diff = torch.mm(diff_B, diff_A, out=buffer(2))  # mu_q - mu_p
         ratio = lq.add_(neg_lp)  # logv_q - logv_p
         sum_log_ratio = ratio.sum()
-        ratio.exp_()  # var_q / var_p
+        ratio.exp_().sub_(1.0)  # var_q / var_p - 1 (summed as is: no cancellation against n)
         inv_var_p = neg_lp.exp_()  # 1 / var_p
         grad_diff = torch.mul(diff, inv_var_p, out=buffer(3))  # d(0.5 diff^2 / var_p)/d diff
         quadratic = torch.dot(diff.view(-1), grad_diff.view(-1))
-        kl = 0.5 * (ratio.sum() - sum_log_ratio + quadratic - n)
+        kl = 0.5 * (ratio.sum() - sum_log_ratio + quadratic)
         pairs: list[tuple[Tensor, Tensor]] = []
         if need_q or need_p:
-            ratio.sub_(1.0)  # var_q / var_p - 1
             if need_p:
                 # d KL / d logv_p = -0.5 * (var_q/var_p - 1 + diff^2/var_p)
                 # 1 / var_p is not needed any more: its buffer takes the result
