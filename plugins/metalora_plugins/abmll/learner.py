@@ -76,49 +76,44 @@ class ABMLLSettings:
     """Settings of ``abmll`` (defaults: the paper's, SPEC section 3)."""
 
     inner_lr: float = setting(
-        1e-5, "ABMLL inner-loop learning rate: AdamW on the task pairs phi (default 1e-5, "
-              "as the paper). Test-time adaptation uses adapt_lr and adapt_steps instead.")
+        1e-5, "ABMLL inner-loop learning rate: AdamW on the task pairs phi (paper: 1e-5). "
+              "Test-time adaptation uses adapt_lr and adapt_steps instead.")
     outer_lr: float = setting(
-        5e-5, "ABMLL outer learning rate: AdamW on the global pairs theta (default 5e-5, as "
-              "the paper).")
-    inner_steps: int = setting(
-        5, "ABMLL inner steps K per training task, one fresh batch each (default 5, as the "
-           "paper).")
-    weight_decay: float = setting(0.01, "AdamW weight decay (default 0.01).")
+        5e-5, "ABMLL outer learning rate: AdamW on the global pairs theta (paper: 5e-5).")
+    inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).")
+    weight_decay: float = setting(0.01, "AdamW weight decay.")
     beta: float = setting(
         1e-8, "ABMLL weight beta of KL(q(phi|D) || p(phi|theta)) in the inner and outer "
-              "objectives (default 1e-8, as the paper).")
+              "objectives (paper: 1e-8).")
     gamma: float | None = setting(
         None, "ABMLL weight gamma of -log p(theta) in the outer objective; unset means "
-              "gamma = beta (the default: the paper's single weight).")
+              "gamma = beta, the paper's single weight.")
     log_var_init: float = setting(
-        -20.0, "ABMLL c: the initial log-variance, logv = s*B@A + c (SPEC 3.1 reads the "
-               "paper's 'c = e^-20' as c = -20; default -20).")
+        -20.0, "ABMLL c, the initial log-variance: logv = s*B@A + c (SPEC 3.1 reads the "
+               "paper's 'c = e^-20' as c = -20).")
     log_var_min: float = setting(
         -30.0, "ABMLL lower clamp of every log-variance (numerical safety; the gradient is "
-               "zero below it; default -30).")
+               "zero below it).")
     log_var_max: float = setting(
         5.0, "ABMLL upper clamp of every log-variance (numerical safety; the gradient is zero "
-             "above it; default 5).")
+             "above it).")
     train_samples: int = setting(
-        1, "ABMLL weight samples per training step; the NLL is their mean (default 1, as "
-           "the paper).")
+        1, "ABMLL weight samples per training step; the NLL is their mean (paper: 1).")
     eval_samples: int = setting(
-        1, "ABMLL weight samples per prediction; >1 averages the option probabilities "
-           "(Bayesian model averaging; default 1, as the paper).")
+        1, "ABMLL weight samples per prediction; more than 1 averages the option "
+           "probabilities (Bayesian model averaging; paper: 1).")
     sampling: str = setting(
         "weight", "ABMLL noise: 'weight' = exact weight-space sample W0+mu+sigma*eps (noise "
                   "regenerated in backward, not stored); 'local' = local reparameterisation "
-                  "trick (independent per token); 'mean' = no noise. Default 'weight'.",
+                  "trick (exact marginals, independent per token); 'mean' = no noise.",
         choices=SAMPLING_MODES)
     meta_gradient: str = setting(
         "first-order", "ABMLL meta-gradient: 'first-order' passes the NLL gradient at phi to "
                        "theta through theta + stopgrad(phi - theta) (SPEC 3.4). Second order "
-                       "is not implemented. Default 'first-order'.",
+                       "is not implemented.",
         choices=META_GRADIENTS)
     prior: str = setting(
-        "normal-gamma", "Prior p(theta) of ABMLL, by registered name (see `metalora plugins`; "
-        "default normal-gamma).")
+        "normal-gamma", "ABMLL prior p(theta), by registered name (see `metalora plugins`).")
 
 
 class ABMLLLearner(Learner):

@@ -25,9 +25,9 @@ class NormalGammaSettings:
     """Settings of the ``normal-gamma`` prior."""
 
     a0: float = setting(1.0, "normal-gamma prior: Gamma shape a0 of the global precision "
-                             "1/sigma_theta^2 (default 1, as ABML).")
+                             "1/sigma_theta^2 (ABML: 1).")
     b0: float = setting(0.01, "normal-gamma prior: Gamma rate b0 of the global precision "
-                              "1/sigma_theta^2 (default 0.01, as ABML).")
+                              "1/sigma_theta^2 (ABML: 0.01).")
 
 
 class NormalGammaPrior(Prior):
