@@ -443,6 +443,28 @@ def test_bfloat16_model_uses_the_additive_path_in_float32(build) -> None:
     assert all(not torch.equal(after[n], before[n]) for n in before if ".logv_phi." in n)
 
 
+def test_same_sample_under_activation_checkpointing(build) -> None:
+    """A recomputed forward draws the same noise seed (checkpoint restores the RNG state)."""
+    learner, suite = build(log_var_init=-3.0)
+    randomise(learner, scale=0.1)
+    model = learner.context.model
+    batch = first_batch(learner, suite)
+    params = learner.adapters.named_parameters(TASK_PAIRS)
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+        for p in params.values():
+            p.grad = None
+        torch.manual_seed(5)
+        answer_loss(model, batch).backward()
+        results.append(grads(params))
+    for name in params:
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
 def test_prediction_averages_probabilities_over_eval_samples(build) -> None:
     learner, suite = build(log_var_init=-1.0, eval_samples=3)
     randomise(learner, scale=0.2)

@@ -33,7 +33,8 @@ whole output (``includes_base``). Three sampling modes (setting ``sampling``):
 
 Seeds for the noise are drawn from torch's global CPU generator, so runs are
 reproducible under :func:`torch.manual_seed` (the evaluation protocol seeds
-it per task).
+it per task), and a forward pass recomputed by activation checkpointing
+(which restores the RNG state) draws the same sample again.
 """
 
 from __future__ import annotations
