@@ -64,9 +64,9 @@ class Workspace:
     Every dense matrix ABMLL builds (sampled weight, noise, log-variances,
     their gradients) lives only while one layer is processed. On CPU a fresh
     multi-megabyte allocation per temporary costs page faults on every use,
-    so a few buffers the size of the largest adapted layer are reused
-    (``slots`` of them at most; they grow, never shrink). On GPU the caching
-    allocator already reuses memory and plain allocations are used.
+    so one buffer per numbered slot (ABMLL uses four) is kept and reused; a
+    buffer grows to the largest adapted layer and never shrinks. On GPU the
+    caching allocator already reuses memory and plain allocations are used.
     """
 
     def __init__(self) -> None:
