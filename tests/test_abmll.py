@@ -19,6 +19,22 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from rich.console import Console
+from torch import Tensor
+from torch.distributions import Gamma, Normal, kl_divergence
+from typer.testing import CliRunner
+
+from metalora import hookimpl
+from metalora.adapters import AdaptedLinear
+from metalora.cli import build_app
+from metalora.config import all_setting_infos, resolve_config
+from metalora.engine import Engine
+from metalora.errors import MetaloraError, TrainingDiverged
+from metalora.evaluation import evaluate
+from metalora.interfaces import Prior, TaskSampler
+from metalora.plugins import PluginManager
+from metalora.records import Suite, Task, TaskRecord, TaskRole
+from metalora.scoring import answer_loss, option_probs
 from metalora_plugins.abmll import ABMLLLearner, ABMLLSettings
 from metalora_plugins.abmll import learner as learner_module
 from metalora_plugins.abmll.objective import backward_regularisers, regulariser_terms
@@ -38,22 +54,6 @@ from metalora_plugins.abmll.sampling import (
     half_log_var,
 )
 from metalora_plugins.normal_gamma import NormalGammaPrior
-from rich.console import Console
-from torch import Tensor
-from torch.distributions import Gamma, Normal, kl_divergence
-from typer.testing import CliRunner
-
-from metalora import hookimpl
-from metalora.adapters import AdaptedLinear
-from metalora.cli import build_app
-from metalora.config import all_setting_infos, resolve_config
-from metalora.engine import Engine
-from metalora.errors import MetaloraError, TrainingDiverged
-from metalora.evaluation import evaluate
-from metalora.interfaces import Prior, TaskSampler
-from metalora.plugins import PluginManager
-from metalora.records import Suite, Task, TaskRecord, TaskRole
-from metalora.scoring import answer_loss, option_probs
 
 # -- fixtures and helpers ------------------------------------------------------------------
 

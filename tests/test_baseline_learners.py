@@ -8,8 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from metalora_plugins.maml.learner import eager_attention
-from metalora_plugins.maml.meta import inner_loop, meta_gradient
 from torch import Tensor, nn
 
 from metalora.config import all_setting_infos, resolve_config
@@ -19,6 +17,8 @@ from metalora.interfaces import Learner
 from metalora.plugins import PluginManager
 from metalora.records import Suite
 from metalora.scoring import answer_loss
+from metalora_plugins.maml.learner import eager_attention
+from metalora_plugins.maml.meta import inner_loop, meta_gradient
 
 BASELINES = ("reptile", "structured-lora", "maml")
 

@@ -18,9 +18,14 @@ from typing import Any
 
 import datasets
 import datasets.config
-import metalora_plugins.crossfit as crossfit
 import numpy as np
 import pytest
+
+import metalora_plugins.crossfit as crossfit
+from metalora.errors import MetaloraError
+from metalora.interfaces import DataOptions, TaskSampler
+from metalora.plugins import PluginManager
+from metalora.records import Suite, TaskRecord, TaskRole
 from metalora_plugins.crossfit import (
     CLS23_TRAIN,
     CLS45_TEST,
@@ -38,11 +43,6 @@ from metalora_plugins.crossfit import (
 from metalora_plugins.crossfit.hub import convert_dataset
 from metalora_plugins.crossfit.reader import LOGGER, read_jsonl
 from metalora_plugins.crossfit.suites import NON_NLI_TO_NLI_TRAIN, SUITE_SPECS
-
-from metalora.errors import MetaloraError
-from metalora.interfaces import DataOptions, TaskSampler
-from metalora.plugins import PluginManager
-from metalora.records import Suite, TaskRecord, TaskRole
 
 # -- helpers: MetaICL files in tmp_path -------------------------------------------------------
 

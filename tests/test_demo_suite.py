@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-import metalora_plugins.demo as demo
 import pytest
-from metalora_plugins.demo import EXAMPLES_PER_TASK, FAMILIES, DemoSuite, generate_task, words
 
+import metalora_plugins.demo as demo
 from metalora.errors import MetaloraError
 from metalora.interfaces import DataOptions, TaskSampler
 from metalora.plugins import PluginManager
 from metalora.records import MAX_OPTIONS, Suite, Task, TaskRole
+from metalora_plugins.demo import EXAMPLES_PER_TASK, FAMILIES, DemoSuite, generate_task, words
 
 ROLES = (TaskRole.TRAIN, TaskRole.VALIDATION, TaskRole.TEST)
 

@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-from metalora_plugins.normal_gamma import NormalGammaPrior, NormalGammaSettings
 from torch.distributions import Gamma, Normal
 
 from metalora.config import all_setting_infos, resolve_config
 from metalora.engine import Engine
 from metalora.interfaces import Prior
 from metalora.plugins import PluginManager
+from metalora_plugins.normal_gamma import NormalGammaPrior, NormalGammaSettings
 
 
 @pytest.fixture(scope="module")

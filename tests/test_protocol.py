@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import torch
-from metalora_plugins.demo import DemoSuite
 from rich.console import Console
 from torch import Tensor
 from typer.testing import CliRunner
@@ -40,6 +39,7 @@ from metalora.plugins import PluginManager
 from metalora.records import Suite, Task
 from metalora.rundir import load_adapters, seed_dir
 from metalora.stats import mean_se
+from metalora_plugins.demo import DemoSuite
 
 SCHEDULE: dict[int, float] = {1: 0.25, 2: 0.5, 3: 0.875, 4: 0.625, 5: 0.75}
 """Validation/test accuracy of the stub after each epoch (seed 0); multiples of 1/8."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from metalora_plugins.magnitude import MagnitudePruner, pruned_rows
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -26,6 +25,7 @@ from metalora.pruning import (
     prune_targets,
     ratio_label,
 )
+from metalora_plugins.magnitude import MagnitudePruner, pruned_rows
 from tests.conftest import make_config
 
 runner = CliRunner()
