@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from torch import Tensor
-
-from metalora.adapters import AdapterHandle, attach_adapters
 from metalora.batching import Batch
-from metalora.interfaces import Learner, LearnerContext, StepLog
-from metalora.optim import adamw, fit_steps
+from metalora.interfaces import LearnerContext, StepLog
+from metalora.optim import adamw
 from metalora.records import Task
-from metalora.scoring import answer_loss, option_probs
 from metalora.settings import setting
+from metalora.single_pair import SinglePairLearner
 
 
 @dataclass(frozen=True)
@@ -29,7 +25,7 @@ class LoraSettings:
            "task-structured learners); 0 = one full pass over every example.")
 
 
-class LoraLearner(Learner):
+class LoraLearner(SinglePairLearner):
     """One LoRA pair trained on shuffled batches from all training tasks together."""
 
     name = "lora"
@@ -38,13 +34,8 @@ class LoraLearner(Learner):
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
-        self._adapters = attach_adapters(context.model, context.adapter_config, ["default"])
-        self.optimizer = adamw(self._adapters.parameters(), self.settings.lr,
+        self.optimizer = adamw(self.adapters.parameters(), self.settings.lr,
                                self.settings.weight_decay)
-
-    @property
-    def adapters(self) -> AdapterHandle:
-        return self._adapters
 
     def _batches_per_epoch(self, tasks: Sequence[Task]) -> int:
         if self.settings.steps_per_task > 0:
@@ -66,23 +57,5 @@ class LoraLearner(Learner):
         else:
             batches = iter(episodes.shuffled_batches(records, rng))
         for step, batch in enumerate(batches):
-            loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            value = float(loss.detach())
+            value = self.gradient_step(batch, self.optimizer)
             yield StepLog(epoch=epoch, task=None, step=step, loss=value, components={"nll": value})
-
-    def adapt(self, support: Sequence[Batch]) -> None:
-        run = self.context.run
-        fit_steps(self.context.model, self._adapters.parameters(), support, run.adapt_steps,
-                  run.adapt_lr, run.train_loss)
-
-    def predict_proba(self, batch: Batch) -> Tensor:
-        return option_probs(self.context.model, batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])

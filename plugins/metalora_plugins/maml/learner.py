@@ -43,20 +43,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalora.adapters import AdapterHandle, attach_adapters
 from metalora.batching import Batch
 from metalora.errors import MetaloraError
-from metalora.interfaces import Learner, LearnerContext, StepLog
-from metalora.optim import adamw, fit_steps
+from metalora.interfaces import LearnerContext, StepLog
+from metalora.optim import adamw
 from metalora.records import Task
-from metalora.scoring import answer_loss, option_probs
+from metalora.scoring import answer_loss
 from metalora.settings import setting
+from metalora.single_pair import SinglePairLearner
 from metalora_plugins.maml.meta import inner_loop, meta_gradient
 
 _PREFIX = "model."
@@ -117,7 +116,7 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
         setter(current)
 
 
-class MamlLearner(Learner):
+class MamlLearner(SinglePairLearner):
     """MAML: meta-learn the LoRA initialisation for a few SGD steps on a new task."""
 
     name = "maml"
@@ -127,14 +126,9 @@ class MamlLearner(Learner):
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
-        self._adapters = attach_adapters(context.model, context.adapter_config, ["default"])
         self.optimizer = adamw(self._adapters.parameters(), self.settings.lr,
                                self.settings.weight_decay)
         self._loss_module = AnswerLossModule(context.model, context.run.train_loss)
-
-    @property
-    def adapters(self) -> AdapterHandle:
-        return self._adapters
 
     def loss_fn(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
         """The answer loss with the adapter tensors replaced by ``params`` (functional)."""
@@ -191,15 +185,4 @@ class MamlLearner(Learner):
                 for name, param in params.items():
                     param.copy_(fast[name])
             return
-        fit_steps(self.context.model, self._adapters.parameters(), support, run.adapt_steps,
-                  run.adapt_lr, run.train_loss)
-
-    def predict_proba(self, batch: Batch) -> Tensor:
-        return option_probs(self.context.model, batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-
+        super().adapt(support)

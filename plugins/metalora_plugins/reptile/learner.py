@@ -24,18 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from metalora.adapters import AdapterHandle, attach_adapters
-from metalora.batching import Batch
-from metalora.interfaces import Learner, LearnerContext, StepLog
-from metalora.optim import adamw, fit_steps
+from metalora.interfaces import LearnerContext, StepLog
+from metalora.optim import adamw
 from metalora.records import Task
-from metalora.scoring import answer_loss, option_probs
 from metalora.settings import setting
+from metalora.single_pair import SinglePairLearner
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ def reptile_interpolate(theta: Tensor, theta_i: Tensor, epsilon: float) -> Tenso
     return theta + epsilon * (theta_i - theta)
 
 
-class ReptileLearner(Learner):
+class ReptileLearner(SinglePairLearner):
     """Reptile: a few AdamW steps per task, then move ``theta`` part of the way there."""
 
     name = "reptile"
@@ -66,13 +63,8 @@ class ReptileLearner(Learner):
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
-        self._adapters = attach_adapters(context.model, context.adapter_config, ["default"])
-        self.optimizer: torch.optim.AdamW | None = (
-            self._new_optimizer() if self.settings.reptile_persistent_optimizer else None)
-
-    @property
-    def adapters(self) -> AdapterHandle:
-        return self._adapters
+        if self.settings.reptile_persistent_optimizer:
+            self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.AdamW:
         return adamw(self._adapters.parameters(), self.settings.lr, self.settings.weight_decay)
@@ -88,7 +80,7 @@ class ReptileLearner(Learner):
         log after the interpolation (its loss is the mean inner loss of the task,
         ``shift`` the L2 norm of ``eps (theta_i - theta)`` over all adapter tensors).
         """
-        episodes, rng, run = self.context.episodes, self.context.rng, self.context.run
+        episodes, rng = self.context.episodes, self.context.rng
         order = list(tasks)
         rng.shuffle(order)
         for task in order:
@@ -96,12 +88,7 @@ class ReptileLearner(Learner):
             optimizer = self.optimizer if self.optimizer is not None else self._new_optimizer()
             losses = []
             for step in range(self.settings.inner_steps):
-                batch = episodes.train_batch(task, rng)
-                loss = answer_loss(self.context.model, batch, over=run.train_loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = float(loss.detach())
+                value = self.gradient_step(episodes.train_batch(task, rng), optimizer)
                 losses.append(value)
                 yield StepLog(epoch=epoch, task=task.name, step=step, loss=value, phase="inner",
                               components={"nll": value})
@@ -121,21 +108,3 @@ class ReptileLearner(Learner):
             squared += float((new - theta[name]).pow(2).sum())
             param.copy_(new)
         return squared ** 0.5
-
-    def adapt(self, support: Sequence[Batch]) -> None:
-        """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr`` (SPEC 4)."""
-        run = self.context.run
-        fit_steps(self.context.model, self._adapters.parameters(), support, run.adapt_steps,
-                  run.adapt_lr, run.train_loss)
-
-    def predict_proba(self, batch: Batch) -> Tensor:
-        return option_probs(self.context.model, batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The persistent inner optimiser's state (``None`` with a fresh optimiser per task)."""
-        return {"optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("optimizer")
-        if saved is not None and self.optimizer is not None:
-            self.optimizer.load_state_dict(saved)

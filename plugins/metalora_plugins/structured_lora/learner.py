@@ -14,17 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from torch import Tensor
-
-from metalora.adapters import AdapterHandle, attach_adapters
-from metalora.batching import Batch
-from metalora.interfaces import Learner, LearnerContext, StepLog
-from metalora.optim import adamw, fit_steps
+from metalora.interfaces import LearnerContext, StepLog
+from metalora.optim import adamw
 from metalora.records import Task
-from metalora.scoring import answer_loss, option_probs
 from metalora.settings import setting
+from metalora.single_pair import SinglePairLearner
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,7 @@ class StructuredLoraSettings:
         5, "structured-lora: optimisation steps on each training task per visit (paper: 5).")
 
 
-class StructuredLoraLearner(Learner):
+class StructuredLoraLearner(SinglePairLearner):
     """One LoRA pair trained on one task after another with a persistent AdamW."""
 
     name = "structured-lora"
@@ -47,44 +42,19 @@ class StructuredLoraLearner(Learner):
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
-        self._adapters = attach_adapters(context.model, context.adapter_config, ["default"])
-        self.optimizer = adamw(self._adapters.parameters(), self.settings.lr,
+        self.optimizer = adamw(self.adapters.parameters(), self.settings.lr,
                                self.settings.weight_decay)
-
-    @property
-    def adapters(self) -> AdapterHandle:
-        return self._adapters
 
     def steps_per_epoch(self, tasks: Sequence[Task]) -> int:
         return len(tasks) * max(self.settings.steps_per_task, 0)
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
         """Visit the tasks in a freshly shuffled order, ``steps_per_task`` AdamW steps each."""
-        episodes, rng, run = self.context.episodes, self.context.rng, self.context.run
+        episodes, rng = self.context.episodes, self.context.rng
         order = list(tasks)
         rng.shuffle(order)
         for task in order:
             for step in range(self.settings.steps_per_task):
-                batch = episodes.train_batch(task, rng)
-                loss = answer_loss(self.context.model, batch, over=run.train_loss)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                value = float(loss.detach())
+                value = self.gradient_step(episodes.train_batch(task, rng), self.optimizer)
                 yield StepLog(epoch=epoch, task=task.name, step=step, loss=value,
                               components={"nll": value})
-
-    def adapt(self, support: Sequence[Batch]) -> None:
-        """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr`` (SPEC 4)."""
-        run = self.context.run
-        fit_steps(self.context.model, self._adapters.parameters(), support, run.adapt_steps,
-                  run.adapt_lr, run.train_loss)
-
-    def predict_proba(self, batch: Batch) -> Tensor:
-        return option_probs(self.context.model, batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])

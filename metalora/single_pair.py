@@ -1,0 +1,67 @@
+"""A base for learners that train one LoRA pair (no particular algorithm).
+
+Regular LoRA, structured LoRA, Reptile, MAML and the zero-shot baseline all
+keep one adapter pair, adapt at test time with a fresh AdamW for
+``adapt_steps`` steps at ``adapt_lr`` (SPEC section 4) and predict with the
+option probabilities; :class:`SinglePairLearner` provides exactly that, and
+a subclass writes :meth:`~metalora.interfaces.Learner.train_epoch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metalora.adapters import AdapterHandle, attach_adapters
+from metalora.batching import Batch
+from metalora.interfaces.learner import Learner, LearnerContext
+from metalora.optim import fit_steps
+from metalora.scoring import answer_loss, option_probs
+
+
+class SinglePairLearner(Learner):
+    """One LoRA pair named ``"default"``, the shared test-time adaptation and prediction.
+
+    ``optimizer`` is the learner's persistent training optimiser, if it has
+    one; its state is what :meth:`state_dict` saves for resuming.
+    """
+
+    pair = "default"
+
+    def __init__(self, context: LearnerContext) -> None:
+        super().__init__(context)
+        self._adapters = attach_adapters(context.model, context.adapter_config, [self.pair])
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def adapters(self) -> AdapterHandle:
+        return self._adapters
+
+    def gradient_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> float:
+        """One optimiser step on the answer loss of ``batch``; returns the loss."""
+        loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def adapt(self, support: Sequence[Batch]) -> None:
+        """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr`` (SPEC 4)."""
+        run = self.context.run
+        fit_steps(self.context.model, self._adapters.parameters(), support, run.adapt_steps,
+                  run.adapt_lr, run.train_loss)
+
+    def predict_proba(self, batch: Batch) -> Tensor:
+        return option_probs(self.context.model, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The persistent optimiser's state (``None`` without one)."""
+        return {"optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("optimizer")
+        if saved is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(saved)
