@@ -102,6 +102,9 @@ from metalora.seeding import seed_everything
 from metalora.settings import build_settings
 from metalora.stats import mean_se
 
+INITIAL_ADAPTERS_FILE = "adapters-initial.safetensors"
+"""Written when training diverges before the first checkpoint: the last good adapters."""
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 SELECTION_BEST = "best-validation"
@@ -550,6 +553,8 @@ class Engine:
         bar = progress.add_task(
             f"{name} seed {seed}: train", total=per_epoch * epochs or None,
             completed=per_epoch * training.epoch)
+        # The "last good adapters" before any epoch has finished are the initial ones.
+        initial = learner.adapters.snapshot() if not store.exists() else None
         while training.trains and training.epoch < epochs:
             epoch = training.epoch
             self._current = f"{name} seed {seed} during epoch {epoch + 1}"
@@ -562,9 +567,13 @@ class Engine:
                     callback.on_step(name, seed, step)
                 if not math.isfinite(step.loss):
                     logger.flush()
-                    kept = (f"the checkpoint after epoch {training.epoch} is kept in "
-                            f"{store.directory}" if store.exists()
-                            else "no epoch had finished")
+                    if store.exists():
+                        kept = (f"the checkpoint after epoch {training.epoch} is kept in "
+                                f"{store.directory}")
+                    else:
+                        path = seed_dir(protocol.run_dir, name, seed) / INITIAL_ADAPTERS_FILE
+                        save_adapters(path, initial or {})
+                        kept = f"no epoch had finished; the initial adapters are kept in {path}"
                     raise TrainingDiverged(
                         f"{name} (seed {seed}): loss became {step.loss} at epoch {epoch}, "
                         f"task {step.task or '-'}, step {step.step}; {kept}")

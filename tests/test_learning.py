@@ -39,3 +39,23 @@ def test_a_short_run_beats_pretrained_on_held_out_demo_tasks(short_run, learner)
     tweet = "demo-sentiment_tweet"
     assert (_task_accuracy(short_run, learner, tweet)
             >= _task_accuracy(short_run, "pretrained", tweet) + 0.2)
+
+
+def test_a_nan_loss_in_the_first_epoch_keeps_the_initial_adapters(plugins, tmp_path,
+                                                                  monkeypatch):
+    import torch
+
+    from metalora import single_pair
+    from metalora.errors import TrainingDiverged
+    from metalora.rundir import load_adapters
+
+    real = single_pair.answer_loss
+    monkeypatch.setattr(single_pair, "answer_loss",
+                        lambda *a, **k: real(*a, **k) * float("nan"))
+    config = make_config(plugins, model="tiny", learner=["lora"], epochs=2, plots=False,
+                         tensorboard=False, output_dir=str(tmp_path), run_name="nan")
+    with pytest.raises(TrainingDiverged, match="epoch 0, task -, step 0; no epoch had finished"):
+        Engine(config, plugins).execute()
+    saved = load_adapters(tmp_path / "nan" / "lora" / "seed-0" / "adapters-initial.safetensors")
+    assert saved and all(torch.isfinite(t).all() for t in saved.values())
+    assert all(t.eq(0).all() for name, t in saved.items() if name.endswith(".B"))
