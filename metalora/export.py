@@ -51,7 +51,7 @@ from metalora.rundir import (
     load_adapters,
     read_config,
     read_json,
-    seed_dir,
+    require_finished,
     write_json,
 )
 
@@ -168,13 +168,7 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
     elif seed not in seeds:
         raise MetaloraError(f"seed {seed} is not in run {str(run_dir)!r}; valid choices: "
                             + ", ".join(str(s) for s in seeds))
-    where = seed_dir(run_dir, learner, seed)
-    for needed in (METRICS_FILE, ADAPTERS_FILE):
-        if not (where / needed).exists():
-            raise MetaloraError(
-                f"run directory {str(run_dir)!r} is incomplete: {learner} seed {seed} has not "
-                f"finished (no {learner}/seed-{seed}/{needed}); finish it with: "
-                f"metalora run --resume {run_dir}")
+    where = require_finished(run_dir, learner, seed)
     cls = plugins.registry("learner").get(learner)
     mean_pair = str(getattr(cls, "mean_pair", "default"))
     tensors = load_adapters(where / ADAPTERS_FILE)

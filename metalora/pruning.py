@@ -83,6 +83,7 @@ from metalora.rundir import (
     atomic_write_bytes,
     load_adapters,
     read_json,
+    require_finished,
     seed_dir,
     write_json,
 )
@@ -480,13 +481,7 @@ def open_run(run_dir: Path | str, plugins: PluginManager, console: Console | Non
         engine.run = dataclasses.replace(run, **changes)
     for name in engine.run.learner:
         for seed in engine.run.seeds:
-            path = seed_dir(run_dir, name, seed)
-            for needed in (METRICS_FILE, ADAPTERS_FILE):
-                if not (path / needed).exists():
-                    raise MetaloraError(
-                        f"run directory {str(run_dir)!r} is incomplete: {name} seed {seed} has "
-                        f"not finished (no {name}/seed-{seed}/{needed}); finish it with: "
-                        f"metalora run --resume {run_dir}")
+            require_finished(run_dir, name, seed)
     return engine
 
 

@@ -143,3 +143,16 @@ def truncate_file(path: Path, size: int) -> None:
 def file_size(path: Path) -> int:
     """Size of ``path`` in bytes (0 when it does not exist)."""
     return path.stat().st_size if path.exists() else 0
+
+
+def require_finished(run_dir: Path, learner: str, seed: int) -> Path:
+    """The directory of a finished learner/seed pair, or one clear error saying how to finish it."""
+    where = seed_dir(run_dir, learner, seed)
+    for needed in (METRICS_FILE, ADAPTERS_FILE):
+        if not (where / needed).exists():
+            raise MetaloraError(
+                f"run directory {str(run_dir)!r} is incomplete: {learner} seed {seed} has not "
+                f"finished (no {learner}/seed-{seed}/{needed}); finish it with: "
+                f"metalora run --resume {run_dir}")
+    return where
+
