@@ -191,9 +191,39 @@ def report(run_dir: Path) -> None:
         print(f"{name:16s} {row['Acc']:>14s} {row['ECE']:>14s} {val_text:>8s} {epochs:>12s} "
               f"{fmt_minutes(times.get(name)):>9s}")
     per_task_accuracy(results)
+    baselines = constant_baselines(run_dir / rows[0]["method"] / f"seed-{seeds[0]}")
+    if baselines is not None:
+        print(f"reference (same test queries): always the first option (A) "
+              f"{100 * baselines[0]:.1f}%, always the query set's majority answer "
+              f"{100 * baselines[1]:.1f}% (macro)")
     print(f"Acc/ECE: macro over {len(next(iter(results['per_task'].values())))} test tasks, "
           f"mean ± SE over seeds; val Acc: validation macro accuracy at the tested epoch")
     print(f"results: {run_dir / 'results.csv'}, {run_dir / 'results.json'}")
+
+
+def constant_baselines(seed_dir: Path) -> tuple[float, float] | None:
+    """Macro accuracy of answering always ``A``, and always the majority answer of each query set.
+
+    Read from a seed's ``predictions.safetensors`` (the targets are the same
+    for every learner); ``None`` when the file is missing.
+    """
+    path = seed_dir / "predictions.safetensors"
+    if not path.exists():
+        return None
+    import torch
+    from safetensors import safe_open
+
+    first, majority = [], []
+    with safe_open(str(path), framework="pt") as handle:
+        for i in range(len(json.loads((handle.metadata() or {}).get("tasks", "[]")))):
+            targets = handle.get_tensor(f"{i}.targets")
+            if targets.numel() == 0:
+                continue
+            first.append(float((targets == 0).float().mean()))
+            majority.append(int(torch.bincount(targets).max()) / targets.numel())
+    if not first:
+        return None
+    return sum(first) / len(first), sum(majority) / len(majority)
 
 
 def per_task_accuracy(results: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@ the first ``--n`` records (default 64) are scored zero-shot with metalora's
 own :class:`~metalora.batching.PromptEncoder` (the SPEC section 5 prompt, no
 chat template) and :func:`~metalora.scoring.option_probs` (next-token
 probability of the label token, renormalised over the example's options).
-Prints each task's accuracy and the macro average.
+Prints each task's accuracy and the macro average, next to the accuracy of
+always answering the first option (``A``) on the same records, for scale.
 
 Reference: SmolLM2-135M-Instruct scores about 0.39 macro accuracy here; a
 number far from that means the prompt or the scoring differs from SPEC.
@@ -116,16 +117,20 @@ def main() -> None:
           f"(prefix {encoder.prefix_ids}); data {data_dir}; "
           f"first {args.n} records of <task>_16_*_dev.jsonl per task")
     scores: dict[str, float] = {}
+    first: dict[str, float] = {}
     for task in TASKS:
         records, skipped = dev_records(data_dir, task, args.n)
         if args.show_prompt and not scores:
             print("-" * 60 + "\n" + format_prompt(records[0]) + "\n" + "-" * 60)
             print("tokens:", loaded.tokenizer.convert_ids_to_tokens(encoder.prompt_ids(records[0])))
         scores[task] = accuracy(loaded.model, encoder, records, args.batch_size)
+        first[task] = sum(r.answer_index == 0 for r in records) / len(records)
         extra = f", skipped {skipped} with >{MAX_OPTIONS} options" if skipped else ""
-        print(f"{task:26s} n={len(records):3d}  accuracy {scores[task]:.3f}{extra}", flush=True)
+        print(f"{task:26s} n={len(records):3d}  accuracy {scores[task]:.3f}  "
+              f"(always A: {first[task]:.3f}){extra}", flush=True)
     macro = sum(scores.values()) / len(scores)
-    print(f"{'macro average':26s}        accuracy {macro:.3f}   (reference ~{REFERENCE_MACRO})")
+    print(f"{'macro average':26s}        accuracy {macro:.3f}  "
+          f"(always A: {sum(first.values()) / len(first):.3f}; reference ~{REFERENCE_MACRO})")
     print(f"wall time {time.perf_counter() - start:.0f} s")
 
 
