@@ -37,6 +37,8 @@ from metalora.records import Suite, Task, TaskRecord, TaskRole
 from metalora.scoring import answer_loss, option_probs
 from metalora_plugins.abmll import ABMLLLearner, ABMLLSettings
 from metalora_plugins.abmll import learner as learner_module
+from metalora_plugins.abmll.dense import Workspace, half_log_var
+from metalora_plugins.abmll.noise import NoiseKey
 from metalora_plugins.abmll.objective import backward_regularisers, regulariser_terms
 from metalora_plugins.abmll.pairs import (
     GLOBAL_PAIRS,
@@ -46,13 +48,7 @@ from metalora_plugins.abmll.pairs import (
     global_factors,
     task_factors,
 )
-from metalora_plugins.abmll.sampling import (
-    LocalNoise,
-    SampledLinear,
-    WeightNoise,
-    Workspace,
-    half_log_var,
-)
+from metalora_plugins.abmll.sampling import LocalNoise, SampledLinear, WeightNoise
 from metalora_plugins.normal_gamma import NormalGammaPrior
 
 # -- fixtures and helpers ------------------------------------------------------------------
@@ -367,11 +363,134 @@ def test_sampling_functions_pass_gradcheck(spec: LogVarSpec) -> None:
                                                                                           scale=0.3)
     for workspace in (None, Workspace()):
         assert torch.autograd.gradcheck(
-            lambda *t, w=workspace: SampledLinear.apply(t[0], W0, bias, *t[1:], 2.0, spec, 123,
-                                                        w),
+            lambda *t, w=workspace: SampledLinear.apply(t[0], W0, bias, *t[1:], None, None, None,
+                                                        None, 2.0, spec, NoiseKey(seed=123), w),
             (x, mu_A, mu_B, v_A, v_B))
-    assert torch.autograd.gradcheck(lambda *t: WeightNoise.apply(*t, 2.0, spec, 7), (x, v_A, v_B))
-    assert torch.autograd.gradcheck(lambda *t: LocalNoise.apply(*t, 2.0, spec, 7), (x, v_A, v_B))
+    key = NoiseKey(seed=7)
+    assert torch.autograd.gradcheck(lambda *t: WeightNoise.apply(*t, 2.0, spec, key), (x, v_A, v_B))
+    assert torch.autograd.gradcheck(lambda *t: LocalNoise.apply(*t, 2.0, spec, key), (x, v_A, v_B))
+
+
+def test_noise_keys_replay_their_draw_and_advance_the_global_stream() -> None:
+    cpu = torch.device("cpu")
+    like = torch.empty(0)
+    torch.manual_seed(0)
+    direct = [torch.randn(3, 50), torch.randn(3, 50), torch.randn(4)]
+    torch.manual_seed(0)
+    first = NoiseKey.take(cpu)
+    drawn = first.normal((3, 50), like)
+    assert torch.equal(drawn, direct[0])  # the draw is the global stream's next stretch
+    assert torch.equal(NoiseKey.take(cpu).normal((3, 50), like), direct[1])
+    assert torch.equal(first.normal((3, 50), like), drawn)  # a replay, bit for bit
+    assert torch.equal(torch.randn(4), direct[2])  # replays do not move the stream
+    fixed = NoiseKey(seed=5)
+    assert torch.equal(fixed.normal((2, 3), like), fixed.normal((2, 3), like))
+    with pytest.raises(ValueError):
+        NoiseKey()
+
+
+def _objective_reference(learner: ABMLLLearner, batch, beta: float, gamma: float,
+                         seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
+    """Plain autograd on NLL + beta KL + gamma prior with the additive (unfused) sample."""
+    handle = learner.adapters
+    phi, theta = handle.named_parameters(TASK_PAIRS), handle.named_parameters(GLOBAL_PAIRS)
+    layers = list(handle.layers.values())
+    learner.delta.fuse = False
+    torch.manual_seed(seed)
+    nll = answer_loss(learner.context.model, batch)
+    learner.delta.fuse = True
+    terms = regulariser_terms(layers, task_factors, global_factors, learner.spec, learner.prior)
+    objective = nll + beta * terms.kl + gamma * terms.prior
+    names = [*phi, *theta]
+    values = torch.autograd.grad(objective, [*phi.values(), *theta.values()])
+    g = dict(zip(names, values, strict=True))
+    return ({n: g[n] for n in phi}, {n: g[n] for n in theta}, nll.detach(), terms.kl.detach())
+
+
+@pytest.mark.parametrize("clamped", [False, True], ids=["free", "clamped"])
+def test_kl_fused_into_the_sampled_layers_matches_autograd(build, monkeypatch,
+                                                           clamped: bool) -> None:
+    """With the exact weight sample the KL's gradient joins each layer's backward pass.
+
+    Inner and outer gradients equal plain autograd on the whole objective
+    (the additive sample with the same noise, and the checkpointed KL; float32
+    rounding differs between the two samples as in
+    ``test_fused_and_additive_paths_agree``), and no layer's KL is computed a
+    second time by the layer-by-layer path.
+    """
+    beta, gamma = 0.05, 0.01
+    values = {"beta": beta, "gamma": gamma, "log_var_init": -3.0}
+    if clamped:
+        values["log_var_min"] = -3.2
+    learner, suite = build(**values)
+    randomise(learner, scale=0.1)
+    layers = list(learner.adapters.layers.values())
+    n_clamped = sum(int((dense64(layer, pair, -3.0) < learner.spec.low).sum())
+                    for layer in layers for pair in ("logv_theta", "logv_phi"))
+    assert (n_clamped > 0) == clamped
+    batch = first_batch(learner, suite)
+    skipped: list[set[int]] = []
+    original = learner_module.backward_regularisers
+
+    def spy(*args, kl_done=(), **kwargs):
+        skipped.append(set(kl_done))
+        return original(*args, kl_done=kl_done, **kwargs)
+
+    monkeypatch.setattr(learner_module, "backward_regularisers", spy)
+    g_phi, g_theta, nll, kl = _objective_reference(learner, batch, beta, gamma, seed=7)
+    torch.manual_seed(7)
+    loss, components = learner.outer_step(batch, apply=False)
+    assert skipped[-1] == {id(layer) for layer in layers}
+    assert components["nll"] == pytest.approx(float(nll), rel=1e-5)
+    assert components["kl"] == pytest.approx(float(kl), rel=1e-4)
+    assert kl > 1.0
+    for name, p in learner.adapters.named_parameters(GLOBAL_PAIRS).items():
+        expected = g_theta[name] + g_phi[name.replace("theta", "phi")]
+        torch.testing.assert_close(p.grad, expected, rtol=1e-3, atol=1e-6)
+    learner._clear_grads()
+    g_phi, _, _, _ = _objective_reference(learner, batch, beta, 0.0, seed=8)
+
+    class Capture(torch.optim.SGD):
+        def step(self, closure=None):  # record the gradients instead of stepping
+            self.seen = [p.grad.clone() for p in self.param_groups[0]["params"]]
+
+    phi = learner.adapters.named_parameters(TASK_PAIRS)
+    capture = Capture(list(phi.values()), lr=0.0)
+    torch.manual_seed(8)
+    _, components = learner.inner_step(batch, capture)
+    assert skipped[-1] == {id(layer) for layer in layers}
+    assert components["kl"] == pytest.approx(float(kl), rel=1e-4)
+    for name, got in zip(phi, capture.seen, strict=True):
+        torch.testing.assert_close(got, g_phi[name], rtol=1e-3, atol=1e-6)
+
+
+def test_first_inner_step_after_a_reset_skips_the_zero_kl(build, monkeypatch) -> None:
+    learner, suite = build(beta=0.5, log_var_init=-3.0, inner_lr=1e-2)
+    randomise(learner, scale=0.1)
+    learner.reset_task()
+    calls: list[int] = []
+    original = learner_module.backward_regularisers
+    monkeypatch.setattr(learner_module, "backward_regularisers",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    batch = first_batch(learner, suite)
+    layers = list(learner.adapters.layers.values())
+    exact = regulariser_terms(layers, task_factors, global_factors, learner.spec, None)
+    assert float(exact.kl.detach()) == pytest.approx(0.0, abs=1e-6)
+    phi = learner.adapters.named_parameters(TASK_PAIRS)
+    torch.manual_seed(2)
+    expected = torch.autograd.grad(answer_loss(learner.context.model, batch), list(phi.values()))
+    optimizer = learner._inner_optimizer(1e-2)
+    steps = []
+    for _ in range(2):
+        torch.manual_seed(2)
+        learner._clear_grads()
+        steps.append(learner.inner_step(batch, optimizer)[1])
+        if len(steps) == 1:
+            assert not calls
+            for p, e in zip(phi.values(), expected, strict=True):
+                assert torch.equal(p.grad, e)
+    assert steps[0]["kl"] == 0.0
+    assert steps[1]["kl"] > 0.0 and calls  # phi has moved: the KL is back
 
 
 def test_fused_and_additive_paths_agree(build) -> None:

@@ -22,14 +22,19 @@ adapter tensor afterwards.
 
 Memory: only the four LoRA pairs per layer (and the outer optimiser's state
 for the two global ones) persist, whatever the number of tasks; the inner
-optimiser is created per task and dropped after it. The KL and prior are
-back-propagated one layer at a time before the NLL forward pass
-(:func:`~metalora_plugins.abmll.objective.backward_regularisers`), and the
-weight noise is regenerated from a seed in backward
-(:mod:`metalora_plugins.abmll.sampling`), so no dense ``d_out x d_in``
-tensor outlives the processing of its layer. On CPU those per-layer
-temporaries reuse a few buffers the size of the largest adapted weight
-(:class:`~metalora_plugins.abmll.sampling.Workspace`).
+optimiser is created per task and dropped after it. The weight noise is
+regenerated from its key in backward (:mod:`metalora_plugins.abmll.sampling`).
+The KL's gradient is added inside each sampled layer's backward pass (a
+:class:`~metalora_plugins.abmll.objective.KLRequest`); layers on another
+path, and the prior, are back-propagated one layer at a time after it
+(:func:`~metalora_plugins.abmll.objective.backward_regularisers`). So no
+dense ``d_out x d_in`` tensor outlives the processing of its layer. On CPU
+those per-layer temporaries reuse a few buffers the size of the largest
+adapted weight (:class:`~metalora_plugins.abmll.dense.Workspace`).
+
+Right after a reset the task pairs equal the global pairs bit for bit, so
+the KL and its gradient are exactly zero: an inner step that finds the pairs
+equal (the first of each task) skips computing them.
 
 Numerical safety: log-variances are clamped to ``[log_var_min, log_var_max]``;
 a step whose loss is NaN or infinite is not applied, is logged, and ends the
@@ -55,7 +60,7 @@ from metalora.optim import adamw
 from metalora.records import Task
 from metalora.scoring import answer_loss, option_probs
 from metalora.settings import setting
-from metalora_plugins.abmll.objective import backward_regularisers, prior_terms
+from metalora_plugins.abmll.objective import KLRequest, backward_regularisers, prior_terms
 from metalora_plugins.abmll.pairs import (
     GLOBAL_PAIRS,
     MU_THETA,
@@ -151,25 +156,69 @@ class ABMLLLearner(Learner):
         """Copy the global pairs into the task pairs (Algorithm 1's reset)."""
         for source, target in TASK_OF.items():
             self._adapters.copy_pair(source, target)
+        self._no_step_since_reset = True
+
+    def _task_equals_global(self) -> bool:
+        """Whether every task factor equals its global factor bit for bit (KL exactly 0).
+
+        Only checked while no step has been applied since the last reset.
+        """
+        if not self._no_step_since_reset:
+            return False
+        for layer in self._adapters.layers.values():
+            for source, target in TASK_OF.items():
+                a, b = layer.pairs[source], layer.pairs[target]
+                if not (torch.equal(a.A, b.A) and torch.equal(a.B, b.B)):
+                    return False
+        return True
 
     def _clear_grads(self) -> None:
         for param in self._adapters.parameters():
             param.grad = None
 
     # -- objective ---------------------------------------------------------------
-    def _nll_backward(self, batch: Batch) -> float:
+    def _nll_backward(self, batch: Batch, kl: KLRequest | None = None) -> float:
         """Mean answer loss over ``train_samples`` weight samples; accumulates its gradient.
 
         Each sample is back-propagated before the next is drawn, so memory does
-        not grow with ``train_samples``.
+        not grow with ``train_samples``. ``kl`` is offered to the layers of the
+        first sample only (the KL does not depend on the sample).
         """
         n = 1 if self.settings.sampling == "mean" else self.settings.train_samples
         total = 0.0
-        for _ in range(n):
-            loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
+        for i in range(n):
+            self.delta.kl = kl if i == 0 else None
+            try:
+                loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
+            finally:
+                self.delta.kl = None
             (loss / n).backward()
             total += float(loss.detach())
         return total / n
+
+    def _objective_backward(self, batch: Batch, outer: bool) -> tuple[float, float, float]:
+        """Gradients of the inner or outer objective; returns ``(nll, kl, -log p(theta))``.
+
+        The fused sampled layers add the KL's gradient in their own backward
+        pass; every other layer's KL, and the prior (outer step), follow layer
+        by layer. When the task pairs equal the global pairs (an inner step
+        right after a reset) the KL is exactly 0 and is skipped.
+        """
+        layers = self._adapters.layers.values()
+        if not outer and self._task_equals_global():
+            return self._nll_backward(batch), 0.0, 0.0
+        request = KLRequest(weight=self.beta, detach_theta=not outer)
+        nll = self._nll_backward(batch, request)
+        if outer:
+            reg = backward_regularisers(
+                layers, lambda layer: task_factors(layer, straight_through=True),
+                global_factors, self.spec, self.beta, self.gamma, self.prior,
+                self.delta.workspace, kl_done=request.done)
+        else:
+            reg = backward_regularisers(
+                layers, task_factors, lambda layer: global_factors(layer, detach=True),
+                self.spec, self.beta, 0.0, None, self.delta.workspace, kl_done=request.done)
+        return nll, float(reg.kl) + float(request.total()), float(reg.prior)
 
     def prior_value(self) -> float:
         """``-log p(theta)`` of the current global pairs (0 without a prior)."""
@@ -185,15 +234,11 @@ class ABMLLLearner(Learner):
         The step is not applied when the loss is not finite.
         """
         self._clear_grads()
-        reg = backward_regularisers(
-            self._adapters.layers.values(), task_factors,
-            lambda layer: global_factors(layer, detach=True), self.spec, self.beta, 0.0, None,
-            self.delta.workspace)
-        nll = self._nll_backward(batch)
-        kl = float(reg.kl)
+        nll, kl, _ = self._objective_backward(batch, outer=False)
         loss = nll + self.beta * kl
         if math.isfinite(loss):
             optimizer.step()
+            self._no_step_since_reset = False
         prior = self.prior_value() if prior_value is None else prior_value
         return loss, {"nll": nll, "kl": kl, "prior": prior}
 
@@ -208,17 +253,13 @@ class ABMLLLearner(Learner):
         self._clear_grads()
         self.delta.straight_through = True
         try:
-            reg = backward_regularisers(
-                self._adapters.layers.values(),
-                lambda layer: task_factors(layer, straight_through=True), global_factors,
-                self.spec, self.beta, self.gamma, self.prior, self.delta.workspace)
-            nll = self._nll_backward(batch)
+            nll, kl, prior = self._objective_backward(batch, outer=True)
         finally:
             self.delta.straight_through = False
-        kl, prior = float(reg.kl), float(reg.prior)
         loss = nll + self.beta * kl + self.gamma * prior
         if apply and math.isfinite(loss):
             self.outer_optimizer.step()
+            self._no_step_since_reset = False
         return loss, {"nll": nll, "kl": kl, "prior": prior}
 
     def _inner_optimizer(self, lr: float) -> torch.optim.Optimizer:

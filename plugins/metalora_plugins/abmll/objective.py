@@ -24,12 +24,23 @@ holds the dense matrices of every layer at once:
   backward recomputes one layer's dense matrices at a time (for callers that
   need a single loss tensor; also the reference the fast path is tested
   against).
+
+Fused with the NLL (what the learner uses with the default exact weight
+sample): a :class:`KLRequest` asks the fused sampled layers
+(:class:`~metalora_plugins.abmll.sampling.SampledLinear`) to add the KL's
+gradient inside their own backward pass, where the task posterior's standard
+deviation and the layer's dense gradient buffers already exist
+(:func:`add_kl_gradients`); the KL then costs one more low-rank product, one
+exponential and a few elementwise passes per layer, and its factor gradients
+share the NLL's matrix products. Layers that did not take the request (other
+sampling modes, low-precision weights) go through
+:func:`backward_regularisers` afterwards, which also adds the prior.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -37,8 +48,14 @@ from torch.utils.checkpoint import checkpoint
 
 from metalora.adapters import AdaptedLinear
 from metalora.interfaces import Prior
+from metalora_plugins.abmll.dense import (
+    Workspace,
+    factor_grads,
+    low_rank_sum,
+    scaled_log_var,
+    scratch,
+)
 from metalora_plugins.abmll.pairs import GaussianFactors, LogVarSpec
-from metalora_plugins.abmll.sampling import Workspace, scaled_log_var
 
 FactorsOf = Callable[[AdaptedLinear], GaussianFactors]
 """Picks a layer's factors of one distribution (e.g. :func:`~.pairs.global_factors`)."""
@@ -50,6 +67,80 @@ class Regularisers:
 
     kl: Tensor
     prior: Tensor
+
+
+@dataclass
+class KLRequest:
+    """Asks the fused sampled layers of one backward pass to add ``weight * KL(q || p)``.
+
+    ``detach_theta``: the global factors are constants (inner steps); else the
+    KL's gradient reaches them too (outer step). Each layer takes the request
+    once (:meth:`take`) and records its KL value (:attr:`values`).
+    """
+
+    weight: float
+    detach_theta: bool
+    done: set[int] = field(default_factory=set)
+    values: list[Tensor] = field(default_factory=list)
+
+    def take(self, key: int) -> bool:
+        """True the first time the layer ``key`` asks: a layer adds its KL once."""
+        if key in self.done:
+            return False
+        self.done.add(key)
+        return True
+
+    def total(self) -> Tensor:
+        """Summed KL over the layers that took the request (0-dim, CPU)."""
+        if not self.values:
+            return torch.zeros((), dtype=torch.float64)
+        return torch.stack(self.values).sum().cpu()
+
+
+def add_kl_gradients(q: GaussianFactors, p: GaussianFactors, scaling: float, spec: LogVarSpec,
+                     weight: float, sigma_q: Tensor, grad_mu: Tensor, grad_log_var2: Tensor,
+                     inside_q: Tensor | None, need_p: bool,
+                     workspace: Workspace | None = None) -> tuple[Tensor, Tensor | None,
+                                                                  Tensor | None]:
+    """One layer's ``weight * KL(q || p)`` added to its dense NLL gradients (the fused path).
+
+    ``sigma_q = exp(logv_q / 2)`` is the task posterior's dense standard
+    deviation (from the clamped log-variance, clamp mask ``inside_q``).
+    Updated in place: ``grad_mu`` (dL/dmu_q) gains ``weight * (mu_q - mu_p) /
+    var_p`` and ``grad_log_var2`` (twice dL/dlogv_q, before masking) gains
+    ``weight * (var_q / var_p - 1)``. Returns the KL value (0-dim, float64,
+    detached) and, with ``need_p``, the dense gradients of ``weight * KL``
+    with respect to ``mu_p`` and ``logv_p`` (the latter masked by p's clamp);
+    else ``(kl, None, None)``. Uses ``workspace`` slots 3 to 5.
+    """
+    shape = tuple(sigma_q.shape)
+    qd, pd = q.detach(), p.detach()
+
+    def buffer(slot: int) -> Tensor:
+        return scratch(workspace, slot, shape, sigma_q)
+
+    neg_lp, inside_p = scaled_log_var(pd.v_A, pd.v_B, scaling, spec, -1.0, out=buffer(3))
+    if inside_q is None and inside_p is None:  # nothing clamped: sum(logv_q - logv_p) from factors
+        log_ratio_sum = scaling * (low_rank_sum(qd.v_A, qd.v_B) - low_rank_sum(pd.v_A, pd.v_B))
+    else:
+        log_var_q, _ = scaled_log_var(qd.v_A, qd.v_B, scaling, spec, 1.0, out=buffer(4))
+        log_ratio_sum = log_var_q.add_(neg_lp).sum().double()
+    inv_var_p = neg_lp.exp_()
+    ratio = torch.mul(sigma_q, sigma_q, out=buffer(4)).mul_(inv_var_p).sub_(1.0)  # var_q/var_p - 1
+    diff = torch.mm(torch.cat([qd.mu_B * scaling, pd.mu_B * -scaling], dim=1),
+                    torch.cat([qd.mu_A, pd.mu_A], dim=0), out=buffer(5))  # mu_q - mu_p
+    grad_diff = inv_var_p.mul_(diff)  # (mu_q - mu_p) / var_p
+    quadratic = torch.dot(diff.view(-1), grad_diff.view(-1))
+    kl = 0.5 * (ratio.sum().double() - log_ratio_sum + quadratic.double())
+    grad_log_var2.add_(ratio, alpha=weight)
+    grad_mu.add_(grad_diff, alpha=weight)
+    if not need_p:
+        return kl, None, None
+    # d KL / d logv_p = -0.5 * (var_q/var_p - 1 + diff^2 / var_p); d KL / d mu_p = -diff / var_p
+    grad_log_var_p = ratio.addcmul_(diff, grad_diff).mul_(-0.5 * weight)
+    if inside_p is not None:
+        grad_log_var_p.masked_fill_(~inside_p, 0.0)
+    return kl, grad_diff.mul_(-weight), grad_log_var_p
 
 
 def kl_diag_gaussians(mu_diff: Tensor, log_var_q: Tensor, log_var_p: Tensor) -> Tensor:
@@ -94,22 +185,47 @@ def _factor_grads(f: GaussianFactors, grad_mu: Tensor | None, mu_scale: float,
                               (grad_log_var, log_var_scale, f.v_A, f.v_B)):
         if grad is None:
             continue
-        if A.requires_grad:
-            out.append((A, torch.mm(B.detach().t(), grad).mul_(scaling * scale)))
-        if B.requires_grad:
-            out.append((B, torch.mm(grad, A.detach().t()).mul_(scaling * scale)))
+        grad_A, grad_B = factor_grads(grad, A, B, scaling * scale,
+                                      (A.requires_grad, B.requires_grad))
+        out += [(t, g) for t, g in ((A, grad_A), (B, grad_B)) if g is not None]
     return out
+
+
+def _prior_gradients(p: GaussianFactors, scaling: float, gamma: float, prior: Prior,
+                     need_grad: bool,
+                     neg_log_var: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """One layer's ``-log p(theta)`` and the gradients of ``gamma * -log p(theta)``.
+
+    Returns ``(value, d/dmu_theta, d/dlogv_theta)``, by autograd on the
+    layer's dense tensors; ``neg_log_var`` is its dense ``-logv_theta``
+    (clamped). The gradients are ``None`` without ``need_grad``.
+    """
+    mu_p = torch.mm(p.mu_B, p.mu_A).mul_(scaling)
+    lp = torch.neg(neg_log_var)
+    if not need_grad:
+        return prior.negative_log_density(mu_p, lp).detach(), None, None
+    with torch.enable_grad():
+        mu_p.requires_grad_(True)
+        lp.requires_grad_(True)
+        nlp = prior.negative_log_density(mu_p, lp)
+        grad_mu, grad_lp = torch.autograd.grad(gamma * nlp, [mu_p, lp])
+    return nlp.detach(), grad_mu, grad_lp
 
 
 def _layer_backward(q: GaussianFactors, p: GaussianFactors, scaling: float, spec: LogVarSpec,
                     beta: float, gamma: float, prior: Prior | None,
-                    workspace: Workspace | None = None) -> tuple[Tensor, Tensor]:
-    """One layer of :func:`backward_regularisers`; returns the detached (KL, prior) values."""
+                    workspace: Workspace | None = None,
+                    with_kl: bool = True) -> tuple[Tensor, Tensor]:
+    """One layer of :func:`backward_regularisers`; returns the detached (KL, prior) values.
+
+    Without ``with_kl`` only the prior term is evaluated and back-propagated
+    (the KL is 0 in the returned values).
+    """
     grad_on = torch.is_grad_enabled()
-    need_q = grad_on and beta != 0 and any(t.requires_grad for t in q.tensors())
+    need_q = with_kl and grad_on and beta != 0 and any(t.requires_grad for t in q.tensors())
     need_p = grad_on and any(t.requires_grad for t in p.tensors())
     need_prior_grad = need_p and prior is not None and gamma != 0
-    need_p = need_p and (beta != 0 or need_prior_grad)
+    need_p = need_p and ((with_kl and beta != 0) or need_prior_grad)
     qd, pd = q.detach(), p.detach()
     shape = (pd.v_B.shape[0], pd.v_A.shape[1])
 
@@ -117,24 +233,23 @@ def _layer_backward(q: GaussianFactors, p: GaussianFactors, scaling: float, spec
         return None if workspace is None else workspace.get(slot, shape, pd.v_A)
 
     with torch.no_grad():
-        lq, inside_q = scaled_log_var(qd.v_A, qd.v_B, scaling, spec, 1.0, out=buffer(0))
         neg_lp, inside_p = scaled_log_var(pd.v_A, pd.v_B, scaling, spec, -1.0, out=buffer(1))
         # -log p(theta): autograd on this layer's dense tensors only
-        nlp: Tensor = lq.new_zeros(())
+        nlp: Tensor = neg_lp.new_zeros(())
         prior_grad_mu = prior_grad_lp = None
         if prior is not None:
-            mu_p = torch.mm(pd.mu_B, pd.mu_A).mul_(scaling)
-            lp = torch.neg(neg_lp)
+            nlp, prior_grad_mu, prior_grad_lp = _prior_gradients(pd, scaling, gamma, prior,
+                                                                 need_prior_grad, neg_lp)
+        if not with_kl:
+            pairs = []
             if need_prior_grad:
-                with torch.enable_grad():
-                    mu_p.requires_grad_(True)
-                    lp.requires_grad_(True)
-                    nlp = prior.negative_log_density(mu_p, lp)
-                    prior_grad_mu, prior_grad_lp = torch.autograd.grad(gamma * nlp, [mu_p, lp])
-                nlp = nlp.detach()
-            else:
-                nlp = prior.negative_log_density(mu_p, lp).detach()
-            del mu_p, lp
+                if inside_p is not None:
+                    prior_grad_lp.masked_fill_(~inside_p, 0.0)
+                pairs = _factor_grads(p, prior_grad_mu, 1.0, prior_grad_lp, 1.0, scaling)
+            if pairs:
+                torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+            return neg_lp.new_zeros(()), nlp
+        lq, inside_q = scaled_log_var(qd.v_A, qd.v_B, scaling, spec, 1.0, out=buffer(0))
         # KL in closed form, with its gradients w.r.t. the dense quantities
         diff_B = torch.cat([qd.mu_B * scaling, pd.mu_B * -scaling], dim=1)
         diff_A = torch.cat([qd.mu_A, pd.mu_A], dim=0)
@@ -190,7 +305,8 @@ def prior_terms(layers: Iterable[AdaptedLinear], p_of: FactorsOf, spec: LogVarSp
 
 def backward_regularisers(layers: Iterable[AdaptedLinear], q_of: FactorsOf, p_of: FactorsOf,
                           spec: LogVarSpec, beta: float, gamma: float, prior: Prior | None,
-                          workspace: Workspace | None = None) -> Regularisers:
+                          workspace: Workspace | None = None,
+                          kl_done: Collection[int] = ()) -> Regularisers:
     """Accumulate the gradients of ``beta * KL + gamma * (-log p(theta))`` one layer at a time.
 
     ``q_of`` gives a layer's task-posterior factors, ``p_of`` its global
@@ -199,13 +315,17 @@ def backward_regularisers(layers: Iterable[AdaptedLinear], q_of: FactorsOf, p_of
     Returns the detached totals (for logging). Under :func:`torch.no_grad`,
     or when nothing requires grad, the terms are only evaluated. A
     :class:`~metalora_plugins.abmll.sampling.Workspace` lets the dense
-    temporaries reuse buffers.
+    temporaries reuse buffers. Layers whose ``id`` is in ``kl_done`` (their
+    KL went through a :class:`KLRequest`) get the prior term only.
     """
     kl_total: Tensor | float = 0.0
     prior_total: Tensor | float = 0.0
     for layer in layers:
+        with_kl = id(layer) not in kl_done
+        if not with_kl and prior is None:
+            continue
         kl, nlp = _layer_backward(q_of(layer), p_of(layer), layer.scaling, spec, beta, gamma,
-                                  prior, workspace)
+                                  prior, workspace, with_kl)
         kl_total = kl_total + kl
         prior_total = prior_total + nlp
     return Regularisers(kl=torch.as_tensor(kl_total).cpu(),

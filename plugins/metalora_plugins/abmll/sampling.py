@@ -11,8 +11,8 @@ whole output (``includes_base``). Three sampling modes (setting ``sampling``):
     token of the batch (SPEC section 3.3). :class:`SampledLinear` builds
     ``W`` for one layer, computes ``x W^T`` in one matrix product and frees
     ``W``; it saves only the layer input, the frozen ``W0`` (a parameter,
-    no copy), the four small factors and an RNG seed. Backward rebuilds
-    ``W`` from the seed, one layer at a time. No dense ``d_out x d_in``
+    no copy), the four small factors and a noise key. Backward rebuilds
+    ``W`` from the key, one layer at a time. No dense ``d_out x d_in``
     tensor is kept for backward, and the extra cost over LoRA is one dense
     matrix product (``g^T x``) plus a few elementwise passes per layer.
     When ``W0`` is not float32 or autocast is on (where adding a ~1e-4
@@ -31,15 +31,20 @@ whole output (``includes_base``). Three sampling modes (setting ``sampling``):
     No noise: ``W = W0 + mu_phi`` (debugging; the first-order MAML identity
     in the tests).
 
-Seeds for the noise are drawn from torch's global CPU generator, so runs are
-reproducible under :func:`torch.manual_seed` (the evaluation protocol seeds
-it per task), and a forward pass recomputed by activation checkpointing
-(which restores the RNG state) draws the same sample again.
+The noise is regenerated in backward from a
+:class:`~metalora_plugins.abmll.noise.NoiseKey` (on CPU the position of the
+draw in torch's global random stream, elsewhere a 63-bit seed), so runs are reproducible under
+:func:`torch.manual_seed` (the evaluation protocol seeds it per task), and a
+forward pass recomputed by activation checkpointing (which restores the RNG
+state) draws the same sample again.
+
+While the learner has a :class:`~metalora_plugins.abmll.objective.KLRequest`
+on the delta, :class:`SampledLinear` also adds the KL term's gradient in its
+backward pass (see :mod:`metalora_plugins.abmll.objective`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -48,120 +53,39 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from metalora.adapters import AdaptedLinear
-from metalora_plugins.abmll.pairs import LogVarSpec, task_factors
+from metalora_plugins.abmll.dense import (
+    Workspace,
+    factor_grads,
+    half_log_var,
+    scaled_log_var,
+    scratch,
+)
+from metalora_plugins.abmll.noise import NoiseKey
+from metalora_plugins.abmll.objective import KLRequest, add_kl_gradients
+from metalora_plugins.abmll.pairs import GaussianFactors, LogVarSpec, global_factors, task_factors
 
 SAMPLING_MODES: tuple[str, ...] = ("weight", "local", "mean")
 
-
-def draw_seed() -> int:
-    """A seed for one noise draw, from torch's global (CPU) generator."""
-    return int(torch.randint(0, 2**62, (1,)).item())
+KLAsk = tuple[KLRequest, int]
+"""A :class:`KLRequest` and the key of the layer that answers it."""
 
 
-class Workspace:
-    """Reusable buffers for the dense ``d_out x d_in`` temporaries of one layer at a time.
-
-    Every dense matrix ABMLL builds (sampled weight, noise, log-variances,
-    their gradients) lives only while one layer is processed. On CPU a fresh
-    multi-megabyte allocation per temporary costs page faults on every use,
-    so one buffer per numbered slot (ABMLL uses four) is kept and reused; a
-    buffer grows to the largest adapted layer and never shrinks. On GPU the
-    caching allocator already reuses memory and plain allocations are used.
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[int, Tensor] = {}
-
-    def get(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """An uninitialised tensor of ``shape`` (valid until ``slot`` is asked for again)."""
-        if like.device.type != "cpu":
-            return torch.empty(shape, dtype=like.dtype, device=like.device)
-        n = math.prod(shape)
-        buffer = self._buffers.get(slot)
-        if buffer is None or buffer.numel() < n or buffer.dtype != like.dtype:
-            buffer = torch.empty(n, dtype=like.dtype)
-            self._buffers[slot] = buffer
-        return buffer[:n].view(shape)
-
-    def nbytes(self) -> int:
-        """Bytes held."""
-        return sum(b.numel() * b.element_size() for b in self._buffers.values())
-
-    def clear(self) -> None:
-        """Free every buffer."""
-        self._buffers.clear()
-
-
-def _empty(workspace: Workspace | None, slot: int, shape: tuple[int, ...],
-           like: Tensor) -> Tensor:
-    if workspace is None:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
-    return workspace.get(slot, shape, like)
-
-
-def standard_normal(shape: tuple[int, ...], like: Tensor, seed: int,
-                    out: Tensor | None = None) -> Tensor:
-    """``N(0, 1)`` noise of ``shape`` on ``like``'s device and dtype, determined by ``seed``."""
-    gen = torch.Generator(device=like.device)
-    gen.manual_seed(seed)
-    if out is not None:
-        return torch.randn(shape, generator=gen, out=out)
-    return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
-
-
-def scaled_log_var(v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec,
-                   factor: float = 1.0,
-                   out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-    """``factor * clamp(s * v_B @ v_A + c)`` (dense) and where the clamp passes gradients.
-
-    ``c`` and ``factor`` enter the product as one more rank
-    (``[f s B, f c] @ [A; 1]``), so the matrix is written in a single pass.
-    The mask is ``None`` when no element is clamped (checked on CPU; always
-    built on GPU, where checking would cost a device sync).
-    """
-    d_out, d_in = v_B.shape[0], v_A.shape[1]
-    B_aug = torch.cat([v_B * (factor * scaling), v_B.new_full((d_out, 1), factor * spec.offset)],
-                      1)
-    A_aug = torch.cat([v_A, v_A.new_ones((1, d_in))], 0)
-    value = torch.mm(B_aug, A_aug, out=out) if out is not None else B_aug @ A_aug
-    low, high = sorted((factor * spec.low, factor * spec.high))
-    if not value.is_cuda:
-        # |s B @ A| <= s * max_i sum_k |B_ik| max_j |A_kj|: a cheap bound that usually proves
-        # that nothing needs clamping (B starts at zero and stays small); else look
-        bound = abs(factor * scaling) * float(
-            (v_B.detach().abs() @ v_A.detach().abs().amax(dim=1)).max())
-        center = factor * spec.offset
-        if low <= center - bound and center + bound <= high:
-            return value, None
-        lo_val, hi_val = torch.aminmax(value)
-        if lo_val >= low and hi_val <= high:
-            return value, None
-    inside = (value >= low) & (value <= high)
-    return value.clamp_(low, high), inside
-
-
-def half_log_var(v_A: Tensor, v_B: Tensor, scaling: float,
-                 spec: LogVarSpec) -> tuple[Tensor, Tensor | None]:
-    """``0.5 * clamp(s * v_B @ v_A + c)`` and its clamp mask (see :func:`scaled_log_var`)."""
-    return scaled_log_var(v_A, v_B, scaling, spec, 0.5)
-
-
-def _sigma_eps(v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec, seed: int,
+def _sigma_eps(v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec, key: NoiseKey,
                workspace: Workspace | None) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(sigma, eps, clamp mask)`` of one draw; ``sigma * eps`` is the weight noise."""
     shape = (v_B.shape[0], v_A.shape[1])
     sigma, inside = scaled_log_var(v_A, v_B, scaling, spec, 0.5,
-                                   out=_empty(workspace, 0, shape, v_A))
+                                   out=scratch(workspace, 0, shape, v_A))
     sigma.exp_()
-    eps = standard_normal(shape, sigma, seed, out=_empty(workspace, 1, shape, v_A))
+    eps = key.normal(shape, sigma, out=scratch(workspace, 1, shape, v_A))
     return sigma, eps, inside
 
 
 def sample_noise(v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec,
-                 seed: int) -> tuple[Tensor, Tensor | None]:
+                 key: NoiseKey) -> tuple[Tensor, Tensor | None]:
     """The dense weight noise ``sigma * eps`` of one draw and the clamp mask (no autograd)."""
     with torch.no_grad():
-        sigma, eps, inside = _sigma_eps(v_A.detach(), v_B.detach(), scaling, spec, seed, None)
+        sigma, eps, inside = _sigma_eps(v_A.detach(), v_B.detach(), scaling, spec, key, None)
         return sigma.mul_(eps), inside
 
 
@@ -178,91 +102,107 @@ def _log_var_grads(grad_noise: Tensor, noise: Tensor, inside: Tensor | None, v_A
     grad = grad_noise.mul_(noise)
     if inside is not None:
         grad.masked_fill_(~inside, 0.0)
-    half_s = 0.5 * scaling
-    grad_A = torch.mm(v_B.t(), grad).mul_(half_s) if needs[0] else None
-    grad_B = torch.mm(grad, v_A.t()).mul_(half_s) if needs[1] else None
-    return grad_A, grad_B
+    return factor_grads(grad, v_A, v_B, 0.5 * scaling, needs)
 
 
 class SampledLinear(torch.autograd.Function):
     """``x W^T + bias`` with ``W = W0 + s B_mu A_mu + exp(logv / 2) * eps``, one layer, fused.
 
-    Inputs: ``x``, ``W0``, ``bias`` (or None), ``mu_A``, ``mu_B``, ``v_A``,
-    ``v_B``, then the constants ``scaling``, ``spec``, ``seed`` and a
-    :class:`Workspace` (or None). ``W0`` and ``bias`` are frozen (no
-    gradient is returned for them).
+    Inputs: ``x``, ``W0``, ``bias`` (or None), the task posterior's factors
+    ``mu_A``, ``mu_B``, ``v_A``, ``v_B``, the global factors ``p_mu_A``,
+    ``p_mu_B``, ``p_v_A``, ``p_v_B`` (None without ``kl``), then the
+    constants ``scaling``, ``spec``, the :class:`NoiseKey`, a
+    :class:`Workspace` (or None) and ``kl``: a :data:`KLAsk` or None. With
+    ``kl``, backward also adds ``weight * KL(q || p)``'s gradients (to the
+    global factors as well where they require grad) and records the KL
+    value in the request. ``W0`` and ``bias`` are frozen (no gradient is
+    returned for them).
     """
 
     @staticmethod
     def _weight(W0: Tensor, mu_A: Tensor, mu_B: Tensor, v_A: Tensor, v_B: Tensor,
-                scaling: float, spec: LogVarSpec, seed: int,
+                scaling: float, spec: LogVarSpec, key: NoiseKey,
                 workspace: Workspace | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``(W, sigma, eps, clamp mask)``."""
-        sigma, eps, inside = _sigma_eps(v_A, v_B, scaling, spec, seed, workspace)
+        sigma, eps, inside = _sigma_eps(v_A, v_B, scaling, spec, key, workspace)
         weight = torch.addmm(W0, mu_B, mu_A, alpha=scaling,
-                             out=_empty(workspace, 2, tuple(W0.shape), v_A))
+                             out=scratch(workspace, 2, tuple(W0.shape), v_A))
         return weight.addcmul_(sigma, eps), sigma, eps, inside
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, W0: Tensor, bias: Tensor | None, mu_A: Tensor,
-                mu_B: Tensor, v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec,
-                seed: int, workspace: Workspace | None = None) -> Tensor:
-        weight, *_ = SampledLinear._weight(W0, mu_A, mu_B, v_A, v_B, scaling, spec, seed,
+                mu_B: Tensor, v_A: Tensor, v_B: Tensor, p_mu_A: Tensor | None,
+                p_mu_B: Tensor | None, p_v_A: Tensor | None, p_v_B: Tensor | None,
+                scaling: float, spec: LogVarSpec, key: NoiseKey,
+                workspace: Workspace | None = None, kl: KLAsk | None = None) -> Tensor:
+        weight, *_ = SampledLinear._weight(W0, mu_A, mu_B, v_A, v_B, scaling, spec, key,
                                            workspace)
         out = F.linear(x, weight, bias)
         del weight
-        ctx.save_for_backward(x, W0, mu_A, mu_B, v_A, v_B)
-        ctx.scaling, ctx.spec, ctx.seed, ctx.workspace = scaling, spec, seed, workspace
+        p = (p_mu_A, p_mu_B, p_v_A, p_v_B) if kl is not None else ()
+        ctx.save_for_backward(x, W0, mu_A, mu_B, v_A, v_B, *p)
+        ctx.scaling, ctx.spec, ctx.key, ctx.workspace, ctx.kl = scaling, spec, key, workspace, kl
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, W0, mu_A, mu_B, v_A, v_B = ctx.saved_tensors
+        x, W0, mu_A, mu_B, v_A, v_B, *p = ctx.saved_tensors
         needs = ctx.needs_input_grad
         scaling, workspace = ctx.scaling, ctx.workspace
         weight, sigma, eps, inside = SampledLinear._weight(W0, mu_A, mu_B, v_A, v_B, scaling,
-                                                           ctx.spec, ctx.seed, workspace)
+                                                           ctx.spec, ctx.key, workspace)
         grad_x = grad_out @ weight if needs[0] else None
-        grad_mu_A = grad_mu_B = grad_v_A = grad_v_B = None
-        if any(needs[3:7]):
+        q_grads: tuple[Tensor | None, ...] = (None,) * 4
+        p_grads: tuple[Tensor | None, ...] = (None,) * 4
+        request = ctx.kl[0] if ctx.kl is not None and ctx.kl[0].take(ctx.kl[1]) else None
+        if any(needs[3:11]) or request is not None:
             d_out, d_in = weight.shape
             grad_w = torch.mm(grad_out.reshape(-1, d_out).t(), x.reshape(-1, d_in),
-                              out=_empty(workspace, 2, (d_out, d_in), weight))  # dL/dW
+                              out=scratch(workspace, 2, (d_out, d_in), weight))  # dL/dW
             del weight
-            if needs[3]:
-                grad_mu_A = torch.mm(mu_B.t(), grad_w).mul_(scaling)
-            if needs[4]:
-                grad_mu_B = torch.mm(grad_w, mu_A.t()).mul_(scaling)
-            grad_v_A, grad_v_B = _log_var_grads(grad_w.mul_(sigma), eps, inside, v_A, v_B,
-                                                scaling, (needs[5], needs[6]))
-        return (grad_x, None, None, grad_mu_A, grad_mu_B, grad_v_A, grad_v_B, None, None, None,
-                None)
+            # dL/dlogv = dL/dW * sigma * eps / 2: twice it, before the clamp's mask
+            grad_log_var2 = eps.mul_(sigma).mul_(grad_w)
+            grad_mu_p = grad_log_var_p = None
+            if request is not None:
+                q = GaussianFactors(mu_A, mu_B, v_A, v_B)
+                kl, grad_mu_p, grad_log_var_p = add_kl_gradients(
+                    q, GaussianFactors(*p), scaling, ctx.spec, request.weight, sigma, grad_w,
+                    grad_log_var2, inside, any(needs[7:11]), workspace)
+                request.values.append(kl)
+            if inside is not None:
+                grad_log_var2.masked_fill_(~inside, 0.0)
+            q_grads = (*factor_grads(grad_w, mu_A, mu_B, scaling, needs[3:5]),
+                       *factor_grads(grad_log_var2, v_A, v_B, 0.5 * scaling, needs[5:7]))
+            if grad_mu_p is not None and grad_log_var_p is not None:
+                p_grads = (*factor_grads(grad_mu_p, p[0], p[1], scaling, needs[7:9]),
+                           *factor_grads(grad_log_var_p, p[2], p[3], scaling, needs[9:11]))
+        return (grad_x, None, None, *q_grads, *p_grads, None, None, None, None, None)
 
 
 class WeightNoise(torch.autograd.Function):
-    """``x (sigma * eps)^T`` alone, with ``eps`` regenerated from a seed in backward.
+    """``x (sigma * eps)^T`` alone, with ``eps`` regenerated from its key in backward.
 
     Inputs: ``x`` (``... x d_in``), the variance factors ``v_A`` (``r x d_in``)
     and ``v_B`` (``d_out x r``), then the constants ``scaling``, ``spec`` and
-    ``seed``. Saved for backward: ``x``, ``v_A``, ``v_B`` only.
+    the :class:`NoiseKey`. Saved for backward: ``x``, ``v_A``, ``v_B`` only.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, v_A: Tensor, v_B: Tensor, scaling: float,
-                spec: LogVarSpec, seed: int) -> Tensor:
-        noise, _ = sample_noise(v_A, v_B, scaling, spec, seed)
+                spec: LogVarSpec, key: NoiseKey) -> Tensor:
+        noise, _ = sample_noise(v_A, v_B, scaling, spec, key)
         out = F.linear(x, noise)
         del noise
         ctx.save_for_backward(x, v_A, v_B)
-        ctx.scaling, ctx.spec, ctx.seed = scaling, spec, seed
+        ctx.scaling, ctx.spec, ctx.key = scaling, spec, key
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, v_A, v_B = ctx.saved_tensors
-        noise, inside = sample_noise(v_A, v_B, ctx.scaling, ctx.spec, ctx.seed)
+        noise, inside = sample_noise(v_A, v_B, ctx.scaling, ctx.spec, ctx.key)
         grad_x = grad_out @ noise if ctx.needs_input_grad[0] else None
         grad_A = grad_B = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
@@ -285,11 +225,11 @@ class LocalNoise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, v_A: Tensor, v_B: Tensor, scaling: float,
-                spec: LogVarSpec, seed: int) -> Tensor:
+                spec: LogVarSpec, key: NoiseKey) -> Tensor:
         std, _, _ = LocalNoise._std(x * x, v_A, v_B, scaling, spec)
-        out = std.mul_(standard_normal(tuple(std.shape), std, seed))
+        out = std.mul_(key.normal(tuple(std.shape), std))
         ctx.save_for_backward(x, v_A, v_B)
-        ctx.scaling, ctx.spec, ctx.seed = scaling, spec, seed
+        ctx.scaling, ctx.spec, ctx.key = scaling, spec, key
         return out
 
     @staticmethod
@@ -298,7 +238,7 @@ class LocalNoise(torch.autograd.Function):
         x, v_A, v_B = ctx.saved_tensors
         x2 = x * x
         std, var, inside = LocalNoise._std(x2, v_A, v_B, ctx.scaling, ctx.spec)
-        z = standard_normal(tuple(std.shape), std, ctx.seed)
+        z = ctx.key.normal(tuple(std.shape), std)
         # out = sqrt(m2) * z with m2 = (x*x) var^T: d out / d m2 = z / (2 std)
         grad_m2 = torch.where(std > 0, grad_out * z * 0.5 / std, torch.zeros_like(std))
         del z, std
@@ -322,6 +262,9 @@ class ABMLLDelta:
     that the task factors read as ``theta + stopgrad(phi - theta)``
     (:func:`metalora_plugins.abmll.pairs.task_factors`). ``fuse`` (default
     True) allows the fused :class:`SampledLinear` path where it is exact.
+    While ``kl`` holds a :class:`KLRequest`, the fused layers take it (the
+    KL's gradient joins their backward pass); the others leave it to the
+    learner.
     """
 
     includes_base = True
@@ -334,6 +277,7 @@ class ABMLLDelta:
         self.spec = spec
         self.fuse = fuse
         self.straight_through = False
+        self.kl: KLRequest | None = None
         self.workspace = Workspace()
 
     def __call__(self, layer: AdaptedLinear, x: Tensor) -> Tensor:
@@ -342,14 +286,19 @@ class ABMLLDelta:
         base = layer.base
         if (self.mode == "weight" and self.fuse and base.weight.dtype == x.dtype
                 and not torch.is_autocast_enabled(x.device.type)):
-            return SampledLinear.apply(x, base.weight, base.bias, f.mu_A, f.mu_B, f.v_A, f.v_B,
-                                       s, self.spec, draw_seed(), self.workspace)
+            p: tuple[Tensor | None, ...] = (None,) * 4
+            ask = None
+            if self.kl is not None:
+                p = global_factors(layer, detach=self.kl.detach_theta).tensors()
+                ask = (self.kl, id(layer))
+            return SampledLinear.apply(x, base.weight, base.bias, *f.tensors(), *p, s, self.spec,
+                                       NoiseKey.take(x.device), self.workspace, ask)
         out = base(x.to(base.weight.dtype)).to(x.dtype)
         out = out + s * F.linear(F.linear(x, f.mu_A), f.mu_B)
         if self.mode == "mean":
             return out
         noise_fn = WeightNoise if self.mode == "weight" else LocalNoise
-        return out + noise_fn.apply(x, f.v_A, f.v_B, s, self.spec, draw_seed())
+        return out + noise_fn.apply(x, f.v_A, f.v_B, s, self.spec, NoiseKey.take(x.device))
 
     def __repr__(self) -> str:
         return f"ABMLLDelta(mode={self.mode!r}, spec={self.spec!r}, fuse={self.fuse})"
