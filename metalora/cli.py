@@ -137,7 +137,8 @@ def make_run_command(plugins: PluginManager):
                     f"--resume continues a run with its recorded settings; remove {given[0]}")
             engine = Engine.from_run_dir(resume, plugins, console=err_console)
         else:
-            file_values = read_config_file(config_path) if config_path else {}
+            learners = plugins.registry("learner").names()
+            file_values = read_config_file(config_path, learners) if config_path else {}
             resolved = resolve_config(infos, file_values, kwargs)
             engine = Engine(resolved, plugins, console=err_console)
         try:

@@ -5,14 +5,18 @@ samplers and pruners may add their own (``Settings`` class attribute). All
 of them live in one flat namespace: a config file (TOML, or YAML — JSON is
 YAML too, so a run directory's ``config.json`` can be passed back) holds
 ``name = value`` pairs, and the command line uses ``--name-with-dashes``.
+A table named after a learner (``[lora]``, or ``learner_settings.lora`` as in
+``config.json``) sets values for that learner only, so learners that share a
+setting name (``lr``) keep their own values; other tables are merged into
+the flat namespace. The command line overrides both.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +90,9 @@ class ResolvedConfig:
     values: dict[str, Any]
     """Only the values that were given (file or command line); defaults are not filled in."""
     infos: dict[str, SettingInfo]
+    learner_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Values for one learner each (config-file learner tables, or a run's recorded
+    settings); they take precedence over :attr:`values` for that learner."""
 
     @property
     def run(self) -> RunSettings:
@@ -113,8 +120,25 @@ def all_setting_infos(plugins: PluginManager) -> dict[str, SettingInfo]:
     return merge_infos(groups)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a TOML or YAML (or JSON) file into a flat mapping."""
+LEARNER_TABLES_KEY = "learner_settings"
+"""The key under which a run's ``config.json`` records each learner's settings."""
+
+
+@dataclass
+class ConfigFile:
+    """A config file's settings: shared ones, and tables for one learner each."""
+
+    shared: dict[str, Any]
+    per_learner: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def read_config_file(path: Path, learners: Collection[str] = ()) -> ConfigFile:
+    """Read a TOML or YAML (or JSON) file of settings.
+
+    Top-level tables named after one of ``learners``, and the tables under
+    ``learner_settings``, hold values for that learner; every other table is
+    merged into the shared, flat mapping.
+    """
     if not path.exists():
         raise MetaloraError(f"config file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")
@@ -124,10 +148,26 @@ def read_config_file(path: Path) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0]
         raise MetaloraError(f"config file {str(path)!r} is malformed: {first}") from None
     if data is None:
-        return {}
+        return ConfigFile({})
     if not isinstance(data, dict):
         raise MetaloraError(f"config file {str(path)!r} must hold a mapping of settings")
-    return _flatten(data)
+    per_learner: dict[str, dict[str, Any]] = {}
+    shared: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == LEARNER_TABLES_KEY and isinstance(value, Mapping):
+            for learner, table in value.items():
+                if learners and learner not in learners:
+                    raise MetaloraError(f"config file {str(path)!r}: unknown learner {learner!r} "
+                                        f"in {key}; valid choices: {', '.join(learners)}")
+                if not isinstance(table, Mapping):
+                    raise MetaloraError(f"config file {str(path)!r}: {key}.{learner} must be a "
+                                        "table of settings")
+                per_learner.setdefault(learner, {}).update(_flatten(table))
+        elif key in learners and isinstance(value, Mapping):
+            per_learner.setdefault(key, {}).update(_flatten(value))
+        else:
+            shared.update(_flatten({key: value}))
+    return ConfigFile(shared, per_learner)
 
 
 def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,11 +181,14 @@ def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def resolve_config(infos: Mapping[str, SettingInfo], file_values: Mapping[str, Any],
+def resolve_config(infos: Mapping[str, SettingInfo],
+                   file_values: ConfigFile | Mapping[str, Any],
                    cli_values: Mapping[str, Any]) -> ResolvedConfig:
-    """Validate and merge: command-line values override the file's."""
+    """Validate and merge: command-line values override the file's (learner tables too)."""
+    if not isinstance(file_values, ConfigFile):
+        file_values = ConfigFile(dict(file_values))
     values: dict[str, Any] = {}
-    for source in (file_values, cli_values):
+    for source in (file_values.shared, cli_values):
         for key, value in source.items():
             if value is None:
                 continue
@@ -155,7 +198,18 @@ def resolve_config(infos: Mapping[str, SettingInfo], file_values: Mapping[str, A
                     f"unknown setting {key!r}; valid settings: {', '.join(sorted(infos))}"
                 )
             values[key] = coerce(info, value)
-    return ResolvedConfig(values=values, infos=dict(infos))
+    learner_values: dict[str, dict[str, Any]] = {}
+    for learner, table in file_values.per_learner.items():
+        own = sorted(name for name, info in infos.items() if learner in info.owners)
+        for key, value in table.items():
+            if key not in own:
+                raise MetaloraError(f"{key!r} in the config file's {learner!r} table is not a "
+                                    f"setting of {learner}; its settings: "
+                                    f"{', '.join(own) or '(none)'}")
+            if value is None or cli_values.get(key) is not None:
+                continue  # the command line overrides the file
+            learner_values.setdefault(learner, {})[key] = coerce(infos[key], value)
+    return ResolvedConfig(values=values, infos=dict(infos), learner_values=learner_values)
 
 
 def dump_config(data: Mapping[str, Any], path: Path) -> None:

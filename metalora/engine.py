@@ -247,7 +247,6 @@ class Engine:
         self.run: RunSettings = config.run
         self.resume_dir: Path | None = None
         """Set by :meth:`from_run_dir`: the run directory to continue."""
-        self._learner_overrides: dict[str, dict[str, Any]] = {}
         self._validate_names()
         self.suite: Suite | None = None
         self.loaded: LoadedModel | None = None
@@ -265,10 +264,10 @@ class Engine:
         run_fields = {f.name for f in dataclasses.fields(RunSettings)}
         given = recorded.get("given") or {}
         values = {**given, **{k: v for k, v in recorded.items() if k in run_fields}}
-        engine = cls(ResolvedConfig(values=values, infos=all_setting_infos(plugins)), plugins,
-                     console=console, callbacks=callbacks)
+        config = ResolvedConfig(values=values, infos=all_setting_infos(plugins),
+                                learner_values=dict(recorded.get("learner_settings") or {}))
+        engine = cls(config, plugins, console=console, callbacks=callbacks)
         engine.resume_dir = run_dir
-        engine._learner_overrides = dict(recorded.get("learner_settings") or {})
         return engine
 
     # -- set-up ----------------------------------------------------------------
@@ -332,7 +331,7 @@ class Engine:
     def learner_settings(self, name: str) -> Any:
         """A learner's settings: its defaults overridden by the given (or recorded) values."""
         cls = self.plugins.registry("learner").get(name)
-        values = {**self.config.values, **self._learner_overrides.get(name, {})}
+        values = {**self.config.values, **self.config.learner_values.get(name, {})}
         return build_settings(cls.Settings, values)
 
     def make_prior(self, name: str) -> Prior:

@@ -669,7 +669,8 @@ def make_prune_command(plugins: PluginManager):
                                 baseline=baseline, overrides=overrides,
                                 console=cli.err_console)
         else:
-            file_values = read_config_file(config_path) if config_path else {}
+            learners = plugins.registry("learner").names()
+            file_values = read_config_file(config_path, learners) if config_path else {}
             resolved = resolve_config(infos, file_values, kwargs)
             summary = prune_fresh(resolved, ratios, plugins, pruner=pruner, scope=scope,
                                   baseline=baseline, console=cli.err_console)

@@ -81,6 +81,48 @@ def test_config_file_is_read_and_the_command_line_overrides_it(app, tmp_path):
     assert json.loads((tmp_path / "y" / "config.json").read_text())["query_cap"] == 2
 
 
+def _learner_lrs(run_dir) -> dict[str, float]:
+    recorded = json.loads((run_dir / "config.json").read_text())["learner_settings"]
+    return {name: values["lr"] for name, values in recorded.items()}
+
+
+def test_learner_tables_set_one_learners_values_and_config_json_round_trips(app, tmp_path):
+    """``[lora]`` applies to lora only; a run's config.json passed back keeps each lr."""
+    config = tmp_path / "settings.toml"
+    config.write_text('learner = ["lora", "structured-lora"]\nmodel = "tiny"\nepochs = 0\n'
+                      'max_eval_tasks = 1\nquery_cap = 2\n'
+                      '[lora]\nlr = 0.001\n["structured-lora"]\nlr = 0.002\n')
+    common = ("--output-dir", str(tmp_path))
+    assert invoke(app, "run", "--config", str(config), *common, "--run-name", "a").exit_code == 0
+    assert _learner_lrs(tmp_path / "a") == {"lora": 0.001, "structured-lora": 0.002}
+    again = invoke(app, "run", "--config", str(tmp_path / "a" / "config.json"), *common,
+                   "--run-name", "b")
+    assert again.exit_code == 0, again.output
+    assert _learner_lrs(tmp_path / "b") == {"lora": 0.001, "structured-lora": 0.002}
+    first = json.loads((tmp_path / "a" / "config.json").read_text())["learner_settings"]
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["learner_settings"] == first
+    # the command line overrides the learner tables too
+    assert invoke(app, "run", "--config", str(config), "--lr", "0.003", *common,
+                  "--run-name", "c").exit_code == 0
+    assert _learner_lrs(tmp_path / "c") == {"lora": 0.003, "structured-lora": 0.003}
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('[lora]\ninner_lr = 0.1\n',
+     "'inner_lr' in the config file's 'lora' table is not a setting of lora; its settings: "),
+    ('[learner_settings.nope]\nlr = 0.1\n', "unknown learner 'nope' in learner_settings; "
+                                              "valid choices: "),
+])
+def test_a_bad_learner_table_is_one_clear_line(app, tmp_path, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    result = runner.invoke(app, ["run", "--config", str(path)], color=False)
+    assert result.exit_code == 1
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.output
+    assert "lr" in error_lines[0] or "lora" in error_lines[0]
+
+
 BAD_INPUT = [
     (["run", "--learner", "nope", "--model", "tiny"],
      "unknown learner 'nope'; valid choices: ", "lora"),
