@@ -24,6 +24,7 @@ import yaml
 
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginManager
+from metalora.precision import AUTOCAST_DTYPES
 from metalora.settings import SettingInfo, coerce, field_infos, merge_infos, setting
 
 SETTINGS_KINDS = ("learner", "prior", "suite", "pruner")
@@ -77,6 +78,13 @@ class RunSettings:
     dtype: str = setting(
         "float32", "Model weights' dtype (adapters stay float32).",
         choices=("float32", "bfloat16", "float16"))
+    autocast: str = setting(
+        "none", "Run forward passes under torch.autocast in this dtype (on a GPU, bfloat16 "
+                "saves time and activation memory); adapters, gradients and optimiser states "
+                "stay float32.", choices=tuple(AUTOCAST_DTYPES))
+    gradient_checkpointing: bool = setting(
+        False, "Recompute each transformer layer's activations in backward instead of storing "
+               "them: less memory for about one more forward pass of time.")
     output_dir: str = setting("runs", "Directory under which run directories are created.")
     run_name: str | None = setting(None, "Name of the run directory (default: time-stamped).")
     skip_bad_records: bool = setting(

@@ -36,6 +36,7 @@ checkpoint, so the resumed run ends exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -77,7 +78,9 @@ from metalora.evaluation import EvalResult, evaluate
 from metalora.interfaces import DataOptions, Learner, LearnerContext, Metric, Prior, StepLog
 from metalora.logging_sinks import RunLogger
 from metalora.models import LoadedModel, load_model
+from metalora.models.checkpointing import enable_gradient_checkpointing
 from metalora.plugins import PluginManager
+from metalora.precision import autocast
 from metalora.records import Suite, Task
 from metalora.reporting import format_mean_se, write_results
 from metalora.rundir import (
@@ -321,12 +324,18 @@ class Engine:
         if self.loaded is None:
             device = resolve_device(self.run.device)
             self.loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype], device=device)
+            if self.run.gradient_checkpointing:
+                enable_gradient_checkpointing(self.loaded.model, f"model {self.run.model!r}")
             encoder = PromptEncoder(self.loaded.tokenizer, max_length=self.run.max_length)
             self.episodes = EpisodeSampler(
                 encoder, batch_size=self.run.batch_size, support_batches=self.run.support_batches,
                 query_cap=self.run.query_cap, eval_batch_size=self.run.eval_batch_size,
                 seed=0, device=device)
         return self.loaded
+
+    def precision(self) -> contextlib.AbstractContextManager[None]:
+        """The context for forward passes: ``torch.autocast`` as the ``autocast`` setting says."""
+        return autocast(resolve_device(self.run.device), self.run.autocast)
 
     def learner_settings(self, name: str) -> Any:
         """A learner's settings: its defaults overridden by the given (or recorded) values."""
@@ -508,7 +517,8 @@ class Engine:
             self._state["pairs"][key] = {"status": "running", "log_offset": training.log_offset}
             self._write_state(run_dir)
             with RunLogger(run_dir, log_path, name, seed, tensorboard=self.run.tensorboard,
-                           purge_step=purge_step) as logger, self._progress() as progress:
+                           purge_step=purge_step) as logger, self._progress() as progress, \
+                    self.precision():
                 self.train(learner, name, seed, protocol, training, store, logger, progress)
             if training.best_epoch is not None:
                 best = store.load("best")
@@ -518,7 +528,8 @@ class Engine:
             else:
                 tested, selection = training.epoch, SELECTION_LAST
             self._current = f"{name} seed {seed} while testing"
-            result = self.test(learner, name, seed, protocol.test, protocol.metrics)
+            with self.precision():
+                result = self.test(learner, name, seed, protocol.test, protocol.metrics)
             save_adapters(out / ADAPTERS_FILE, learner.adapters.snapshot(),
                           metadata={"epoch": str(tested)})
             result.save_predictions(out / PREDICTIONS_FILE)

@@ -575,8 +575,9 @@ def _sweep_seed(engine: Engine, name: str, seed: int, run_dir: Path, source: str
             rows = pruner.select(MergedWeights(targets), ratio)
             applied = apply_pruning(targets, rows)
             try:
-                result = evaluate(learner, episodes, metrics, seed=seed,
-                                  on_task=lambda _task: progress.advance(bar))
+                with engine.precision():
+                    result = evaluate(learner, episodes, metrics, seed=seed,
+                                      on_task=lambda _task: progress.advance(bar))
             finally:
                 applied.restore()
             yield ratio, PrunedSeed(name, seed, ratio, result, applied.counts)

@@ -64,7 +64,7 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
             recorded = SeedResult.load(name, seed, seed_dir(run_dir, name, seed))
             learner = load_tested_learner(engine, run_dir, name, seed)
             try:
-                with engine._progress() as progress:
+                with engine._progress() as progress, engine.precision():
                     bar = progress.add_task(f"{name} seed {seed}: eval", total=len(episodes))
                     result = evaluate(learner, episodes, metrics, seed=seed,
                                       on_task=lambda _task, bar=bar: progress.advance(bar))

@@ -45,7 +45,7 @@ def load_model(name: str, *, dtype: torch.dtype = torch.float32, device: str = "
     elif name == "smollm2-135m":
         model, tokenizer = load_smollm2(attn_implementation=attn_implementation)
     else:
-        model, tokenizer = _load_hf(name, attn_implementation)
+        model, tokenizer = _load_hf(name, attn_implementation, dtype)
     model = model.to(device=device, dtype=dtype)
     model.eval()
     for param in model.parameters():
@@ -53,7 +53,8 @@ def load_model(name: str, *, dtype: torch.dtype = torch.float32, device: str = "
     return LoadedModel(name=name, model=model, tokenizer=tokenizer)
 
 
-def _load_hf(name: str, attn_implementation: str | None):
+def _load_hf(name: str, attn_implementation: str | None, dtype: torch.dtype):
+    """A hub id or local directory, loaded directly in ``dtype`` (no float32 copy first)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -67,7 +68,7 @@ def _load_hf(name: str, attn_implementation: str | None):
     name = str(Path(name).expanduser()) if is_local else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         where = "local path" if is_local else "Hugging Face id"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
