@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalora.errors import MetaloraError
+from metalora.target_modules import find_target_linears
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")
 
@@ -205,28 +206,18 @@ def attach_adapters(model: nn.Module, config: AdapterConfig, pair_names: Sequenc
     """Freeze ``model`` and wrap every target linear layer with adapter pairs.
 
     ``config.target_modules`` are matched against the last component of each
-    module's name (``q_proj`` matches ``model.layers.3.self_attn.q_proj``).
+    module's name (``q_proj`` matches ``model.layers.3.self_attn.q_proj``);
+    Llama attention names map to other architectures' names
+    (:mod:`metalora.target_modules`).
     ``delta`` defaults to :class:`LowRankDelta` of the first pair.
     """
     if not pair_names:
         raise MetaloraError("attach_adapters needs at least one adapter pair name")
     for param in model.parameters():
         param.requires_grad_(False)
-    targets = set(config.target_modules)
-    found = {
-        name: module for name, module in model.named_modules()
-        if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)
-    }
     if any(isinstance(m, AdaptedLinear) for m in model.modules()):
         raise MetaloraError("this model already carries metalora adapters; remove them first")
-    if not found:
-        available = sorted({
-            name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)
-        })
-        raise MetaloraError(
-            f"no linear layer named {', '.join(sorted(targets))} in this model; "
-            f"valid choices: {', '.join(available)}"
-        )
+    found = find_target_linears(model, config.target_modules)
     delta = delta if delta is not None else LowRankDelta(pair_names[0])
     layers: dict[str, AdaptedLinear] = {}
     for name, linear in found.items():

@@ -66,7 +66,9 @@ class RunSettings:
     rank: int = setting(8, "LoRA rank r.")
     alpha: float = setting(16.0, "LoRA alpha (scaling s = alpha / r).")
     target_modules: list[str] = setting(
-        ["q_proj", "v_proj", "o_proj"], "Linear layers to adapt, by name, comma-separated.")
+        ["q_proj", "v_proj", "o_proj"], "Linear layers to adapt, by name, comma-separated; "
+                                        "Llama attention names map to other architectures' "
+                                        "(e.g. o_proj to out_proj or dense).")
     max_length: int = setting(512, "Prompt length limit in tokens (the question is truncated).")
     train_loss: str = setting(
         "vocab", "Answer loss normalised over the vocabulary or over the options.",

@@ -7,9 +7,11 @@ import copy
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from torch import nn
 
 from metalora.adapters import AdapterConfig, attach_adapters
 from metalora.errors import MetaloraError
+from metalora.target_modules import find_target_linears
 
 TARGETS = ("q_proj", "v_proj", "o_proj")
 
@@ -87,3 +89,59 @@ def test_unknown_targets_and_double_attach_are_clear_errors(tiny):
     attach_adapters(tiny.model, AdapterConfig(), ["default"])
     with pytest.raises(MetaloraError, match="already carries"):
         attach_adapters(tiny.model, AdapterConfig(), ["default"])
+
+
+# -- target modules on other architectures ---------------------------------------------------
+
+
+def _small_models() -> dict[str, nn.Module]:
+    from transformers import (
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        PhiConfig,
+        PhiForCausalLM,
+    )
+
+    small = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+             "num_attention_heads": 2}
+    torch.manual_seed(0)
+    return {
+        "opt": OPTForCausalLM(OPTConfig(ffn_dim=32, word_embed_proj_dim=16, **small)),
+        "gpt-neox": GPTNeoXForCausalLM(GPTNeoXConfig(intermediate_size=32, **small)),
+        "phi": PhiForCausalLM(PhiConfig(intermediate_size=32, **small)),
+    }
+
+
+@pytest.mark.parametrize(("arch", "expected"), [
+    ("opt", {"self_attn.q_proj", "self_attn.v_proj", "self_attn.out_proj"}),
+    ("gpt-neox", {"attention.query_key_value", "attention.dense"}),
+    ("phi", {"self_attn.q_proj", "self_attn.v_proj", "self_attn.dense"}),
+])
+def test_llama_target_names_map_to_other_architectures(arch: str, expected: set[str]) -> None:
+    model = _small_models()[arch].eval()  # no dropout
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    handle = attach_adapters(model, AdapterConfig(), ["lora"])
+    adapted = {".".join(name.split(".")[-2:]) for name in handle.layers}
+    assert adapted == expected
+    assert len(handle.layers) == 2 * len(expected)  # every layer of the 2-layer model
+    with torch.no_grad():  # B = 0: the adapted model computes what the base model did
+        torch.testing.assert_close(model(input_ids=ids).logits, before)
+    handle.remove()
+
+
+def test_aliases_apply_inside_attention_blocks_only() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.ModuleDict({"q_proj": nn.Linear(4, 4), "dense": nn.Linear(4, 4)})
+            self.mlp = nn.ModuleDict({"dense": nn.Linear(4, 4)})
+
+    found = find_target_linears(Block(), ["q_proj", "o_proj"])
+    assert list(found) == ["attn.q_proj", "attn.dense"]
+    with pytest.raises(MetaloraError, match="no linear layer named 'k_proj'.*valid choices: "
+                                            "dense, q_proj"):
+        find_target_linears(Block(), ["k_proj"])
