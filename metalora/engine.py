@@ -310,8 +310,12 @@ class Engine:
         if self.suite is None:
             sampler = self.plugins.registry("suite").get(self.run.tasks)
             data_dir = Path(self.run.data_dir) if self.run.data_dir else None
+            settings_cls = getattr(sampler, "Settings", None)
+            settings = (build_settings(settings_cls, self.config.values)
+                        if settings_cls is not None else None)
             self.suite = sampler.load(DataOptions(
-                data_dir=data_dir, seed=0, skip_bad_records=self.run.skip_bad_records))
+                data_dir=data_dir, seed=0, skip_bad_records=self.run.skip_bad_records,
+                settings=settings))
             if self.run.max_train_tasks is not None:
                 self.suite.train = self.suite.train[: self.run.max_train_tasks]
             if self.run.max_eval_tasks is not None:

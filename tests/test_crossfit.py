@@ -42,6 +42,7 @@ from metalora_plugins.crossfit import (
 )
 from metalora_plugins.crossfit.hub import convert_dataset
 from metalora_plugins.crossfit.reader import LOGGER, read_jsonl
+from metalora_plugins.crossfit.sampler import CrossFitSettings
 from metalora_plugins.crossfit.suites import NON_NLI_TO_NLI_TRAIN, SUITE_SPECS
 
 # -- helpers: MetaICL files in tmp_path -------------------------------------------------------
@@ -225,6 +226,49 @@ def test_k_and_seed_choose_the_validation_files(data: Path) -> None:
     kshot(data, "ea", "dev", [rec("ea", "eight dev")], k=8, seed=13)
     suite = load_local(data, small_suite(k=8, seed=13))
     assert inputs(suite.validation[0]) == ["eight", "eight dev"]
+
+
+def test_kshot_settings_reach_the_suite_from_the_run_config(data: Path, monkeypatch,
+                                                            tmp_path: Path) -> None:
+    """``--kshot-k`` / ``--kshot-seed`` are run settings that pick the validation files."""
+    kshot(data, "ea", "train", [rec("ea", "eight")], k=8, seed=13)
+    kshot(data, "ea", "dev", [rec("ea", "eight dev")], k=8, seed=13)
+    settings = CrossFitSettings(kshot_k=8, kshot_seed=13)
+    suite = small_suite().load(DataOptions(data_dir=data, settings=settings))
+    assert inputs(suite.validation[0]) == ["eight", "eight dev"]
+    with pytest.raises(MetaloraError, match="kshot_k must be at least 1, got 0"):
+        small_suite().load(DataOptions(data_dir=data, settings=CrossFitSettings(kshot_k=0)))
+    seen: list[DataOptions] = []
+    monkeypatch.setattr(CrossFitSuite, "load", lambda self, options: seen.append(options)
+                        or Suite(name=self.name, train=[], validation=[], test=[]))
+    from metalora.engine import Engine
+    from tests.conftest import make_config
+
+    engine = Engine(make_config(PluginManager(), tasks="cls45", data_dir=str(tmp_path),
+                                kshot_k=8, kshot_seed=13, model="tiny"), PluginManager())
+    engine.load_suite()
+    assert seen[0].settings == CrossFitSettings(kshot_k=8, kshot_seed=13)
+
+
+def test_plain_jsonl_folders_are_read_with_disjoint_validation_and_test(tmp_path: Path) -> None:
+    """``<task>/*.jsonl`` without MetaICL names: all records train; val/test split in two."""
+    root = tmp_path / "plain"
+    write_lines(root / "ta" / "b.jsonl", [rec("ta", f"ta b {i}") for i in range(2)])
+    write_lines(root / "ta" / "a.jsonl", [rec("ta", f"ta a {i}") for i in range(3)])
+    write_lines(root / "tb" / "data.jsonl", [rec("tb", f"tb {i}") for i in range(4)])
+    write_lines(root / "ea" / "records.jsonl", [rec("ea", f"ea {i}") for i in range(9)])
+    suite = load_local(root)
+    assert inputs(suite.train[0]) == [f"ta a {i}" for i in range(3)] + ["ta b 0", "ta b 1"]
+    validation, test = inputs(suite.validation[0]), inputs(suite.test[0])
+    assert len(validation) == 4 and len(test) == 5
+    assert sorted(validation + test) == sorted(f"ea {i}" for i in range(9))
+    assert validation == sorted(validation, key=lambda x: int(x.split()[1]))  # file order
+    assert inputs(load_local(root).validation[0]) == validation  # seeded: the same every time
+    assert any("disjoint seeded halves" in n and "ea" in n for n in suite.notes)
+    assert not any("k-shot files only" in n for n in suite.notes)
+    write_lines(root / "ea" / "records.jsonl", [rec("ea", "alone")])
+    with pytest.raises(MetaloraError, match="task 'ea' has 1 record"):
+        load_local(root)
 
 
 def test_test_tasks_prefer_the_held_out_file(data: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from metalora.records import Suite, TaskRole
 
@@ -20,6 +20,9 @@ class DataOptions:
     """Seed for anything the sampler draws or generates."""
     skip_bad_records: bool = False
     """Warn about (and count) malformed records instead of failing on the first one."""
+    settings: Any = None
+    """The sampler's own settings (an instance of its ``Settings`` class, resolved from the
+    run's configuration), or ``None`` when it declares none."""
 
 
 class TaskSampler(ABC):

@@ -5,6 +5,13 @@ Layout (one folder per task, as MetaICL writes it)::
     <data_dir>/<task>/<task>_<k>_<seed>_<split>.jsonl   # k-shot files; split: train, dev, test
     <data_dir>/<task>/<task>_test.jsonl                 # a larger held-out split
 
+or, for a task folder without any file named that way, any ``*.jsonl``
+files (``<data_dir>/<task>/*.jsonl``, read in name order): a training task
+uses every record; a validation or test task a seeded half of them, the
+other half going to the other role, so that validation and test never share
+an example (the split is seeded by the task name and the k-shot seed; see
+:func:`plain_half`).
+
 Each line is one record ``{"task", "input", "output", "options"}``. Which
 files a task reads depends on its role:
 
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -220,6 +228,31 @@ def kshot_files(task_dir: Path, task: str) -> list[Path]:
     return [f.path for f in kshot_index(task_dir, task)]
 
 
+def plain_files(task_dir: Path, task: str) -> list[Path]:
+    """``<task>/*.jsonl``, sorted by name, for a task with no MetaICL-named file (else [])."""
+    if (task_dir / held_out_name(task)).is_file() or kshot_index(task_dir, task):
+        return []
+    return sorted(p for p in task_dir.glob("*.jsonl") if p.is_file())
+
+
+def plain_half(records: Sequence[TaskRecord], task: str, role: TaskRole,
+               seed: int) -> list[TaskRecord]:
+    """Validation's or test's half of a plain-layout task, in file order.
+
+    A seeded shuffle of the record positions (seed: the task name and
+    ``seed``) is cut in two: the first ``n // 2`` positions are validation's,
+    the rest test's.
+    """
+    if len(records) < 2:
+        raise MetaloraError(f"task '{task}' has {len(records)} record(s): too few to split "
+                            "into validation and test halves")
+    order = list(range(len(records)))
+    random.Random(f"{task}:{seed}").shuffle(order)
+    half = len(records) // 2
+    chosen = order[:half] if role == TaskRole.VALIDATION else order[half:]
+    return [records[i] for i in sorted(chosen)]
+
+
 class LocalSource:
     """Tasks read from a directory of MetaICL-format files (see the module docstring)."""
 
@@ -271,6 +304,7 @@ class LocalSource:
         missing_files = [
             str(self.task_dir(t) / kshot_name(t, self.k, self.seed, split))
             for t in roles.get(TaskRole.VALIDATION, [])
+            if t not in absent and not plain_files(self.task_dir(t), t)
             for split in KSHOT_SPLITS
             if not (self.task_dir(t) / kshot_name(t, self.k, self.seed, split)).is_file()
         ]
@@ -293,6 +327,9 @@ class LocalSource:
         task_dir = self.task_dir(task)
         if not task_dir.is_dir():
             raise MetaloraError(f"task folder {task_dir} does not exist")
+        plain = plain_files(task_dir, task)
+        if plain:
+            return plain, "" if role == TaskRole.TRAIN else "plain"
         held_out = task_dir / held_out_name(task)
         kshot = [task_dir / kshot_name(task, self.k, self.seed, s) for s in KSHOT_SPLITS]
         if role == TaskRole.TRAIN:
@@ -325,6 +362,8 @@ class LocalSource:
         contents = [read_jsonl(path, task, skip_bad=self.skip_bad) for path in paths]
         records = [r for c in contents for r in c.records]
         excluded = 0
+        if fallback == "plain":
+            records = plain_half(records, task, role, self.seed)
         if fallback == "kshot":
             validation = set(self.read(task, TaskRole.VALIDATION).records)
             kept = [r for r in records if r not in validation]
@@ -363,5 +402,6 @@ class LocalSource:
             not_multiple_choice=not_mc,
             fallback=fallback,
             excluded=excluded,
-            kshot_only=role == TaskRole.TRAIN and not has_held_out,
+            kshot_only=role == TaskRole.TRAIN and not has_held_out
+            and not plain_files(self.task_dir(task), task),
         )

@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Protocol
 from metalora.errors import MetaloraError
 from metalora.interfaces.task_sampler import DataOptions, TaskSampler
 from metalora.records import MAX_OPTIONS, Suite, Task, TaskRecord, TaskRole, filter_by_options
-from metalora_plugins.crossfit.hub import HubSource
+from metalora.settings import setting
+from metalora_plugins.crossfit.hub import HUB_TRAIN_ROWS, HubSource
 from metalora_plugins.crossfit.reader import (
     DEFAULT_K,
     DEFAULT_SEED,
@@ -30,6 +31,22 @@ from metalora_plugins.crossfit.reader import (
 from metalora_plugins.crossfit.suites import SuiteSpec
 
 ROLES: tuple[TaskRole, ...] = (TaskRole.TRAIN, TaskRole.VALIDATION, TaskRole.TEST)
+
+
+@dataclass(frozen=True)
+class CrossFitSettings:
+    """Settings of the CrossFit suites: which k-shot sample makes a validation task."""
+
+    kshot_k: int = setting(
+        DEFAULT_K, "CrossFit suites: k of the MetaICL k-shot sample read for validation (a "
+                   "validation task is its train and dev files, 2k records; the data has k = 16 "
+                   "and 8).")
+    kshot_seed: int = setting(
+        DEFAULT_SEED, "CrossFit suites: seed of that k-shot sample (MetaICL's seeds: 100, 13, "
+                      "21, 42, 87).")
+    hub_train_rows: int = setting(
+        HUB_TRAIN_ROWS, "CrossFit suites read from the Hugging Face hub (no --data-dir): rows "
+                        "per training task.")
 
 
 class Source(Protocol):
@@ -72,7 +89,7 @@ class LoadReport:
     duplicates: dict[TaskRole, list[str]] = field(default_factory=dict)
     """``"<task> (<count>)"`` of the tasks that had duplicate records, per role."""
     fallbacks: dict[str, list[str]] = field(default_factory=dict)
-    """Test tasks per fallback kind (``"kshot"``, ``"validation"``)."""
+    """Tasks per fallback kind (``"kshot"``, ``"validation"``, ``"plain"``)."""
     excluded: int = 0
     kshot_only: list[str] = field(default_factory=list)
 
@@ -94,12 +111,15 @@ class CrossFitSuite(TaskSampler):
     :meth:`load` reads local MetaICL files when ``options.data_dir`` is set
     (see :mod:`metalora_plugins.crossfit.reader`), and otherwise converts the
     tasks from the Hugging Face hub (see :mod:`metalora_plugins.crossfit.hub`).
-    ``k`` and ``seed`` pick the k-shot files (or sample) used for validation;
-    ``options.seed`` is not used: the k-shot sample is part of the
-    benchmark's definition, and the core draws the run's random splits.
+    ``k`` and ``seed`` pick the k-shot files (or sample) used for validation,
+    unless the run's settings (:class:`CrossFitSettings`, in
+    ``options.settings``) say otherwise; ``options.seed`` is not used: the
+    k-shot sample is part of the benchmark's definition, and the core draws
+    the run's random splits.
     """
 
     needs_data: ClassVar[bool] = True
+    Settings: ClassVar[type] = CrossFitSettings
 
     def __init__(
         self,
@@ -122,12 +142,21 @@ class CrossFitSuite(TaskSampler):
 
     def source(self, options: DataOptions) -> Source:
         """The source ``options`` selects: local files with a data directory, else the hub."""
+        settings = options.settings
+        k = settings.kshot_k if settings is not None else self.k
+        seed = settings.kshot_seed if settings is not None else self.seed
+        if k < 1:
+            raise MetaloraError(f"kshot_k must be at least 1, got {k}")
         if options.data_dir is not None:
             return LocalSource(
-                Path(options.data_dir), k=self.k, seed=self.seed,
-                skip_bad=options.skip_bad_records,
+                Path(options.data_dir), k=k, seed=seed, skip_bad=options.skip_bad_records,
             )
-        return self._hub_factory(k=self.k, seed=self.seed)
+        if settings is not None:
+            if settings.hub_train_rows < 1:
+                raise MetaloraError(
+                    f"hub_train_rows must be at least 1, got {settings.hub_train_rows}")
+            return self._hub_factory(k=k, seed=seed, train_rows=settings.hub_train_rows)
+        return self._hub_factory(k=k, seed=seed)
 
     def load(self, options: DataOptions) -> Suite:
         """Read every task, filter by options, and report what was removed or skipped."""
@@ -210,6 +239,11 @@ class CrossFitSuite(TaskSampler):
                 f"test task(s) without a held-out test file are tested on their k-shot files "
                 f"of seeds other than {self.seed} (k={self.k}), leaving out {report.excluded} "
                 f"record(s) that are validation records: {_listing(report.fallbacks['kshot'])}")
+        if "plain" in report.fallbacks:
+            report.note(
+                f"validation/test task(s) read from <task>/*.jsonl (no MetaICL file names) use "
+                f"disjoint seeded halves of their records: "
+                f"{_listing(list(dict.fromkeys(report.fallbacks['plain'])))}")
         if "validation" in report.fallbacks:
             report.note(
                 f"test task(s) without a held-out test file or other k-shot files are tested on "
