@@ -6,6 +6,7 @@ tested adapters (``<learner>/seed-<s>/adapters.safetensors``) and writes::
     DIR/
       adapter_config.json          peft LoraConfig: r, lora_alpha, target_modules,
                                    lora_dropout 0, base_model_name_or_path = the run's model
+                                   (for smollm2-135m: its cached dequantised checkpoint)
       adapter_model.safetensors    the mean pair, named as peft saves it:
                                    base_model.model.<module>.lora_A.weight  (r x d_in)
                                    base_model.model.<module>.lora_B.weight  (d_out x r)
@@ -43,6 +44,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from metalora.errors import MetaloraError, unknown_choice
+from metalora.models import loadable_name
 from metalora.plugins import PluginManager
 from metalora.rundir import (
     ADAPTERS_FILE,
@@ -202,7 +204,9 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
                           modules=modules, target_modules=target_modules, rank=rank,
                           alpha=alpha, tested_epoch=metrics.get("tested_epoch"),
                           sidecar_pairs=sidecar_pairs)
-    _write_peft_config(out, rank, alpha, target_modules, config.get("model"))
+    base_model = config.get("model")
+    _write_peft_config(out, rank, alpha, target_modules,
+                       loadable_name(base_model) if base_model else None)
     atomic_write_bytes(out / PEFT_WEIGHTS_FILE,
                        save_safetensors(weights, metadata={"format": "pt"}))
     result.files = [PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]

@@ -112,6 +112,18 @@ def test_lora_round_trip_through_peft_gives_equal_logits(plugins, tmp_path):
     assert info["tested_epoch"] == 3 and info["scaling"] == 2.0 and info["sidecar_pairs"] == []
 
 
+def test_smollm2_exports_point_at_its_dequantised_checkpoint(plugins, tmp_path, monkeypatch):
+    """The alias is not a hub id: the config names the checkpoint the adapters were trained on."""
+    monkeypatch.setenv("METALORA_CACHE_DIR", str(tmp_path / "cache"))
+    run_dir, _ = fake_run(plugins, tmp_path, ["lora"], seeds=(0,))
+    recorded = json.loads((run_dir / CONFIG_FILE).read_text())
+    write_json_file(run_dir / CONFIG_FILE, {**recorded, "model": "smollm2-135m"})
+    export_peft(run_dir, plugins, tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / PEFT_CONFIG_FILE).read_text())
+    expected = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    assert config["base_model_name_or_path"] == str(expected)
+
+
 def test_tensor_names_match_what_peft_saves(plugins, tmp_path):
     run_dir, _ = fake_run(plugins, tmp_path, ["lora"], seeds=(0,))
     export_peft(run_dir, plugins, tmp_path / "ours")

