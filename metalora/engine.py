@@ -276,6 +276,11 @@ class Engine:
     # -- set-up ----------------------------------------------------------------
     def _validate_names(self) -> None:
         """Fail fast, before loading anything, on unknown plugin names and bad settings."""
+        world_size = os.environ.get("WORLD_SIZE", "1")
+        if world_size.strip() not in ("", "1"):
+            raise MetaloraError(
+                f"WORLD_SIZE={world_size}: multi-process runs (torchrun) are not supported yet; "
+                "start one metalora process per device (e.g. one per learner or seed)")
         if not self.run.learner:
             raise MetaloraError("no learner given; valid choices: "
                                 + ", ".join(self.plugins.registry("learner").names()))
