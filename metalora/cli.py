@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 
 from metalora import __version__
 from metalora.config import all_setting_infos, read_config_file, resolve_config
+from metalora.distributed import refuse_multi_process
 from metalora.engine import SELECTION_BEST, SELECTION_LAST, Engine, RunInterrupted, RunSummary
 from metalora.errors import MetaloraError
 from metalora.export import EXPORT_HELP, make_export_command
@@ -72,6 +73,7 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
 
     @app.callback()
     def main_options(
+        ctx: typer.Context,
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
         version: bool = typer.Option(False, "--version", help="Print the version and exit."),
     ) -> None:
@@ -79,6 +81,8 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
         if version:
             console.print(f"metalora {__version__}")
             raise typer.Exit()
+        if ctx.invoked_subcommand not in (None, "run"):
+            refuse_multi_process(f"metalora {ctx.invoked_subcommand}")
 
     app.command(
         "run",
@@ -150,7 +154,8 @@ def make_run_command(plugins: PluginManager):
                 f"epoch checkpoint are in {exc.run_dir}", highlight=False, soft_wrap=True)
             err_console.print(f"Resume with: {exc.resume_command}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
-        print_results(summary, per_task=per_task)
+        if engine.distributed.is_main:
+            print_results(summary, per_task=per_task)
 
     params = [
         inspect.Parameter(

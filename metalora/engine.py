@@ -40,12 +40,14 @@ import contextlib
 import dataclasses
 import math
 import os
+import random
 import shlex
 import shutil
 import signal
 import socket
+import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,6 +74,7 @@ from metalora.config import (
     all_setting_infos,
     settings_dict,
 )
+from metalora.distributed import Distributed, from_environment
 from metalora.episodes import Episode, EpisodeSampler
 from metalora.errors import MetaloraError, TrainingDiverged
 from metalora.evaluation import EvalResult, evaluate
@@ -250,6 +253,8 @@ class Engine:
         self.run: RunSettings = config.run
         self.resume_dir: Path | None = None
         """Set by :meth:`from_run_dir`: the run directory to continue."""
+        self.distributed = Distributed()
+        """This process's rank: joined from the environment by :meth:`execute` under torchrun."""
         self._validate_names()
         self.suite: Suite | None = None
         self.loaded: LoadedModel | None = None
@@ -276,11 +281,6 @@ class Engine:
     # -- set-up ----------------------------------------------------------------
     def _validate_names(self) -> None:
         """Fail fast, before loading anything, on unknown plugin names and bad settings."""
-        world_size = os.environ.get("WORLD_SIZE", "1")
-        if world_size.strip() not in ("", "1"):
-            raise MetaloraError(
-                f"WORLD_SIZE={world_size}: multi-process runs (torchrun) are not supported yet; "
-                "start one metalora process per device (e.g. one per learner or seed)")
         if not self.run.learner:
             raise MetaloraError("no learner given; valid choices: "
                                 + ", ".join(self.plugins.registry("learner").names()))
@@ -331,7 +331,7 @@ class Engine:
     def load_model(self) -> LoadedModel:
         """Load (once) the model named by ``model`` and build the batch machinery."""
         if self.loaded is None:
-            device = resolve_device(self.run.device)
+            device = self.device()
             self.loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype], device=device)
             if self.run.gradient_checkpointing:
                 enable_gradient_checkpointing(self.loaded.model, f"model {self.run.model!r}")
@@ -344,7 +344,14 @@ class Engine:
 
     def precision(self) -> contextlib.AbstractContextManager[None]:
         """The context for forward passes: ``torch.autocast`` as the ``autocast`` setting says."""
-        return autocast(resolve_device(self.run.device), self.run.autocast)
+        return autocast(self.device(), self.run.autocast)
+
+    def device(self) -> str:
+        """The resolved ``device`` setting; under torchrun on GPUs, this rank's GPU."""
+        device = resolve_device(self.run.device)
+        if self.distributed.active and device == "cuda":
+            return f"cuda:{self.distributed.local_rank}"
+        return device
 
     def learner_settings(self, name: str) -> Any:
         """A learner's settings: its defaults overridden by the given (or recorded) values."""
@@ -365,7 +372,7 @@ class Engine:
         context = LearnerContext(
             model=loaded.model, encoder=self.episodes.encoder, episodes=self.episodes,
             run=self.run, settings=self.learner_settings(name), rng=rng,
-            make_prior=self.make_prior)
+            make_prior=self.make_prior, distributed=self.distributed)
         return cls(context)
 
     def resolved_config(self) -> dict[str, Any]:
@@ -433,7 +440,9 @@ class Engine:
 
         SIGTERM is handled like Ctrl-C while the run executes (a batch
         scheduler's preemption also leaves a resumable run directory).
+        Under torchrun every rank calls it (see :mod:`metalora.distributed`).
         """
+        self._join_ranks()
         if self.resume_dir is not None:
             self._load_state(self.resume_dir)  # fail fast, before loading anything
         suite = self.load_suite()
@@ -450,13 +459,7 @@ class Engine:
         if self.run.tensorboard and logging_sinks.tensorboard_writer_class() is None:
             self.console.print("[dim]tensorboard is not installed: TensorBoard logging "
                                "skipped (pip install tensorboard)[/dim]")
-        if self.resume_dir is not None:
-            run_dir = self.resume_dir
-            self.console.print(f"Resuming {run_dir}")
-        else:
-            run_dir = self.make_run_dir()
-            write_json(run_dir / CONFIG_FILE, self.resolved_config())
-            self._state = {"pairs": {}}
+        run_dir = self._open_run_dir()
         self._state.update(pid=os.getpid(), host=socket.gethostname(),
                            resume=resume_command(run_dir))
         self._write_state(run_dir, "running")
@@ -482,15 +485,59 @@ class Engine:
                         summary.protocol["test_at"] = self._test_at(summary)
                         write_json(run_dir / METRICS_FILE, summary.to_dict())
                         write_results(summary, run_dir)
-                self.write_plots(summary)
+                if self.distributed.is_main:
+                    self.write_plots(summary)
         except KeyboardInterrupt:
             self._write_state(run_dir, "interrupted")
             raise RunInterrupted(run_dir, self._current) from None
         except BaseException:
             self._write_state(run_dir, "failed")
             raise
-        self._write_state(run_dir, "finished")
+        else:
+            self._write_state(run_dir, "finished")
+        finally:
+            if not self.distributed.is_main:  # a rank's private copy of the run directory
+                shutil.rmtree(run_dir, ignore_errors=True)
         return summary
+
+    def _join_ranks(self) -> None:
+        """Join a torchrun process group, if any; refuse learners that cannot train in one."""
+        self.distributed = from_environment()
+        if not self.distributed.active:
+            return
+        registry = self.plugins.registry("learner")
+        able = [n for n in registry.names() if registry.get(n).supports_distributed]
+        for name in self.run.learner:
+            if not registry.get(name).supports_distributed:
+                raise MetaloraError(f"learner {name!r} cannot train in a torchrun run "
+                                    f"(WORLD_SIZE={self.distributed.world_size}); learners "
+                                    f"that can: {', '.join(able)}")
+        if not self.distributed.is_main:
+            self.console = Console(quiet=True)
+
+    def _open_run_dir(self) -> Path:
+        """The run directory, created (or resumed) by rank 0.
+
+        Every other rank of a torchrun run works in a private temporary copy
+        (deleted at the end), so that only rank 0 writes the real one.
+        """
+        if self.distributed.is_main:
+            if self.resume_dir is not None:
+                run_dir = self.resume_dir
+                self.console.print(f"Resuming {run_dir}")
+            else:
+                run_dir = self.make_run_dir()
+                write_json(run_dir / CONFIG_FILE, self.resolved_config())
+                self._state = {"pairs": {}}
+            self.distributed.broadcast(str(run_dir))
+            return run_dir
+        shared = Path(self.distributed.broadcast(""))
+        private = Path(tempfile.mkdtemp(prefix=f"metalora-rank{self.distributed.rank}-"))
+        if self.resume_dir is not None:
+            shutil.copytree(shared, private, dirs_exist_ok=True)
+        else:
+            self._state = {"pairs": {}}
+        return private
 
     def run_seed(self, name: str, seed: int, protocol: _Protocol) -> SeedResult:
         """Train, validate, checkpoint and test one learner with one seed (or load it if done)."""
@@ -523,6 +570,11 @@ class Engine:
                               ignore_errors=True)
                 training = TrainingState(log_offset=file_size(log_path))
                 purge_step = None
+            if not self.distributed.is_main:
+                # same initial adapters as rank 0, but this rank's own batches and noise
+                rank_seed = f"{seed}:{self.distributed.rank}:{training.epoch}"
+                learner.context.rng.seed(rank_seed)
+                torch.manual_seed(random.Random(rank_seed).getrandbits(63))
             self._state["pairs"][key] = {"status": "running", "log_offset": training.log_offset}
             self._write_state(run_dir)
             with RunLogger(run_dir, log_path, name, seed, tensorboard=self.run.tensorboard,
@@ -568,7 +620,8 @@ class Engine:
         not train: it is validated once as epoch 0.
         """
         epochs = self.run.epochs
-        per_epoch = learner.steps_per_epoch(protocol.tasks) if protocol.tasks else 0
+        dealt = self._epoch_tasks(protocol.tasks, seed, 0)
+        per_epoch = learner.steps_per_epoch(dealt) if dealt else 0
         bar = progress.add_task(
             f"{name} seed {seed}: train", total=per_epoch * epochs or None,
             completed=per_epoch * training.epoch)
@@ -578,13 +631,14 @@ class Engine:
             epoch = training.epoch
             self._current = f"{name} seed {seed} during epoch {epoch + 1}"
             steps = 0
-            for step in learner.train_epoch(protocol.tasks, epoch):
+            for step in learner.train_epoch(self._epoch_tasks(protocol.tasks, seed, epoch),
+                                            epoch):
                 steps += 1
                 training.global_step += 1
                 logger.step(step, training.global_step)
                 for callback in self.callbacks:
                     callback.on_step(name, seed, step)
-                if not math.isfinite(step.loss):
+                if not self._all_finite(step.loss):
                     logger.flush()
                     if store.exists():
                         kept = (f"the checkpoint after epoch {training.epoch} is kept in "
@@ -621,8 +675,8 @@ class Engine:
         """Validate, update the best epoch, log; return the validation record."""
         self._current = f"{name} seed {seed} while validating epoch {training.epoch}"
         bar = progress.add_task(f"{name} seed {seed}: validate", total=len(protocol.validation))
-        result = evaluate(learner, protocol.validation, protocol.validation_metrics, seed=seed,
-                          on_task=lambda _task: progress.advance(bar))
+        result = self._evaluate(learner, protocol.validation, protocol.validation_metrics, seed,
+                                on_task=lambda _task: progress.advance(bar))
         progress.remove_task(bar)
         metrics = result.macro
         value = metrics[protocol.select_metric]
@@ -659,8 +713,37 @@ class Engine:
         """Evaluate on the test episodes with the shared protocol."""
         with self._progress() as progress:
             bar = progress.add_task(f"{name} seed {seed}: test", total=len(episodes))
-            return evaluate(learner, episodes, metrics, seed=seed,
-                            on_task=lambda _task: progress.advance(bar))
+            return self._evaluate(learner, episodes, metrics, seed,
+                                  on_task=lambda _task: progress.advance(bar))
+
+    def _evaluate(self, learner: Learner, episodes: list[Episode], metrics: dict[str, Metric],
+                  seed: int, on_task: Callable[[str], None] | None = None) -> EvalResult:
+        """:func:`~metalora.evaluation.evaluate`; under torchrun each rank takes its share
+        of the episodes and every rank gets all results (they equal a single process's:
+        each task's evaluation is seeded by the task)."""
+        if not self.distributed.active:
+            return evaluate(learner, episodes, metrics, seed=seed, on_task=on_task)
+        mine = evaluate(learner, self.distributed.deal_all(episodes), metrics, seed=seed,
+                        on_task=on_task)
+        return EvalResult(tasks=self.distributed.gather_dealt(mine.tasks, len(episodes)))
+
+    def _epoch_tasks(self, tasks: list[Task], seed: int, epoch: int) -> list[Task]:
+        """The training tasks of this rank for ``epoch`` (all of them without torchrun)."""
+        if not self.distributed.active or not tasks:
+            return tasks
+        order = list(tasks)
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+        dealt = self.distributed.deal(order)
+        if not dealt:
+            raise MetaloraError(f"{len(tasks)} training task(s) for "
+                                f"{self.distributed.world_size} ranks: each rank needs one")
+        return dealt
+
+    def _all_finite(self, loss: float) -> bool:
+        """Whether ``loss`` is finite (on every rank, under torchrun: they stop together)."""
+        if self.distributed.active:
+            return self.distributed.all_finite(loss)
+        return math.isfinite(loss)
 
     def write_plots(self, summary: RunSummary) -> list[Path]:
         """Validation curves and reliability diagrams (skipped with a note without matplotlib)."""

@@ -40,13 +40,22 @@ class SinglePairLearner(Learner):
     def adapters(self) -> AdapterHandle:
         return self._adapters
 
-    def gradient_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> float:
-        """One optimiser step on the answer loss of ``batch``; returns the loss."""
+    def gradient_step(self, batch: Batch, optimizer: torch.optim.Optimizer,
+                      synchronise: bool = False) -> float:
+        """One optimiser step on the answer loss of ``batch``; returns the loss.
+
+        With ``synchronise`` (a global step) the gradients, and the returned
+        loss, are averaged over the ranks of a ``torchrun`` run first.
+        """
         loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        value = float(loss.detach())
+        if synchronise:
+            value = self.context.distributed.average_gradients(self._adapters.parameters(),
+                                                               value)
         optimizer.step()
-        return float(loss.detach())
+        return value
 
     def adapt(self, support: Sequence[Batch]) -> None:
         """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr`` (SPEC 4)."""

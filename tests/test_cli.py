@@ -123,13 +123,14 @@ def test_a_bad_learner_table_is_one_clear_line(app, tmp_path, content, message):
     assert "lr" in error_lines[0] or "lora" in error_lines[0]
 
 
-def test_torchrun_is_refused_in_one_line(app, tmp_path, monkeypatch):
+def test_commands_other_than_run_refuse_torchrun_in_one_line(app, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = runner.invoke(app, ["run", "--model", "tiny", "--output-dir", str(tmp_path)],
-                           color=False)
+    result = runner.invoke(app, ["prune", "--learner", "pretrained", "--model", "tiny",
+                                 "--ratio", "0.1"], color=False)
     assert result.exit_code == 1
-    assert "WORLD_SIZE=2: multi-process runs (torchrun) are not supported yet" in result.output
-    assert not list(tmp_path.iterdir())  # nothing written
+    assert ("metalora prune runs in one process (WORLD_SIZE=2); start it without torchrun"
+            in result.output)
+    assert invoke(app, "plugins").exit_code == 1
 
 
 BAD_INPUT = [

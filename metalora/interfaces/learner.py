@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from metalora.distributed import Distributed
 from metalora.settings import NoSettings
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class LearnerContext:
     """Seeded Python RNG for task order and batch draws."""
     make_prior: Callable[[str], Prior] = field(default=lambda name: None)  # type: ignore[arg-type,return-value]
     """Builds a registered prior by name, with its settings resolved from the run's config."""
+    distributed: Distributed = field(default_factory=Distributed)
+    """This process's rank in a ``torchrun`` run (a single process by default); a learner
+    that sets ``supports_distributed`` averages its global gradients with it."""
 
     @property
     def adapter_config(self) -> AdapterConfig:
@@ -99,6 +103,10 @@ class Learner(ABC):
 
     Pruning merges it and PEFT export writes it.
     """
+    supports_distributed: ClassVar[bool] = False
+    """True when the learner can train in a ``torchrun`` run: it averages the gradients of
+    its global parameters over the ranks (``context.distributed.average_gradients``)
+    before every global step, on every rank, and takes the same number of steps per task."""
 
     def __init__(self, context: LearnerContext) -> None:
         self.context = context

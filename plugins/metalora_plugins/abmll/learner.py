@@ -128,6 +128,7 @@ class ABMLLLearner(Learner):
     description = "Amortized Bayesian Meta-Learning for LoRA (Zhang, Snell & Griffiths, 2025)."
     Settings = ABMLLSettings
     mean_pair = MU_THETA
+    supports_distributed = True
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
@@ -257,6 +258,9 @@ class ABMLLLearner(Learner):
         finally:
             self.delta.straight_through = False
         loss = nll + self.beta * kl + self.gamma * prior
+        if apply:  # a torchrun run averages theta's gradients (and the loss) over the ranks
+            loss = self.context.distributed.average_gradients(
+                self._adapters.parameters(GLOBAL_PAIRS), loss)
         if apply and math.isfinite(loss):
             self.outer_optimizer.step()
             self._no_step_since_reset = False

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from metalora.batching import Batch
+from metalora.errors import MetaloraError
 from metalora.interfaces import LearnerContext, StepLog
 from metalora.optim import adamw
 from metalora.records import Task
@@ -31,6 +32,7 @@ class LoraLearner(SinglePairLearner):
     name = "lora"
     description = "Regular LoRA on the shuffled union of the training tasks (baseline)."
     Settings = LoraSettings
+    supports_distributed = True
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
@@ -47,6 +49,10 @@ class LoraLearner(SinglePairLearner):
         return self._batches_per_epoch(tasks)
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
+        if self.settings.steps_per_task <= 0 and self.context.distributed.active:
+            raise MetaloraError("lora: steps_per_task 0 (one pass over every example) gives the "
+                                "ranks of a torchrun run different step counts; set it to 1 "
+                                "or more")
         records = [r for t in tasks for r in t.records]
         episodes, rng = self.context.episodes, self.context.rng
         if self.settings.steps_per_task > 0:
@@ -57,5 +63,5 @@ class LoraLearner(SinglePairLearner):
         else:
             batches = iter(episodes.shuffled_batches(records, rng))
         for step, batch in enumerate(batches):
-            value = self.gradient_step(batch, self.optimizer)
+            value = self.gradient_step(batch, self.optimizer, synchronise=True)
             yield StepLog(epoch=epoch, task=None, step=step, loss=value, components={"nll": value})

@@ -26,6 +26,7 @@ class PretrainedLearner(SinglePairLearner):
 
     name = "pretrained"
     description = "The pretrained model, evaluated zero-shot (baseline)."
+    supports_distributed = True  # no training step to synchronise
     Settings = PretrainedSettings
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:

@@ -39,6 +39,7 @@ class StructuredLoraLearner(SinglePairLearner):
     description = ("One LoRA pair trained task by task, 5 steps each, no reset, "
                    "no global variable (baseline).")
     Settings = StructuredLoraSettings
+    supports_distributed = True
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
@@ -55,6 +56,7 @@ class StructuredLoraLearner(SinglePairLearner):
         rng.shuffle(order)
         for task in order:
             for step in range(self.settings.steps_per_task):
-                value = self.gradient_step(episodes.train_batch(task, rng), self.optimizer)
+                value = self.gradient_step(episodes.train_batch(task, rng), self.optimizer,
+                                           synchronise=True)
                 yield StepLog(epoch=epoch, task=task.name, step=step, loss=value,
                               components={"nll": value})

@@ -1,0 +1,162 @@
+"""Several processes, one run: task-parallel training under ``torchrun`` (SPEC section 7).
+
+``torchrun --nproc-per-node N $(which metalora) run ...`` starts N processes
+(ranks) with ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` set; each joins one
+:mod:`torch.distributed` process group (NCCL on GPUs, one device per rank;
+gloo on CPU). Then, per seed:
+
+* every rank builds the learner from the same seed, so the global adapters
+  start identical; after that each rank's random streams are its own;
+* each epoch the training tasks are shuffled (the same way on every rank)
+  and dealt out: rank r takes tasks r, r + N, ...; every rank gets the same
+  number (the remainder of the shuffle sits the epoch out);
+* a learner that supports this (``Learner.supports_distributed``) averages
+  the gradients of its global parameters over the ranks before each global
+  step (:meth:`Distributed.average_gradients`), so they stay identical;
+* after every step the ranks agree on whether any loss was NaN or infinite,
+  and stop together;
+* validation and test episodes are dealt out the same way and the results
+  gathered on every rank: evaluation is per task and seeded by the task, so
+  the numbers equal a single process's;
+* rank 0 writes the run directory; the other ranks write into a private
+  temporary copy that is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from metalora.errors import MetaloraError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a multi-process run (``world_size == 1``: a plain run)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        """True when there is more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes the run directory and prints."""
+        return self.rank == 0
+
+    def deal(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items``: every ``world_size``-th from ``rank``, equal counts."""
+        if not self.active:
+            return list(items)
+        per_rank = len(items) // self.world_size
+        return list(items[self.rank::self.world_size][:per_rank])
+
+    def deal_all(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items``, every item dealt (counts may differ by one)."""
+        return list(items[self.rank::self.world_size]) if self.active else list(items)
+
+    def gather_dealt(self, mine: Sequence[T], total: int) -> list[T]:
+        """Every rank's :meth:`deal_all` share, put back in the original order."""
+        if not self.active:
+            return list(mine)
+        shares: list[Any] = [None] * self.world_size
+        dist.all_gather_object(shares, list(mine))
+        merged: list[Any] = [None] * total
+        for rank, share in enumerate(shares):
+            for i, item in enumerate(share):
+                merged[rank + i * self.world_size] = item
+        return merged
+
+    def average_gradients(self, params: Iterable[Tensor], loss: float) -> float:
+        """Average the ``.grad`` of ``params`` over the ranks; return the mean ``loss``.
+
+        One all-reduce carries the gradients and the loss, so a NaN on any
+        rank reaches every rank (and every rank skips the step alike).
+        Parameters without a gradient count as zero.
+        """
+        if not self.active:
+            return loss
+        params = list(params)
+        if not params:
+            return self.mean(loss)
+        device = params[0].device
+        flat = [p.grad.reshape(-1) if p.grad is not None
+                else torch.zeros(p.numel(), device=device, dtype=p.dtype) for p in params]
+        buffer = torch.cat([*flat, torch.tensor([loss], device=device, dtype=flat[0].dtype)])
+        dist.all_reduce(buffer)
+        buffer /= self.world_size
+        offset = 0
+        for p in params:
+            chunk = buffer[offset:offset + p.numel()].view_as(p)
+            if p.grad is None:
+                p.grad = chunk.clone()
+            else:
+                p.grad.copy_(chunk)
+            offset += p.numel()
+        return float(buffer[-1])
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks (NaN if any rank's is NaN)."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self._device())
+        dist.all_reduce(tensor)
+        return float(tensor) / self.world_size
+
+    def all_finite(self, value: float) -> bool:
+        """Whether ``value`` is finite on every rank."""
+        return math.isfinite(self.mean(0.0 if math.isfinite(value) else math.inf))
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.active:
+            dist.barrier()
+
+    def _device(self) -> torch.device:
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def from_environment() -> Distributed:
+    """The process group ``torchrun`` describes in the environment (joined once), or none."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size <= 1:
+        return Distributed()
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def refuse_multi_process(command: str) -> None:
+    """One error line when ``command`` (anything but ``metalora run``) is started by torchrun."""
+    world_size = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    if world_size != "1":
+        raise MetaloraError(f"{command} runs in one process (WORLD_SIZE={world_size}); start it "
+                            "without torchrun (only `metalora run` trains across ranks)")

@@ -1,0 +1,137 @@
+"""torchrun runs (SPEC section 7): two gloo processes on CPU, started as torchrun would."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from rich.console import Console
+
+from metalora.distributed import Distributed, from_environment
+from metalora.engine import Engine
+from metalora.plugins import PluginManager
+from metalora.rundir import METRICS_FILE, seed_dir
+from tests.conftest import make_config
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, out: str, job: Callable[[int, Path], None]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
+                      RANK=str(rank), LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1")
+    torch.set_num_threads(1)
+    try:
+        job(rank, Path(out))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(job: Callable[[int, Path], None], out: Path) -> None:
+    """Run ``job(rank, out)`` in two processes of one gloo group (re-raises a rank's error)."""
+    mp.start_processes(_rank_main, args=(_free_port(), str(out), job), nprocs=WORLD,
+                       start_method="spawn")
+
+
+def _primitives(rank: int, out: Path) -> None:
+    d = from_environment()
+    with_grad, without = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    with_grad.grad = torch.full((3,), float(rank + 1))
+    loss = d.average_gradients([with_grad, without], loss=float(rank))
+    report = {
+        "grad": with_grad.grad.tolist(), "zero": without.grad.tolist(), "loss": loss,
+        "dealt": d.deal(list(range(5))), "dealt_all": d.deal_all(list(range(5))),
+        "gathered": d.gather_dealt(d.deal_all(list(range(5))), 5),
+        "finite": d.all_finite(float("nan") if rank == 1 else 1.0),
+        "all_finite": d.all_finite(1.0), "broadcast": d.broadcast(f"from rank {rank}"),
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+def test_primitives_average_deal_gather_and_agree(tmp_path: Path) -> None:
+    run_ranks(_primitives, tmp_path)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    for rank, report in enumerate(reports):
+        assert report["grad"] == [1.5, 1.5, 1.5] and report["zero"] == [0.0, 0.0]
+        assert report["loss"] == 0.5
+        assert report["dealt"] == [[0, 2], [1, 3]][rank]  # equal counts: 4 of 5
+        assert report["dealt_all"] == [[0, 2, 4], [1, 3]][rank]
+        assert report["gathered"] == [0, 1, 2, 3, 4]
+        assert report["finite"] is False and report["all_finite"] is True  # a NaN anywhere
+        assert report["broadcast"] == "from rank 0"
+
+
+def _config(out: Path):
+    return make_config(PluginManager(), learner=["lora", "abmll"], model="tiny", tasks="demo",
+                       device="cpu", epochs=1, max_train_tasks=4, max_eval_tasks=2,
+                       query_cap=4, plots=False, tensorboard=False,
+                       output_dir=str(out / "runs"), run_name="r", lr=1e-3, inner_lr=1e-3,
+                       outer_lr=1e-3, inner_steps=2, log_var_init=-6.0)
+
+
+def _train(rank: int, out: Path) -> None:
+    original = Engine.test
+
+    def test(self, learner, name, seed, episodes, metrics):  # keep the tested adapters
+        torch.save(learner.adapters.snapshot(), out / f"{name}-rank{rank}.pt")
+        return original(self, learner, name, seed, episodes, metrics)
+
+    Engine.test = test
+    summary = Engine(_config(out), PluginManager(), console=Console(quiet=True)).execute()
+    (out / f"summary{rank}.json").write_text(json.dumps(summary.summary()))
+
+
+def test_two_ranks_train_one_model_on_different_tasks(tmp_path: Path) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("metalora-rank*"))
+    run_ranks(_train, tmp_path)
+    run_dir = tmp_path / "runs" / "r"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]  # rank 0 writes
+    assert (run_dir / "results.csv").exists()
+    assert set(Path(tempfile.gettempdir()).glob("metalora-rank*")) == before  # copies deleted
+    summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in range(WORLD)]
+    assert summaries[0] == summaries[1]
+    for name in ("lora", "abmll"):
+        ranks = [torch.load(tmp_path / f"{name}-rank{r}.pt") for r in range(WORLD)]
+        assert ranks[0].keys() == ranks[1].keys()
+        for key in ranks[0]:  # the global adapters stay identical on every rank
+            assert torch.equal(ranks[0][key], ranks[1][key]), (name, key)
+        assert any(key.endswith(".B") and ranks[0][key].abs().sum() > 0 for key in ranks[0])
+    steps = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    abmll_tasks = {s["task"] for s in steps if s.get("learner") == "abmll"
+                   and s.get("kind") == "step"}
+    assert len(abmll_tasks) == 2  # rank 0 trained on its half of the 4 tasks
+    # the gathered test results equal one process's evaluation of the same adapters
+    engine = Engine(_config(tmp_path / "single"), PluginManager(), console=Console(quiet=True))
+    suite = engine.load_suite()
+    learner = engine.build_learner("abmll", 0)
+    try:
+        learner.adapters.restore(torch.load(tmp_path / "abmll-rank0.pt"))
+        single = engine.test(learner, "abmll", 0, [engine.episodes.episode(t) for t in suite.test],
+                             engine.metrics())
+    finally:
+        learner.adapters.remove()
+    recorded = json.loads((seed_dir(run_dir, "abmll", 0) / METRICS_FILE).read_text())
+    assert list(recorded["tasks"]) == [t.name for t in suite.test]  # gathered in order
+    for task in single.tasks:
+        expected = {k: v for k, v in recorded["tasks"][task.task].items() if k != "n"}
+        assert task.metrics == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_single_process_is_not_distributed() -> None:
+    assert from_environment() == Distributed()
+    assert Distributed().deal([1, 2, 3]) == [1, 2, 3]
+    assert Distributed().average_gradients([], 2.5) == 2.5
