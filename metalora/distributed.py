@@ -89,23 +89,32 @@ class Distributed:
         """
         if not self.active:
             return loss
-        params = list(params)
-        if not params:
-            return self.mean(loss)
-        device = params[0].device
-        flat = [p.grad.reshape(-1) if p.grad is not None
-                else torch.zeros(p.numel(), device=device, dtype=p.dtype) for p in params]
-        buffer = torch.cat([*flat, torch.tensor([loss], device=device, dtype=flat[0].dtype)])
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        return self._average(grads, loss)
+
+    @torch.no_grad()
+    def average_(self, tensors: Iterable[Tensor]) -> None:
+        """Replace each tensor (in place) by its mean over the ranks."""
+        if self.active:
+            self._average(list(tensors), 0.0)
+
+    def _average(self, tensors: list[Tensor], scalar: float) -> float:
+        """Average ``tensors`` in place and ``scalar`` over the ranks, in one all-reduce."""
+        if not tensors:
+            return self.mean(scalar)
+        device, dtype = tensors[0].device, tensors[0].dtype
+        buffer = torch.cat([*(t.detach().reshape(-1).to(dtype) for t in tensors),
+                            torch.tensor([scalar], device=device, dtype=dtype)])
         dist.all_reduce(buffer)
         buffer /= self.world_size
         offset = 0
-        for p in params:
-            chunk = buffer[offset:offset + p.numel()].view_as(p)
-            if p.grad is None:
-                p.grad = chunk.clone()
-            else:
-                p.grad.copy_(chunk)
-            offset += p.numel()
+        for t in tensors:
+            t.copy_(buffer[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
         return float(buffer[-1])
 
     def mean(self, value: float) -> float:

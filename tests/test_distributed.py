@@ -22,6 +22,7 @@ from metalora.rundir import METRICS_FILE, seed_dir
 from tests.conftest import make_config
 
 WORLD = 2
+TRAINED = ("lora", "structured-lora", "reptile", "maml", "abmll")
 
 
 def _free_port() -> int:
@@ -76,7 +77,7 @@ def test_primitives_average_deal_gather_and_agree(tmp_path: Path) -> None:
 
 
 def _config(out: Path):
-    return make_config(PluginManager(), learner=["lora", "abmll"], model="tiny", tasks="demo",
+    return make_config(PluginManager(), learner=list(TRAINED), model="tiny", tasks="demo",
                        device="cpu", epochs=1, max_train_tasks=4, max_eval_tasks=2,
                        query_cap=4, plots=False, tensorboard=False,
                        output_dir=str(out / "runs"), run_name="r", lr=1e-3, inner_lr=1e-3,
@@ -96,6 +97,7 @@ def _train(rank: int, out: Path) -> None:
 
 
 def test_two_ranks_train_one_model_on_different_tasks(tmp_path: Path) -> None:
+    """Every built-in learner that trains: the ranks end with bit-identical adapters."""
     before = set(Path(tempfile.gettempdir()).glob("metalora-rank*"))
     run_ranks(_train, tmp_path)
     run_dir = tmp_path / "runs" / "r"
@@ -104,7 +106,7 @@ def test_two_ranks_train_one_model_on_different_tasks(tmp_path: Path) -> None:
     assert set(Path(tempfile.gettempdir()).glob("metalora-rank*")) == before  # copies deleted
     summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in range(WORLD)]
     assert summaries[0] == summaries[1]
-    for name in ("lora", "abmll"):
+    for name in TRAINED:
         ranks = [torch.load(tmp_path / f"{name}-rank{r}.pt") for r in range(WORLD)]
         assert ranks[0].keys() == ranks[1].keys()
         for key in ranks[0]:  # the global adapters stay identical on every rank

@@ -123,6 +123,7 @@ class MamlLearner(SinglePairLearner):
     description = ("MAML through torch.func: K SGD inner steps, AdamW outer step on a query "
                    "batch, first-order by default (--second-order for the full meta-gradient).")
     Settings = MamlSettings
+    supports_distributed = True
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
@@ -150,13 +151,15 @@ class MamlLearner(SinglePairLearner):
                                    second_order=self.settings.second_order)
         for name, param in params.items():
             param.grad = result.grads[name].to(param.dtype)
+        query_loss = self.context.distributed.average_gradients(params.values(),
+                                                                result.query_loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         inner = result.inner_losses
-        components = {"nll": result.query_loss}
+        components = {"nll": query_loss}
         if inner:
             components.update(inner_nll_first=inner[0], inner_nll_last=inner[-1])
-        return StepLog(epoch=0, task=None, step=len(support), loss=result.query_loss,
+        return StepLog(epoch=0, task=None, step=len(support), loss=query_loss,
                        phase="outer", components=components)
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:

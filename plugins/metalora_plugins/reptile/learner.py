@@ -60,6 +60,7 @@ class ReptileLearner(SinglePairLearner):
     description = ("Reptile: 5 AdamW steps per task from theta, then "
                    "theta <- theta + eps (theta_i - theta), eps = 0.5 (baseline).")
     Settings = ReptileSettings
+    supports_distributed = True
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
@@ -102,8 +103,11 @@ class ReptileLearner(SinglePairLearner):
     def _outer_update(self, theta: dict[str, Tensor]) -> float:
         """Write ``theta + eps (theta_i - theta)`` in place; return the norm of the move."""
         epsilon = self.settings.reptile_epsilon
+        params = self._adapters.named_parameters()
+        # a torchrun run moves theta towards the mean of the ranks' theta_i
+        self.context.distributed.average_(params.values())
         squared = 0.0
-        for name, param in self._adapters.named_parameters().items():
+        for name, param in params.items():
             new = reptile_interpolate(theta[name], param, epsilon)
             squared += float((new - theta[name]).pow(2).sum())
             param.copy_(new)
