@@ -148,6 +148,8 @@ def make_run_command(plugins: PluginManager):
         try:
             summary = engine.execute()
         except RunInterrupted as exc:
+            if not engine.distributed.is_main:  # rank 0 says where the run is
+                raise typer.Exit(130) from None
             where = f" ({exc.detail})" if exc.detail else ""
             err_console.print(
                 f"[bold red]Interrupted[/bold red]{where}. Finished learners/seeds and the latest "
