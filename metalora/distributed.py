@@ -137,11 +137,6 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        """Wait for every rank."""
-        if self.active:
-            dist.barrier()
-
     def _device(self) -> torch.device:
         if dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
