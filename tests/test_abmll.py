@@ -54,15 +54,6 @@ from metalora_plugins.normal_gamma import NormalGammaPrior
 # -- fixtures and helpers ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matrices are fastest (and immune to a busy machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class FlatPrior(Prior):
     """A third-party prior: -log p = sum(mu^2) + sum(log_var^2)."""
 

@@ -111,15 +111,6 @@ class StubPlugin:
         register(NoValidationDemo())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run much faster single-threaded (and do not fight other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def plugins() -> PluginManager:
     pm = PluginManager(load_entry_points=True)

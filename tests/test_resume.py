@@ -15,7 +15,6 @@ import io
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +56,6 @@ class Interrupt(RunCallback):
     def on_epoch_end(self, learner: str, seed: int, epoch: int, validation: Any) -> None:
         if (learner, seed) == self.target and epoch == self.after_epoch:
             raise KeyboardInterrupt
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def plugins() -> PluginManager:
-    return PluginManager(load_entry_points=True)
 
 
 def engine(plugins: PluginManager, output: Path, callbacks=()) -> Engine:
