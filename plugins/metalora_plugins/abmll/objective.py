@@ -218,69 +218,50 @@ def _layer_backward(q: GaussianFactors, p: GaussianFactors, scaling: float, spec
                     with_kl: bool = True) -> tuple[Tensor, Tensor]:
     """One layer of :func:`backward_regularisers`; returns the detached (KL, prior) values.
 
-    Without ``with_kl`` only the prior term is evaluated and back-propagated
-    (the KL is 0 in the returned values).
+    The KL and its gradients come from :func:`add_kl_gradients` (the closed
+    form the fused path uses too), the prior's from autograd on the layer's
+    dense tensors. Without ``with_kl`` only the prior term is evaluated and
+    back-propagated (the KL is 0 in the returned values).
     """
     grad_on = torch.is_grad_enabled()
     need_q = with_kl and grad_on and beta != 0 and any(t.requires_grad for t in q.tensors())
     need_p = grad_on and any(t.requires_grad for t in p.tensors())
     need_prior_grad = need_p and prior is not None and gamma != 0
     need_p = need_p and ((with_kl and beta != 0) or need_prior_grad)
-    qd, pd = q.detach(), p.detach()
+    pd = p.detach()
     shape = (pd.v_B.shape[0], pd.v_A.shape[1])
 
-    def buffer(slot: int) -> Tensor | None:
-        return None if workspace is None else workspace.get(slot, shape, pd.v_A)
+    def buffer(slot: int) -> Tensor:
+        return scratch(workspace, slot, shape, pd.v_A)
 
     with torch.no_grad():
-        neg_lp, inside_p = scaled_log_var(pd.v_A, pd.v_B, scaling, spec, -1.0, out=buffer(1))
-        # -log p(theta): autograd on this layer's dense tensors only
-        nlp: Tensor = neg_lp.new_zeros(())
-        prior_grad_mu = prior_grad_lp = None
+        kl = nlp = pd.v_A.new_zeros(())
+        grad_mu_p = grad_log_var_p = None
         if prior is not None:
-            nlp, prior_grad_mu, prior_grad_lp = _prior_gradients(pd, scaling, gamma, prior,
-                                                                 need_prior_grad, neg_lp)
-        if not with_kl:
-            pairs = []
-            if need_prior_grad:
-                if inside_p is not None:
-                    prior_grad_lp.masked_fill_(~inside_p, 0.0)
-                pairs = _factor_grads(p, prior_grad_mu, 1.0, prior_grad_lp, 1.0, scaling)
-            if pairs:
-                torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
-            return neg_lp.new_zeros(()), nlp
-        lq, inside_q = scaled_log_var(qd.v_A, qd.v_B, scaling, spec, 1.0, out=buffer(0))
-        # KL in closed form, with its gradients w.r.t. the dense quantities
-        diff_B = torch.cat([qd.mu_B * scaling, pd.mu_B * -scaling], dim=1)
-        diff_A = torch.cat([qd.mu_A, pd.mu_A], dim=0)
-        diff = torch.mm(diff_B, diff_A, out=buffer(2))  # mu_q - mu_p
-        ratio = lq.add_(neg_lp)  # logv_q - logv_p
-        sum_log_ratio = ratio.sum()
-        ratio.exp_().sub_(1.0)  # var_q / var_p - 1 (summed as is: no cancellation against n)
-        inv_var_p = neg_lp.exp_()  # 1 / var_p
-        grad_diff = torch.mul(diff, inv_var_p, out=buffer(3))  # d(0.5 diff^2 / var_p)/d diff
-        quadratic = torch.dot(diff.view(-1), grad_diff.view(-1))
-        kl = 0.5 * (ratio.sum() - sum_log_ratio + quadratic)
+            # -log p(theta): autograd on this layer's dense tensors only
+            neg_lp, inside_p = scaled_log_var(pd.v_A, pd.v_B, scaling, spec, -1.0, out=buffer(1))
+            nlp, grad_mu_p, grad_log_var_p = _prior_gradients(pd, scaling, gamma, prior,
+                                                              need_prior_grad, neg_lp)
+            if grad_log_var_p is not None and inside_p is not None:
+                grad_log_var_p.masked_fill_(~inside_p, 0.0)
         pairs: list[tuple[Tensor, Tensor]] = []
-        if need_q or need_p:
-            if need_p:
-                # d KL / d logv_p = -0.5 * (var_q/var_p - 1 + diff^2/var_p)
-                # 1 / var_p is not needed any more: its buffer takes the result
-                grad_lp = torch.addcmul(ratio, diff, grad_diff, out=inv_var_p)
-                lp_scale = -0.5 * beta
-                if prior_grad_lp is not None:
-                    grad_lp, lp_scale = prior_grad_lp.add_(grad_lp, alpha=lp_scale), 1.0
-                if inside_p is not None:
-                    grad_lp.masked_fill_(~inside_p, 0.0)
-                grad_mu_p, mu_scale = grad_diff, -beta  # d KL / d mu_p = -diff / var_p
-                if prior_grad_mu is not None:
-                    grad_mu_p, mu_scale = prior_grad_mu.add_(grad_diff, alpha=-beta), 1.0
-                pairs += _factor_grads(p, grad_mu_p, mu_scale, grad_lp, lp_scale, scaling)
+        if with_kl:
+            sigma_q, inside_q = scaled_log_var(q.v_A.detach(), q.v_B.detach(), scaling, spec,
+                                               0.5, out=buffer(0))
+            grad_mu_q, grad_log_var2_q = buffer(1).zero_(), buffer(2).zero_()
+            kl, kl_mu_p, kl_log_var_p = add_kl_gradients(
+                q, p, scaling, spec, beta, sigma_q.exp_(), grad_mu_q, grad_log_var2_q,
+                inside_q, need_p, workspace)
+            if kl_mu_p is not None and kl_log_var_p is not None:
+                grad_mu_p = kl_mu_p if grad_mu_p is None else grad_mu_p.add_(kl_mu_p)
+                grad_log_var_p = (kl_log_var_p if grad_log_var_p is None
+                                  else grad_log_var_p.add_(kl_log_var_p))
             if need_q:
-                # d KL / d logv_q = 0.5 * (var_q/var_p - 1); d KL / d mu_q = diff / var_p
                 if inside_q is not None:
-                    ratio.masked_fill_(~inside_q, 0.0)
-                pairs += _factor_grads(q, grad_diff, beta, ratio, 0.5 * beta, scaling)
+                    grad_log_var2_q.masked_fill_(~inside_q, 0.0)
+                pairs += _factor_grads(q, grad_mu_q, 1.0, grad_log_var2_q, 0.5, scaling)
+        if need_p:
+            pairs += _factor_grads(p, grad_mu_p, 1.0, grad_log_var_p, 1.0, scaling)
     if pairs:
         torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
     return kl, nlp
