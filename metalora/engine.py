@@ -328,6 +328,17 @@ class Engine:
                 self.suite.validation = self.suite.validation[: self.run.max_eval_tasks]
         return self.suite
 
+    def load_test_episodes(self) -> tuple[Suite, dict[str, Metric], list[Episode]]:
+        """Load the suite and the model; the suite, the metrics and its test episodes.
+
+        A suite without test tasks is one error line.
+        """
+        suite = self.load_suite()
+        if not suite.test:
+            raise MetaloraError(f"suite '{suite.name}' has no test tasks")
+        self.load_model()
+        return suite, self.metrics(), [self.episodes.episode(t) for t in suite.test]
+
     def load_model(self) -> LoadedModel:
         """Load (once) the model named by ``model`` and build the batch machinery."""
         if self.loaded is None:

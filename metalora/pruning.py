@@ -529,12 +529,7 @@ def run_sweep(engine: Engine, run_dir: Path, ratios: Sequence[float], pruner: Pr
     ratios = parse_ratios(list(ratios))
     if scope not in SCOPES:
         raise unknown_choice("pruning scope", scope, SCOPES)
-    suite = engine.load_suite()
-    if not suite.test:
-        raise MetaloraError(f"suite '{suite.name}' has no test tasks")
-    engine.load_model()
-    metrics = engine.metrics()
-    episodes = [engine.episodes.episode(t) for t in suite.test]
+    suite, metrics, episodes = engine.load_test_episodes()
     summary = PruneSummary(
         run_dir=run_dir, out_dir=out_dir or sweep_dir(run_dir, pruner.name, scope),
         suite=suite.name, metric_names=list(metrics), ratios=ratios, pruner=pruner.name,

@@ -48,12 +48,7 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
         changes["data_dir"] = data_dir
     if changes:
         engine.run = dataclasses.replace(engine.run, **changes)
-    suite = engine.load_suite()
-    if not suite.test:
-        raise MetaloraError(f"suite '{suite.name}' has no test tasks")
-    engine.load_model()
-    metrics = engine.metrics()
-    episodes = [engine.episodes.episode(task) for task in suite.test]
+    suite, metrics, episodes = engine.load_test_episodes()
     out_dir = run_dir / EVAL_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{suite.name}"
     summary = RunSummary(run_dir=out_dir, suite=suite.name, metric_names=list(metrics),
                          protocol=dict(read_json(run_dir / METRICS_FILE, "run metrics")
