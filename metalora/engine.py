@@ -47,6 +47,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ from rich.progress import (
 )
 
 from metalora import logging_sinks
+from metalora.activity import doing, tag
 from metalora.batching import PromptEncoder
 from metalora.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng
 from metalora.config import (
@@ -84,6 +86,7 @@ from metalora.models import LoadedModel, load_model
 from metalora.models.checkpointing import enable_gradient_checkpointing
 from metalora.plugins import PluginManager
 from metalora.precision import autocast
+from metalora.progress_log import ProgressLog, format_metrics
 from metalora.records import Suite, Task
 from metalora.reporting import format_mean_se, write_results
 from metalora.rundir import (
@@ -94,6 +97,7 @@ from metalora.rundir import (
     METRICS_FILE,
     PLOTS_DIR,
     PREDICTIONS_FILE,
+    PROGRESS_FILE,
     STATE_FILE,
     TENSORBOARD_DIR,
     file_size,
@@ -255,6 +259,8 @@ class Engine:
         """Set by :meth:`from_run_dir`: the run directory to continue."""
         self.distributed = Distributed()
         """This process's rank: joined from the environment by :meth:`execute` under torchrun."""
+        self.progress_log = ProgressLog(self.console)
+        """Plain progress lines (console when it is not a terminal; ``progress.log``)."""
         self._validate_names()
         self.suite: Suite | None = None
         self.loaded: LoadedModel | None = None
@@ -318,9 +324,10 @@ class Engine:
             settings_cls = getattr(sampler, "Settings", None)
             settings = (build_settings(settings_cls, self.config.values)
                         if settings_cls is not None else None)
-            self.suite = sampler.load(DataOptions(
-                data_dir=data_dir, seed=0, skip_bad_records=self.run.skip_bad_records,
-                settings=settings))
+            with doing(f"loading suite {self.run.tasks!r}"):
+                self.suite = sampler.load(DataOptions(
+                    data_dir=data_dir, seed=0, skip_bad_records=self.run.skip_bad_records,
+                    settings=settings))
             if self.run.max_train_tasks is not None:
                 self.suite.train = self.suite.train[: self.run.max_train_tasks]
             if self.run.max_eval_tasks is not None:
@@ -343,7 +350,9 @@ class Engine:
         """Load (once) the model named by ``model`` and build the batch machinery."""
         if self.loaded is None:
             device = self.device()
-            self.loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype], device=device)
+            with doing(f"loading model {self.run.model!r}"):
+                self.loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype],
+                                         device=device, notify=self.note)
             if self.run.gradient_checkpointing:
                 enable_gradient_checkpointing(self.loaded.model, f"model {self.run.model!r}")
             encoder = PromptEncoder(self.loaded.tokenizer, max_length=self.run.max_length)
@@ -352,6 +361,10 @@ class Engine:
                 query_cap=self.run.query_cap, eval_batch_size=self.run.eval_batch_size,
                 seed=0, device=device)
         return self.loaded
+
+    def note(self, text: str) -> None:
+        """Tell the person running this something, on the engine's console (one plain line)."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def precision(self) -> contextlib.AbstractContextManager[None]:
         """The context for forward passes: ``torch.autocast`` as the ``autocast`` setting says."""
@@ -467,13 +480,19 @@ class Engine:
         if self.run.eval_every > 0 and not suite.validation:
             self.console.print(f"[dim]{suite.name} has no validation tasks: test metrics are "
                                "taken at the last epoch[/dim]")
-        if self.run.tensorboard and logging_sinks.tensorboard_writer_class() is None:
+        if (self.config.values.get("tensorboard") and
+                logging_sinks.tensorboard_writer_class() is None):  # said only when asked for
             self.console.print("[dim]tensorboard is not installed: TensorBoard logging "
                                "skipped (pip install tensorboard)[/dim]")
         run_dir = self._open_run_dir()
         self._state.update(pid=os.getpid(), host=socket.gethostname(),
                            resume=resume_command(run_dir))
         self._write_state(run_dir, "running")
+        if self.distributed.is_main:
+            self.progress_log.open(run_dir / PROGRESS_FILE)
+        self._progress_line(f"run directory {run_dir}: {', '.join(self.run.learner)} on "
+                            f"{suite.name} ({len(suite.train)} training, "
+                            f"{len(suite.validation)} validation, {len(suite.test)} test tasks)")
 
         validation_metrics = dict(metrics)
         select = self.run.select_metric
@@ -493,6 +512,7 @@ class Engine:
                     summary.results[name] = []
                     for seed in self.run.seeds:
                         summary.results[name].append(self.run_seed(name, seed, protocol))
+                        self._current = "writing the results"
                         summary.protocol["test_at"] = self._test_at(summary)
                         write_json(run_dir / METRICS_FILE, summary.to_dict())
                         write_results(summary, run_dir)
@@ -501,12 +521,15 @@ class Engine:
         except KeyboardInterrupt:
             self._write_state(run_dir, "interrupted")
             raise RunInterrupted(run_dir, self._current) from None
-        except BaseException:
+        except BaseException as exc:
+            tag(exc, f"running {self._current}" if self._current else "running")
             self._write_state(run_dir, "failed")
             raise
         else:
             self._write_state(run_dir, "finished")
+            self._progress_line("finished")
         finally:
+            self.progress_log.close()
             if not self.distributed.is_main:  # a rank's private copy of the run directory
                 shutil.rmtree(run_dir, ignore_errors=True)
         return summary
@@ -599,7 +622,7 @@ class Engine:
                 tested, selection = training.best_epoch, SELECTION_BEST
             else:
                 tested, selection = training.epoch, SELECTION_LAST
-            self._current = f"{name} seed {seed} while testing"
+            self._current = f"{name} seed {seed}, testing"
             with self.precision():
                 result = self.test(learner, name, seed, protocol.test, protocol.metrics)
             save_adapters(out / ADAPTERS_FILE, learner.adapters.snapshot(),
@@ -616,11 +639,18 @@ class Engine:
 
     @contextmanager
     def _progress(self) -> Iterator[Progress]:
+        """Progress bars in a terminal; elsewhere none (:meth:`_progress_line` reports)."""
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+            disable=not self.progress_log.bars)
         with progress:
             yield progress
+
+    def _progress_line(self, text: str) -> None:
+        """One plain progress line (rank 0 only): see :mod:`metalora.progress_log`."""
+        if self.distributed.is_main:
+            self.progress_log.line(text)
 
     def train(self, learner: Learner, name: str, seed: int, protocol: _Protocol,
               training: TrainingState, store: CheckpointStore, logger: RunLogger,
@@ -638,13 +668,15 @@ class Engine:
             completed=per_epoch * training.epoch)
         # The "last good adapters" before any epoch has finished are the initial ones.
         initial = learner.adapters.snapshot() if not store.exists() else None
+        started = time.perf_counter()
         while training.trains and training.epoch < epochs:
             epoch = training.epoch
-            self._current = f"{name} seed {seed} during epoch {epoch + 1}"
-            steps = 0
+            self._current = f"{name} seed {seed}, training epoch {epoch + 1}"
+            steps, loss_sum = 0, 0.0
             for step in learner.train_epoch(self._epoch_tasks(protocol.tasks, seed, epoch),
                                             epoch):
                 steps += 1
+                loss_sum += step.loss
                 training.global_step += 1
                 logger.step(step, training.global_step)
                 for callback in self.callbacks:
@@ -665,8 +697,13 @@ class Engine:
             if steps == 0 and epoch == 0:
                 training.trains = False
                 progress.update(bar, total=0, description=f"{name} seed {seed}: no training")
+                self._progress_line(f"{name} seed {seed}: no training (tested as it is)")
                 break
             training.epoch += 1
+            self._progress_line(
+                f"{name} seed {seed}: epoch {training.epoch}/{epochs} done, "
+                f"{time.perf_counter() - started:.1f} s elapsed, {steps} steps, "
+                f"mean loss {loss_sum / steps:.4f}")
             record = None
             if protocol.validation and training.epoch % self.run.eval_every == 0:
                 record = self._validate(learner, name, seed, protocol, training, logger,
@@ -684,8 +721,9 @@ class Engine:
                   training: TrainingState, logger: RunLogger,
                   progress: Progress) -> dict[str, Any]:
         """Validate, update the best epoch, log; return the validation record."""
-        self._current = f"{name} seed {seed} while validating epoch {training.epoch}"
+        self._current = f"{name} seed {seed}, validating epoch {training.epoch}"
         bar = progress.add_task(f"{name} seed {seed}: validate", total=len(protocol.validation))
+        started = time.perf_counter()
         result = self._evaluate(learner, protocol.validation, protocol.validation_metrics, seed,
                                 on_task=lambda _task: progress.advance(bar))
         progress.remove_task(bar)
@@ -695,6 +733,11 @@ class Engine:
         improved = best is None or (value > best if protocol.higher_is_better else value < best)
         if improved:
             training.best_epoch, training.best_value = training.epoch, value
+        self._progress_line(
+            f"{name} seed {seed}: validated epoch {training.epoch} "
+            f"({len(protocol.validation)} tasks, {time.perf_counter() - started:.1f} s): "
+            f"{format_metrics(metrics)}; best {protocol.select_metric} at epoch "
+            f"{training.best_epoch}")
         record = {"epoch": training.epoch, **metrics}
         training.history.append(record)
         logger.validation(training.epoch, metrics, best=improved)
@@ -702,7 +745,7 @@ class Engine:
 
     def _checkpoint(self, learner: Learner, training: TrainingState, store: CheckpointStore,
                     logger: RunLogger, record: dict[str, Any] | None) -> None:
-        self._current = f"{logger.learner} seed {logger.seed} while saving epoch {training.epoch}"
+        self._current = f"{logger.learner} seed {logger.seed}, saving epoch {training.epoch}"
         training.log_offset = logger.flush()
         store.save(learner.adapters.snapshot(), learner.state_dict(),
                    capture_rng(learner.context.rng, learner.context.device), training,
@@ -722,10 +765,15 @@ class Engine:
     def test(self, learner: Learner, name: str, seed: int, episodes: list[Episode],
              metrics: dict[str, Metric]) -> EvalResult:
         """Evaluate on the test episodes with the shared protocol."""
+        started = time.perf_counter()
         with self._progress() as progress:
             bar = progress.add_task(f"{name} seed {seed}: test", total=len(episodes))
-            return self._evaluate(learner, episodes, metrics, seed,
-                                  on_task=lambda _task: progress.advance(bar))
+            result = self._evaluate(learner, episodes, metrics, seed,
+                                    on_task=lambda _task: progress.advance(bar))
+        self._progress_line(
+            f"{name} seed {seed}: tested ({len(episodes)} tasks, "
+            f"{time.perf_counter() - started:.1f} s): {format_metrics(result.macro)}")
+        return result
 
     def _evaluate(self, learner: Learner, episodes: list[Episode], metrics: dict[str, Metric],
                   seed: int, on_task: Callable[[str], None] | None = None) -> EvalResult:

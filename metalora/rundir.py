@@ -8,6 +8,7 @@
       metrics.json                test metrics per learner and seed, validation history, mean ± SE
       results.csv, results.json   the paper's Table 1 layout: one row per learner, mean ± SE
       log.jsonl                   one line per optimisation step and per validation
+      progress.log                one plain line per finished epoch, validation and test
       tensorboard/<learner>/seed-<s>/   TensorBoard event files (when tensorboard is installed)
       plots/validation.png        validation accuracy and ECE over epochs (paper Figure 2)
       plots/reliability-<learner>.png   reliability diagram of the test predictions
@@ -46,6 +47,7 @@ METRICS_FILE = "metrics.json"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 LOG_FILE = "log.jsonl"
+PROGRESS_FILE = "progress.log"
 ADAPTERS_FILE = "adapters.safetensors"
 PREDICTIONS_FILE = "predictions.safetensors"
 CHECKPOINT_DIR = "checkpoints"

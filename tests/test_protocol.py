@@ -16,6 +16,7 @@ import io
 import json
 import math
 import random
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,44 @@ def test_tensorboard_missing_is_one_note(plugins, tmp_path, monkeypatch) -> None
     run(plugins, tmp_path, console=Console(file=out, width=200), learner="stub", epochs=1,
         seeds="0", tensorboard=True)
     assert out.getvalue().count("tensorboard is not installed") == 1
+
+
+def test_tensorboard_missing_is_said_only_when_asked_for(plugins, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(logging_sinks, "tensorboard_writer_class", lambda: None)
+    out = io.StringIO()
+    run(plugins, tmp_path, console=Console(file=out, width=200), learner="stub", epochs=1,
+        seeds="0")
+    assert "tensorboard is not installed" not in out.getvalue()
+
+
+# -- progress a person can follow ---------------------------------------------------------
+def test_progress_lines_when_the_output_is_not_a_terminal(plugins, tmp_path) -> None:
+    out = io.StringIO()
+    summary = run(plugins, tmp_path, console=Console(file=out, width=200), learner="stub",
+                  epochs=2, seeds="0")
+    lines = out.getvalue().splitlines()
+
+    def one(prefix: str) -> str:
+        (line,) = [line for line in lines if prefix in line]
+        return line
+
+    assert re.search(r"stub seed 0: epoch 1/2 done, [\d.]+ s elapsed, \d+ steps, "
+                     r"mean loss 1\.0000", one("epoch 1/2 done"))
+    assert "accuracy 25.0%" in one("validated epoch 1 ") and "best accuracy at epoch 1" in \
+        one("validated epoch 1 ")
+    assert "accuracy 50.0%" in one("validated epoch 2 ")
+    assert one("stub seed 0: tested (")
+    assert not any("━" in line for line in lines)  # no progress bar drawn
+    log = (summary.run_dir / "progress.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in log] == [line.split("] ", 1)[1] for line in lines
+                                                      if line.startswith("[")]
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", line) for line in log)
+    assert log[-1].endswith(" finished")
+
+
+def test_no_progress_lines_on_a_terminal_but_still_in_the_log(plugins, tmp_path) -> None:
+    out = io.StringIO()
+    summary = run(plugins, tmp_path, console=Console(file=out, width=200, force_terminal=True),
+                  learner="stub", epochs=1, seeds="0")
+    assert "epoch 1/1 done" not in out.getvalue()
+    assert "epoch 1/1 done" in (summary.run_dir / "progress.log").read_text()

@@ -11,6 +11,7 @@ Aliases:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,8 @@ import torch
 from torch import nn
 
 from metalora.errors import MetaloraError
+from metalora.models.quiet import quiet_transformers
 from metalora.models.smollm2 import cached_checkpoint, load_smollm2
-from metalora.models.tiny import build_tiny
 
 ALIASES = {
     "tiny": "random-init 2-layer Llama with a hashed word tokenizer (tests; no download)",
@@ -38,12 +39,21 @@ class LoadedModel:
 
 
 def load_model(name: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-               attn_implementation: str | None = None) -> LoadedModel:
-    """Load an alias, a local directory or a Hugging Face hub id, frozen and in eval mode."""
+               attn_implementation: str | None = None,
+               notify: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load an alias, a local directory or a Hugging Face hub id, frozen and in eval mode.
+
+    transformers is imported here, not when :mod:`metalora.models` is: commands
+    that load no model stay fast. Its progress bars and warnings are silenced;
+    ``notify`` is told about one-off work (the first conversion of smollm2-135m).
+    """
+    quiet_transformers()
     if name == "tiny":
+        from metalora.models.tiny import build_tiny
+
         model, tokenizer = build_tiny(attn_implementation=attn_implementation)
     elif name == "smollm2-135m":
-        model, tokenizer = load_smollm2(attn_implementation=attn_implementation)
+        model, tokenizer = load_smollm2(attn_implementation=attn_implementation, notify=notify)
     else:
         model, tokenizer = _load_hf(name, attn_implementation, dtype)
     model = model.to(device=device, dtype=dtype)

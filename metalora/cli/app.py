@@ -1,4 +1,4 @@
-"""The ``metalora`` command line (Typer + rich).
+"""The ``metalora`` application (Typer + rich); :func:`metalora.cli.main` runs it.
 
 The ``run`` command's options are generated from the settings the core and
 every registered plugin declare (:mod:`metalora.settings`), so a plugin's
@@ -64,6 +64,12 @@ class MetaloraGroup(TyperGroup):
             raise typer.Exit(130) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"metalora {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 def build_app(plugins: PluginManager | None = None) -> typer.Typer:
     """The CLI application for a plugin manager (the process-wide one by default)."""
     plugins = plugins or get_plugin_manager()
@@ -75,12 +81,10 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
     def main_options(
         ctx: typer.Context,
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-        version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+        version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                     help="Print the version and exit."),
     ) -> None:
         """Meta-learning for LoRA fine-tuning of causal LMs: ABMLL, Reptile and baselines."""
-        if version:
-            console.print(f"metalora {__version__}")
-            raise typer.Exit()
         if ctx.invoked_subcommand not in (None, "run"):
             refuse_multi_process(f"metalora {ctx.invoked_subcommand}")
 
@@ -300,17 +304,12 @@ def make_tasks_command(plugins: PluginManager):
 def _format_plugin_warning(message, category, filename, lineno, line=None) -> str:
     if issubclass(category, PluginLoadWarning):
         return f"Warning: {message}\n"
-    return warnings._formatwarning_orig(message, category, filename, lineno, line)  # type: ignore[attr-defined]
+    return _original_formatwarning(message, category, filename, lineno, line)
 
 
-def main() -> None:
-    """Entry point of the ``metalora`` console script."""
-    warnings._formatwarning_orig = warnings.formatwarning  # type: ignore[attr-defined]
+_original_formatwarning = warnings.formatwarning
+
+
+def install_warning_format() -> None:
+    """Show plugin load warnings as one ``Warning:`` line (other warnings as usual)."""
     warnings.formatwarning = _format_plugin_warning  # type: ignore[assignment]
-    try:
-        app = build_app()
-    except MetaloraError as exc:
-        err_console.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False,
-                          soft_wrap=True)
-        raise SystemExit(1) from None
-    app()

@@ -1,0 +1,61 @@
+"""Plain progress lines a person can follow, in a terminal or not.
+
+In a terminal a run draws rich progress bars. Where the output is not a
+terminal (``nohup``, CI, a batch scheduler's log) bars would appear only when
+a learner/seed ends, so the run prints one plain line per finished epoch,
+validation and test instead. The same lines, with a timestamp, always go to
+``RUN_DIR/progress.log``::
+
+    2026-12-01T10:31:07 lora seed 0: epoch 1/3 done, 41.2 s elapsed, mean loss 0.6931
+    2026-12-01T10:31:19 lora seed 0: validated epoch 1 (5 tasks, 12.0 s): accuracy 45.0%, ...
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``accuracy 45.0%, ece 0.123``: accuracy as a percentage, the rest with 4 digits."""
+    parts = []
+    for name, value in metrics.items():
+        parts.append(f"{name} {100 * value:.1f}%" if name == "accuracy" else f"{name} {value:.4g}")
+    return ", ".join(parts)
+
+
+class ProgressLog:
+    """Writes progress lines to the console (when it is not a terminal) and to a file."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._file: TextIO | None = None
+
+    @property
+    def bars(self) -> bool:
+        """Whether rich progress bars are shown (only in a terminal)."""
+        return self.console.is_terminal
+
+    def open(self, path: Path) -> None:
+        """Append the lines to ``path`` from now on (a resumed run continues the file)."""
+        self.close()
+        self._file = path.open("a", encoding="utf-8")
+
+    def line(self, text: str) -> None:
+        """One progress line."""
+        stamp = datetime.now().isoformat(timespec="seconds")
+        if not self.bars:
+            self.console.print(f"[{stamp[11:]}] {text}", markup=False, highlight=False,
+                               soft_wrap=True)
+        if self._file is not None:
+            self._file.write(f"{stamp} {text}\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        """Stop writing to the file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
