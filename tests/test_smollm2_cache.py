@@ -31,9 +31,9 @@ def test_the_first_load_converts_once_and_says_where(tiny_gguf, tmp_path, capsys
     assert cached == tmp_path / "cache" / "models" / "smollm2-135m-instruct"
     assert len(notes) == 2
     assert "converting" in notes[0] and str(cached) in notes[0]
-    assert f"about {smollm2.APPROX_CACHE_MB} MB" in notes[0]
-    size_mb = smollm2.directory_size(cached) / 1e6
-    assert f"{size_mb:.0f} MB in {cached}" in notes[1]
+    assert f"about {smollm2.APPROX_CACHE_MIB} MiB" in notes[0]
+    size_mib = smollm2.directory_size(cached) / 2**20
+    assert f"{size_mib:.0f} MiB in {cached}" in notes[1]
 
     second = load_model("smollm2-135m", notify=notes.append)
     assert len(notes) == 2  # nothing to say the second time

