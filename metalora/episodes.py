@@ -4,8 +4,13 @@
   task's rows with the learner's seeded RNG.
 * Evaluated tasks: a seeded split (per task name and seed, so independent of
   the order tasks are visited in) into a support set of ``support_batches x
-  batch_size`` records (10 by default, SPEC section 3.4) and a query set, the
-  rest, optionally capped.
+  batch_size`` records (10 by default) and a query set, the rest, optionally
+  capped.
+* Query batches group prompts of similar length (sorted by token count
+  within the task), so little of a batch is padding; :attr:`Episode.query_order`
+  maps the scored examples back to the query set's order, in which every
+  result is reported. Support batches keep their seeded order: which examples
+  share an adaptation step is part of the protocol.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor
 
 from metalora.batching import Batch, PromptEncoder
 from metalora.errors import MetaloraError
@@ -26,10 +34,21 @@ class Episode:
     task: str
     support: list[Batch]
     query: list[Batch]
+    query_order: list[int] | None = None
+    """For the examples of ``query`` in batch order, their positions in the query set
+    (``None``: batch order is the query set's order)."""
 
     @property
     def query_size(self) -> int:
         return sum(len(b) for b in self.query)
+
+    def in_query_order(self, rows: Tensor) -> Tensor:
+        """Rows given in batch order (one per query example), put in the query set's order."""
+        if self.query_order is None:
+            return rows
+        ordered = torch.empty_like(rows)
+        ordered[torch.tensor(self.query_order, dtype=torch.long)] = rows
+        return ordered
 
 
 class EpisodeSampler:
@@ -37,7 +56,7 @@ class EpisodeSampler:
 
     def __init__(self, encoder: PromptEncoder, batch_size: int = 2, support_batches: int = 5,
                  query_cap: int | None = None, eval_batch_size: int = 8, seed: int = 0,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", group_query_by_length: bool = True) -> None:
         if batch_size < 1:
             raise MetaloraError(f"batch_size must be at least 1, got {batch_size}")
         self.encoder = encoder
@@ -47,6 +66,7 @@ class EpisodeSampler:
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.device = device
+        self.group_query_by_length = group_query_by_length
 
     def encode(self, records: Sequence[TaskRecord]) -> Batch:
         """Encode records and move them to the run's device."""
@@ -82,6 +102,11 @@ class EpisodeSampler:
             query_records = query_records[: self.query_cap]
         support = [self.encode(support_records[i: i + self.batch_size])
                    for i in range(0, n_support, self.batch_size)]
+        order = None
+        if self.group_query_by_length:
+            lengths = [len(self.encoder.prompt_ids(r)) for r in query_records]
+            order = sorted(range(len(query_records)), key=lengths.__getitem__)
+            query_records = [query_records[i] for i in order]
         query = [self.encode(query_records[i: i + self.eval_batch_size])
                  for i in range(0, len(query_records), self.eval_batch_size)]
-        return Episode(task=task.name, support=support, query=query)
+        return Episode(task=task.name, support=support, query=query, query_order=order)

@@ -121,12 +121,12 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], metrics: Mapping[str
             try:
                 learner.adapt(episode.support)
                 with torch.no_grad():
-                    probs = torch.cat(
-                        [learner.predict_proba(b).float().cpu() for b in episode.query])
+                    probs = episode.in_query_order(torch.cat(
+                        [learner.predict_proba(b).float().cpu() for b in episode.query]))
             finally:
                 handle.restore(snapshot)
-        targets = torch.cat([b.targets.cpu() for b in episode.query])
-        mask = torch.cat([b.option_mask.cpu() for b in episode.query])
+        targets = episode.in_query_order(torch.cat([b.targets.cpu() for b in episode.query]))
+        mask = episode.in_query_order(torch.cat([b.option_mask.cpu() for b in episode.query]))
         result.tasks.append(TaskResult(
             task=episode.task, metrics=compute_metrics(metrics, probs, targets, mask),
             probs=probs, targets=targets, option_mask=mask))

@@ -83,3 +83,40 @@ def test_evaluation_adapts_then_restores_the_adapters_bit_for_bit(plugins, tmp_p
     assert all(torch.equal(after[k], before[k]) for k in before)
     assert set(result.macro) >= {"accuracy", "ece"}
     assert [t.task for t in result.tasks] == [t.name for t in suite.test]
+
+
+def _padded_positions(episode) -> int:
+    return sum(b.input_ids.numel() for b in episode.query)
+
+
+@pytest.mark.parametrize("learner_name", ["pretrained", "lora", "abmll"])
+def test_length_grouped_query_batches_give_the_source_order_results(plugins, tmp_path,
+                                                                      learner_name):
+    """Grouping changes only which prompts share a batch: every probability stays put."""
+    from metalora.engine import Engine
+
+    engine = Engine(make_config(plugins, model="tiny", learner=[learner_name], adapt_lr=0.05,
+                                eval_batch_size=4, sampling="mean",
+                                output_dir=str(tmp_path)), plugins)
+    learner = engine.build_learner(learner_name, seed=0)
+    with torch.no_grad():
+        for p in learner.adapters.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    suite = engine.load_suite()
+    encoder = engine.episodes.encoder
+    grouped = EpisodeSampler(encoder, eval_batch_size=4)
+    source = EpisodeSampler(encoder, eval_batch_size=4, group_query_by_length=False)
+    grouped_episodes = [grouped.episode(t) for t in suite.test]
+    source_episodes = [source.episode(t) for t in suite.test]
+    assert all(e.query_order is not None and sorted(e.query_order) == list(range(e.query_size))
+               for e in grouped_episodes)
+    assert sum(map(_padded_positions, grouped_episodes)) < \
+        sum(map(_padded_positions, source_episodes))
+    metrics = engine.metrics()
+    a = evaluate(learner, grouped_episodes, metrics)
+    b = evaluate(learner, source_episodes, metrics)
+    for mine, theirs in zip(a.tasks, b.tasks, strict=True):
+        assert torch.equal(mine.targets, theirs.targets)
+        assert torch.equal(mine.option_mask, theirs.option_mask)
+        torch.testing.assert_close(mine.probs, theirs.probs, rtol=0, atol=1e-5)
+        assert mine.metrics == pytest.approx(theirs.metrics, abs=1e-5)
