@@ -688,6 +688,47 @@ def test_outer_gradient_with_kl_and_prior_matches_autograd_reference(build) -> N
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_literal_outer_gradient_is_only_the_kl_and_the_prior(build) -> None:
+    """Algorithm 1 as written: phi is an independent leaf, so grad_theta = beta dKL/dtheta
+    + gamma d(-log p)/dtheta, and the NLL contributes exactly nothing."""
+    beta, gamma = 1e-2, 1e-3
+    learner, suite = build(beta=beta, gamma=gamma, sampling="mean", log_var_init=-3.0,
+                           meta_gradient="literal")
+    randomise(learner, scale=0.05)
+    handle = learner.adapters
+    batch = first_batch(learner, suite)
+    theta = handle.named_parameters(GLOBAL_PAIRS)
+    layers = list(handle.layers.values())
+    nll = answer_loss(learner.context.model, batch)
+    from_nll = torch.autograd.grad(nll, list(theta.values()), allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in from_nll)
+    terms = regulariser_terms(layers, task_factors, global_factors, learner.spec, learner.prior)
+    expected = dict(zip(theta, torch.autograd.grad(beta * terms.kl + gamma * terms.prior,
+                                                   list(theta.values())), strict=True))
+    loss, components = learner.outer_step(batch, apply=False)
+    assert components["nll"] == pytest.approx(float(nll.detach()), rel=1e-6)
+    assert loss == pytest.approx(components["nll"] + beta * components["kl"]
+                                 + gamma * components["prior"])
+    for name, p in theta.items():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-9)
+        assert p.grad.abs().sum() > 0, name
+    for p in handle.parameters(TASK_PAIRS):
+        assert p.grad is None
+
+
+def test_literal_outer_gradient_without_kl_and_prior_is_zero(build) -> None:
+    """With beta = gamma = 0 the literal reading leaves theta where it is, noise or not."""
+    learner, suite = build(beta=0.0, gamma=0.0, log_var_init=-3.0, meta_gradient="literal")
+    randomise(learner, scale=0.05)
+    before = learner.adapters.snapshot(GLOBAL_PAIRS)
+    learner.outer_step(first_batch(learner, suite))
+    after = learner.adapters.snapshot(GLOBAL_PAIRS)
+    # AdamW's weight decay is the only change: theta * (1 - lr * wd)
+    decay = 1 - learner.settings.outer_lr * learner.settings.weight_decay
+    for name in before:
+        torch.testing.assert_close(after[name], before[name] * decay, rtol=1e-6, atol=1e-9)
+
+
 # -- epochs, logs, adaptation, evaluation ------------------------------------------------------
 
 

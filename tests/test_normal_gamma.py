@@ -81,3 +81,46 @@ def test_engine_builds_it_with_configured_settings(plugins: PluginManager) -> No
     prior = Engine(config, plugins).make_prior("normal-gamma")
     assert isinstance(prior, NormalGammaPrior)
     assert (prior.a0, prior.b0) == (3.0, 0.5)
+
+
+def reference_in_log_variance(mu: torch.Tensor, log_var: torch.Tensor, a0: float,
+                              b0: float) -> torch.Tensor:
+    """-log density of (mu, log_var) when precision ~ Gamma(a0, b0) and log_var = -log tau."""
+    from torch.distributions import AffineTransform, ExpTransform, TransformedDistribution
+
+    gamma = Gamma(torch.tensor(a0, dtype=mu.dtype), torch.tensor(b0, dtype=mu.dtype))
+    of_log_var = TransformedDistribution(gamma, [ExpTransform().inv, AffineTransform(0.0, -1.0)])
+    return -(Normal(0.0, 1.0).log_prob(mu) + of_log_var.log_prob(log_var)).sum()
+
+
+@pytest.mark.parametrize(("a0", "b0"), [(1.0, 0.01), (2.5, 0.3)])
+def test_prior_jacobian_is_a_density_of_the_log_variance(a0: float, b0: float) -> None:
+    gen = torch.Generator().manual_seed(2)
+    mu = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    log_var = (torch.randn(5, 3, generator=gen, dtype=torch.float64) * 2 - 3).requires_grad_()
+    prior = NormalGammaPrior(NormalGammaSettings(a0=a0, b0=b0, prior_jacobian=True))
+    value = prior.negative_log_density(mu, log_var)
+    expected = reference_in_log_variance(mu, log_var, a0, b0)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-9)
+    ours = torch.autograd.grad(value, log_var)[0]
+    theirs = torch.autograd.grad(expected, log_var)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    # off, the value is the literal density of the precision (today's numbers)
+    literal = NormalGammaPrior(NormalGammaSettings(a0=a0, b0=b0))
+    torch.testing.assert_close(literal.negative_log_density(mu, log_var.detach()),
+                               reference(mu, log_var.detach(), a0, b0), rtol=1e-12, atol=1e-9)
+
+
+def test_prior_jacobian_has_its_mode_at_precision_a0_over_b0() -> None:
+    a0, b0 = 1.0, 0.01
+    prior = NormalGammaPrior(NormalGammaSettings(a0=a0, b0=b0, prior_jacobian=True))
+    grid = torch.linspace(-20, 5, 501, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+
+    def curve(p: NormalGammaPrior) -> torch.Tensor:
+        return torch.stack([p.negative_log_density(zero, v.reshape(1)) for v in grid])
+
+    best = grid[curve(prior).argmin()]
+    assert float(best) == pytest.approx(-math.log(a0 / b0), abs=0.03)
+    literal = curve(NormalGammaPrior(NormalGammaSettings(a0=a0, b0=b0)))
+    assert bool((literal[1:] < literal[:-1]).all())  # no mode: it always pushes sigma up

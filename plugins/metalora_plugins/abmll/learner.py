@@ -9,10 +9,20 @@ order:
    (theta is detached), a fresh batch of the task each step;
 3. one outer AdamW step (``outer_lr``) on a fresh batch, on
    ``NLL + beta * KL + gamma * (-log p(theta))`` with respect to theta only.
-   First-order meta-gradient: phi's factors enter as
-   ``theta + stopgrad(phi - theta)`` (exactly phi's value), so the NLL
-   gradient at phi reaches theta as in first-order MAML and the KL reaches
-   theta both directly and through phi's factors.
+   The paper leaves open how phi depends on theta there; ``meta_gradient``
+   chooses the reading:
+
+   * ``first-order`` (default): phi's factors enter as
+     ``theta + stopgrad(phi - theta)`` (exactly phi's value), so the NLL
+     gradient at phi reaches theta as in first-order MAML and the KL reaches
+     theta both directly and through phi's factors (where its two arguments'
+     gradients largely cancel);
+   * ``literal``: Algorithm 1 as written. phi is a separate copy that does
+     not depend on theta, so the NLL contributes nothing to theta's
+     gradient: it comes only from ``beta * KL(q(phi) || p(phi | theta))``
+     (a ``1/sigma_theta^2``-weighted pull of theta towards phi) and
+     ``gamma * (-log p(theta))``. The outer NLL is still evaluated (without
+     gradient) for the log.
 
 Test-time adaptation (:meth:`ABMLLLearner.adapt`) is the inner loop on the
 support set with the run's ``adapt_steps`` / ``adapt_lr``, starting from the
@@ -73,7 +83,8 @@ from metalora_plugins.abmll.pairs import (
 )
 from metalora_plugins.abmll.sampling import SAMPLING_MODES, ABMLLDelta
 
-META_GRADIENTS: tuple[str, ...] = ("first-order",)
+FIRST_ORDER, LITERAL = "first-order", "literal"
+META_GRADIENTS: tuple[str, ...] = (FIRST_ORDER, LITERAL)
 
 
 @dataclass(frozen=True)
@@ -113,9 +124,10 @@ class ABMLLSettings:
                   "trick (exact marginals, independent per token); 'mean' = no noise.",
         choices=SAMPLING_MODES)
     meta_gradient: str = setting(
-        "first-order", "ABMLL meta-gradient: 'first-order' passes the NLL gradient at phi to "
-                       "theta through theta + stopgrad(phi - theta) (SPEC 3.4). Second order "
-                       "is not implemented.",
+        FIRST_ORDER, "ABMLL outer-step reading: 'first-order' passes the NLL gradient at phi "
+                     "to theta through theta + stopgrad(phi - theta); 'literal' (Algorithm 1 "
+                     "as written) treats phi as a separate copy, so theta's gradient comes "
+                     "only from beta*KL and gamma*(-log p(theta)).",
         choices=META_GRADIENTS)
     prior: str = setting(
         "normal-gamma", "ABMLL prior p(theta), by registered name (see `metalora plugins`).")
@@ -208,6 +220,8 @@ class ABMLLLearner(Learner):
         layers = self._adapters.layers.values()
         if not outer and self._task_equals_global():
             return self._nll_backward(batch), 0.0, 0.0
+        if outer and self.settings.meta_gradient == LITERAL:
+            return self._literal_outer_backward(batch)
         request = KLRequest(weight=self.beta, detach_theta=not outer)
         nll = self._nll_backward(batch, request)
         if outer:
@@ -220,6 +234,22 @@ class ABMLLLearner(Learner):
                 layers, task_factors, lambda layer: global_factors(layer, detach=True),
                 self.spec, self.beta, 0.0, None, self.delta.workspace, kl_done=request.done)
         return nll, float(reg.kl) + float(request.total()), float(reg.prior)
+
+    def _literal_outer_backward(self, batch: Batch) -> tuple[float, float, float]:
+        """The outer gradients when phi is an independent copy: only the KL and the prior.
+
+        The NLL at phi does not depend on theta, so it is evaluated without a
+        gradient (for the log); phi's factors are detached leaves.
+        """
+        n = 1 if self.settings.sampling == "mean" else self.settings.train_samples
+        with torch.no_grad():
+            nll = sum(float(answer_loss(self.context.model, batch,
+                                        over=self.context.run.train_loss))
+                      for _ in range(n)) / n
+        reg = backward_regularisers(
+            self._adapters.layers.values(), lambda layer: task_factors(layer).detach(),
+            global_factors, self.spec, self.beta, self.gamma, self.prior, self.delta.workspace)
+        return nll, float(reg.kl), float(reg.prior)
 
     def prior_value(self) -> float:
         """``-log p(theta)`` of the current global pairs (0 without a prior)."""
@@ -246,7 +276,7 @@ class ABMLLLearner(Learner):
     def outer_step(self, batch: Batch, apply: bool = True) -> tuple[float, dict[str, float]]:
         """One step on ``NLL + beta * KL + gamma * (-log p(theta))`` w.r.t. the global pairs only.
 
-        First-order meta-gradient through ``theta + stopgrad(phi - theta)``.
+        The meta-gradient follows ``meta_gradient`` (see the module docstring).
         With ``apply=False`` the gradients are left in ``.grad`` and no step
         is taken (for inspection). The step is not applied when the loss is
         not finite.
