@@ -180,16 +180,17 @@ class CheckpointStore:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
-    """Read a checkpoint's state file.
+    """Read a checkpoint's state file, never unpickling arbitrary objects.
 
-    Tensors, numbers, strings and containers load with ``weights_only=True``.
-    A learner whose ``state_dict()`` holds other Python objects needs full
-    unpickling; the file was written by this run itself, so that is allowed
-    as a fallback.
+    Only tensors, numbers, strings and containers load (``weights_only=True``):
+    a run directory may come from someone else, and full unpickling can run
+    any code. A learner's ``state_dict()`` must therefore hold only those.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        raise MetaloraError(
+            f"checkpoint {str(path)!r} holds objects other than tensors, numbers, strings and "
+            "containers; it is not loaded (unpickling them could run code)") from None
     except (OSError, RuntimeError, EOFError) as exc:
         raise MetaloraError(f"checkpoint {str(path)!r} is unreadable: {exc}") from None

@@ -211,3 +211,33 @@ def test_sigterm_is_handled_like_ctrl_c(plugins, tmp_path) -> None:
                callbacks=[Terminate()]).execute()
     assert json.loads((tmp_path / "run" / "state.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (what a crafted checkpoint could do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_checkpoint_is_refused_without_running_it(plugins, tmp_path) -> None:
+    """--resume never unpickles arbitrary objects: one error line naming the file."""
+    import pickle
+
+    with pytest.raises(RunInterrupted) as caught:
+        engine(plugins, tmp_path, callbacks=[Interrupt("lora", 0, after_epoch=1)]).execute()
+    run_dir = caught.value.run_dir
+    checkpoints = seed_dir(run_dir, "lora", 0) / "checkpoints"
+    (state,) = checkpoints.glob("epoch-*.pt")
+    marker = tmp_path / "pwned"
+    state.write_bytes(pickle.dumps({"rng": _Payload(marker)}))
+    result = CliRunner().invoke(build_app(plugins), ["run", "--resume", str(run_dir)])
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines()
+             if line.startswith(("Error", "Traceback"))]
+    assert len(lines) == 1 and str(state) in lines[0], result.output
+    assert "not loaded" in lines[0]
