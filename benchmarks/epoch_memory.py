@@ -4,11 +4,19 @@ Usage::
 
     python benchmarks/epoch_memory.py [--data-dir DIR] [--learners lora,structured-lora,...]
                                       [--task-counts 10,34] [--model smollm2-135m]
+                                      [--max-length 64] [--steps 1]
 
 Each (learner, task count) is one ``metalora run`` process on the real
 cls-45 suite (``--data-dir``, default ``../shared/data/crossfit`` beside the
 repository): one epoch over the first N training tasks, no validation, and a
 minimal test (one task, two queries) so that the epoch is what is measured.
+Every learner takes ``--steps`` steps per task (``steps_per_task`` /
+``inner_steps``; what persists between steps does not depend on how many
+there are), and prompts are cut to ``--max-length`` tokens (64: nearly every
+task has prompts that long): the peak of an epoch follows its longest batch,
+and cls-45's later training tasks have much longer prompts than its first
+ten (imdb, ethos), so without a common cap the comparison would measure
+prompt length, not the number of tasks.
 The peak resident set size of that process (``ru_maxrss`` from ``wait4``,
 glibc's mmap threshold pinned at 128 KiB so that freed tensors go back to
 the system) is printed per learner and task count, with the ratio between
@@ -50,11 +58,14 @@ def main() -> None:
     parser.add_argument("--task-counts", default="10,34")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args()
     counts = [int(c) for c in args.task_counts.split(",")]
     env = {**os.environ, **PINNED_MALLOC, "OMP_NUM_THREADS": str(args.threads)}
-    print(f"one cls-45 epoch, model {args.model}, {args.threads} thread(s); peak RSS of the "
-          "whole process (model and data included)")
+    print(f"one cls-45 epoch, model {args.model}, {args.threads} thread(s), {args.steps} "
+          f"step(s) per task, prompts <= {args.max_length} tokens; peak RSS of the whole "
+          "process (model and data included)")
     header = f"{'learner':<16}" + "".join(f"{f'{n} tasks MiB':>15}" for n in counts) + \
         f"{'ratio':>8}{'wall s':>9}"
     print(header)
@@ -68,6 +79,8 @@ def main() -> None:
                         str(args.data_dir), "--model", args.model, "--epochs", "1",
                         "--eval-every", "0", "--max-train-tasks", str(n),
                         "--max-eval-tasks", "1", "--query-cap", "2", "--no-plots",
+                        "--max-length", str(args.max_length),
+                        "--steps-per-task", str(args.steps), "--inner-steps", str(args.steps),
                         "--output-dir", out, "--run-name", f"{learner}-{n}"]
                 peak, wall = peak_rss(argv, env)
                 peaks.append(peak)
