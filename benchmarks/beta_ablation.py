@@ -82,17 +82,17 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path,
                         default=REPO / "runs" / "benchmarks" / "beta-ablation")
     parser.add_argument("--readings", default="first-order,literal")
-    parser.add_argument("--betas", default="1,1e-5,1e-8,1e-16")
+    parser.add_argument("--betas", default="1,1e-8,1e-16,1e-5")
     parser.add_argument("--train-tasks", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--query-cap", type=int, default=22)
     parser.add_argument("--log-var-init", type=float, default=-20.0)
     parser.add_argument("--report-only", action="store_true")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
-    if not args.report_only:
-        for reading in args.readings.split(","):
-            for beta in args.betas.split(","):
+    if not args.report_only:  # beta by beta, both readings each, so that a cut run compares
+        for beta in args.betas.split(","):
+            for reading in args.readings.split(","):
                 run_cell(args, reading, beta, extra)
     report(args)
 

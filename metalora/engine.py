@@ -194,14 +194,20 @@ class RunSummary:
     """Epochs, validation schedule and selection rule the results come from."""
 
     def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
-        """learner -> metric -> (mean, standard error) of the macro average over seeds."""
-        return {
-            learner: {
-                metric: mean_se([r.test.macro[metric] for r in seeds])
-                for metric in self.metric_names
-            }
-            for learner, seeds in self.results.items()
-        }
+        """learner -> metric -> (mean, standard error) of the macro average over seeds.
+
+        With one seed there is no spread over seeds; the standard error is then
+        the bootstrap one over the query examples, where it was computed.
+        """
+        out: dict[str, dict[str, tuple[float, float]]] = {}
+        for learner, seeds in self.results.items():
+            out[learner] = {}
+            for metric in self.metric_names:
+                mean, se = mean_se([r.test.macro[metric] for r in seeds])
+                if len(seeds) == 1:
+                    se = seeds[0].test.example_se.get(metric, 0.0)
+                out[learner][metric] = (mean, se)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``metrics.json``)."""
@@ -770,6 +776,7 @@ class Engine:
             bar = progress.add_task(f"{name} seed {seed}: test", total=len(episodes))
             result = self._evaluate(learner, episodes, metrics, seed,
                                     on_task=lambda _task: progress.advance(bar))
+        result.example_se = result.bootstrap_se(metrics, seed=seed)
         self._progress_line(
             f"{name} seed {seed}: tested ({len(episodes)} tasks, "
             f"{time.perf_counter() - started:.1f} s): {format_metrics(result.macro)}")

@@ -49,11 +49,44 @@ class TaskResult:
         return int(self.targets.shape[0])
 
 
+BOOTSTRAP_RESAMPLES = 200
+
+
 @dataclass
 class EvalResult:
     """Per-task results and their macro average."""
 
     tasks: list[TaskResult] = field(default_factory=list)
+    example_se: dict[str, float] = field(default_factory=dict)
+    """Bootstrap standard error over query examples of each macro metric (see
+    :meth:`bootstrap_se`); empty unless computed."""
+
+    def bootstrap_se(self, metrics: Mapping[str, Metric], resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0) -> dict[str, float]:
+        """The standard error of each macro metric over query examples, by the bootstrap.
+
+        Each resample draws every task's query examples with replacement (seeded)
+        and recomputes every metric per task and their macro average; the
+        standard error is the standard deviation over resamples. It measures
+        how much the score depends on which queries were drawn: the
+        uncertainty to show beside a single seed's number.
+        """
+        if not self.tasks:
+            return {}
+        gen = torch.Generator().manual_seed(seed)
+        draws: dict[str, list[float]] = {name: [] for name in metrics}
+        for _ in range(resamples):
+            totals = dict.fromkeys(metrics, 0.0)
+            for task in self.tasks:
+                pick = torch.randint(task.size, (task.size,), generator=gen)
+                values = compute_metrics(metrics, task.probs[pick], task.targets[pick],
+                                         task.option_mask[pick])
+                for name, value in values.items():
+                    totals[name] += value / len(self.tasks)
+            for name, value in totals.items():
+                draws[name].append(value)
+        return {name: float(torch.tensor(values, dtype=torch.float64).std())
+                for name, values in draws.items()}
 
     @property
     def macro(self) -> dict[str, float]:
@@ -65,10 +98,13 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """JSON-ready metrics (predictions are left out)."""
-        return {
+        data = {
             "macro": self.macro,
             "tasks": {t.task: {"n": t.size, **t.metrics} for t in self.tasks},
         }
+        if self.example_se:
+            data["macro_se_over_examples"] = dict(self.example_se)
+        return data
 
     def save_predictions(self, path: Path) -> None:
         """Atomically write every task's probabilities, targets and option mask (safetensors)."""
@@ -90,7 +126,8 @@ class EvalResult:
             names = json.loads((handle.metadata() or {}).get("tasks", "[]"))
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         per_task = metrics.get("tasks", {})
-        result = cls()
+        result = cls(example_se={k: float(v) for k, v in
+                                 (metrics.get("macro_se_over_examples") or {}).items()})
         for i, name in enumerate(names):
             values = {k: float(v) for k, v in per_task.get(name, {}).items() if k != "n"}
             result.tasks.append(TaskResult(

@@ -65,6 +65,7 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
                                       on_task=lambda _task, bar=bar: progress.advance(bar))
             finally:
                 learner.adapters.remove()
+            result.example_se = result.bootstrap_se(metrics, seed=seed)
             summary.results[name].append(dataclasses.replace(recorded, test=result))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results(summary, out_dir)

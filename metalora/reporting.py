@@ -2,7 +2,8 @@
 
 One row per learner ("method"), one column per headline metric: test
 accuracy and ECE, each the mean ± standard error over seeds of the
-macro-average over test tasks, the test taken at each seed's
+macro-average over test tasks (with one seed, ± the bootstrap standard error
+over the query examples), the test taken at each seed's
 best-validation epoch. ``results.csv`` holds the formatted columns (``Acc``,
 ``ECE``) followed by the numbers behind them for every metric
 (``<metric>_mean``, ``<metric>_se``), the number of seeds and the tested
@@ -45,13 +46,15 @@ HEADLINE: tuple[Column, ...] = (Column("accuracy", "Acc", True, "↑"),
 
 
 def format_mean_se(mean: float, se: float, percent: bool, n_seeds: int) -> str:
-    """``71.6% ± 0.3%`` / ``0.318 ± 0.001``; the ``± SE`` part only with several seeds."""
+    """``71.6% ± 0.3%`` / ``0.318 ± 0.001``; the ``± SE`` part with several seeds, or with
+    one seed when a standard error over query examples is known (``se > 0``)."""
     if mean != mean:  # NaN: no value
         return "-"
+    show = n_seeds > 1 or se > 0
     if percent:
         text = f"{100 * mean:.1f}%"
-        return text + (f" ± {100 * se:.1f}%" if n_seeds > 1 else "")
-    return f"{mean:.3f}" + (f" ± {se:.3f}" if n_seeds > 1 else "")
+        return text + (f" ± {100 * se:.1f}%" if show else "")
+    return f"{mean:.3f}" + (f" ± {se:.3f}" if show else "")
 
 
 def headline_columns(metric_names: Sequence[str]) -> list[Column]:

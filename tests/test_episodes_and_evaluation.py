@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -120,3 +121,24 @@ def test_length_grouped_query_batches_give_the_source_order_results(plugins, tmp
         assert torch.equal(mine.option_mask, theirs.option_mask)
         torch.testing.assert_close(mine.probs, theirs.probs, rtol=0, atol=1e-5)
         assert mine.metrics == pytest.approx(theirs.metrics, abs=1e-5)
+
+
+def test_bootstrap_se_of_accuracy_matches_the_binomial_formula(plugins):
+    from metalora.evaluation import EvalResult, TaskResult
+
+    gen = torch.Generator().manual_seed(0)
+    tasks = []
+    for name, n, p in (("a", 400, 0.3), ("b", 300, 0.8)):
+        targets = torch.zeros(n, dtype=torch.long)
+        right = torch.rand(n, generator=gen) < p
+        probs = torch.where(right[:, None], torch.tensor([0.9, 0.1]), torch.tensor([0.1, 0.9]))
+        tasks.append(TaskResult(name, {}, probs, targets, torch.ones(n, 2, dtype=torch.bool)))
+    result = EvalResult(tasks=tasks)
+    accuracy = {"accuracy": plugins.registry("metric").get("accuracy")()}
+    se = result.bootstrap_se(accuracy, resamples=2000)["accuracy"]
+    per_task = [float(t.probs.argmax(1).eq(t.targets).float().mean()) for t in tasks]
+    expected = math.sqrt(sum(a * (1 - a) / t.size for a, t in zip(per_task, tasks,
+                                                                  strict=True))) / len(tasks)
+    assert se == pytest.approx(expected, rel=0.08)
+    assert result.bootstrap_se(accuracy, resamples=50) == result.bootstrap_se(accuracy,
+                                                                              resamples=50)

@@ -34,7 +34,7 @@ from metalora.adapters import AdapterHandle, attach_adapters
 from metalora.batching import Batch
 from metalora.cli import build_app
 from metalora.config import all_setting_infos, resolve_config
-from metalora.engine import Engine, RunSummary
+from metalora.engine import Engine, RunSummary, SeedResult
 from metalora.interfaces import DataOptions, Learner, LearnerContext, StepLog
 from metalora.plugins import PluginManager
 from metalora.records import Suite, Task
@@ -392,3 +392,18 @@ def test_no_progress_lines_on_a_terminal_but_still_in_the_log(plugins, tmp_path)
                   learner="stub", epochs=1, seeds="0")
     assert "epoch 1/1 done" not in out.getvalue()
     assert "epoch 1/1 done" in (summary.run_dir / "progress.log").read_text()
+
+
+def test_one_seed_shows_the_bootstrap_se_over_query_examples(plugins, tmp_path) -> None:
+    summary = run(plugins, tmp_path, learner="stub", epochs=1, seeds="0")
+    (result,) = summary.results["stub"]
+    se = result.test.example_se
+    assert set(se) == set(summary.metric_names) and se["accuracy"] > 0
+    assert summary.summary()["stub"]["accuracy"][1] == se["accuracy"]
+    saved = json.loads((result.path / "metrics.json").read_text())
+    assert saved["macro_se_over_examples"] == pytest.approx(se)
+    again = SeedResult.load("stub", 0, result.path)
+    assert again.test.example_se == pytest.approx(se)
+    (row,) = json.loads((summary.run_dir / "results.json").read_text())["rows"]
+    assert " ± " in row["Acc"] and row["metrics"]["accuracy"]["se"] == pytest.approx(
+        se["accuracy"])

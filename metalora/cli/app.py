@@ -206,8 +206,9 @@ def print_results(summary: RunSummary, per_task: bool = False) -> None:
         test_at, "the best-validation epoch where validated, else the last epoch")
     table = Table(
         title=f"Test results on '{summary.suite}'",
-        caption=f"mean ± SE over {seeds} seed{'s' if seeds != 1 else ''}; macro-average over "
-                f"test tasks; tested at {when}")
+        caption=(f"mean ± SE over {seeds} seeds" if seeds != 1 else
+                 "1 seed: ± bootstrap SE over query examples")
+                + f"; macro-average over test tasks; tested at {when}")
     table.add_column("Method")
     for col in columns:
         table.add_column(f"{col.label} {col.arrow}", justify="right")
