@@ -19,7 +19,9 @@ test-time adaptation changes predictions (adapt_lr 2e-4). Arguments after
 
 The report gives, per cell, the best validation accuracy and the validation
 ECE at that epoch (what the paper's Table 3 reports), and the test accuracy
-and ECE for reference; settings are to be chosen on validation only.
+and ECE for reference, beside the accuracy of always answering A and of
+always the query set's majority answer; settings are to be chosen on
+validation only.
 """
 
 from __future__ import annotations
@@ -59,6 +61,33 @@ def run_cell(args: argparse.Namespace, reading: str, beta: str, extra: list[str]
                    check=True)
 
 
+def references(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Macro accuracy of always answering A, and of always the query set's majority answer,
+    on the validation and the test queries of this protocol."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from metalora.batching import PromptEncoder
+    from metalora.episodes import EpisodeSampler
+    from metalora.interfaces import DataOptions
+    from metalora.models.smollm2 import cached_checkpoint
+    from metalora.plugins import get_plugin_manager
+
+    suite = get_plugin_manager().registry("suite").get("cls45").load(
+        DataOptions(data_dir=args.data_dir, seed=0))
+    encoder = PromptEncoder(AutoTokenizer.from_pretrained(cached_checkpoint()))
+    sampler = EpisodeSampler(encoder, query_cap=args.query_cap)
+    out = {}
+    for role, tasks in (("validation", suite.validation), ("test", suite.test)):
+        first, majority = [], []
+        for task in tasks:
+            targets = torch.cat([b.targets for b in sampler.episode(task).query])
+            first.append(float((targets == 0).float().mean()))
+            majority.append(int(torch.bincount(targets).max()) / targets.numel())
+        out[role] = (sum(first) / len(first), sum(majority) / len(majority))
+    return out
+
+
 def report(args: argparse.Namespace) -> None:
     print(f"\n{'reading':<12}{'beta':>8}{'val acc':>9}{'val ECE':>9}{'@epoch':>8}"
           f"{'test acc':>10}{'test ECE':>10}")
@@ -74,6 +103,11 @@ def report(args: argparse.Namespace) -> None:
             print(f"{reading:<12}{beta:>8}{100 * best['accuracy']:>8.1f}%{best['ece']:>9.3f}"
                   f"{best['epoch']:>8}{100 * seed['macro']['accuracy']:>9.1f}%"
                   f"{seed['macro']['ece']:>10.3f}")
+    refs = references(args)
+    print(f"{'always A':<20}{100 * refs['validation'][0]:>8.1f}%{'':>17}"
+          f"{100 * refs['test'][0]:>9.1f}%")
+    print(f"{'majority answer':<20}{100 * refs['validation'][1]:>8.1f}%{'':>17}"
+          f"{100 * refs['test'][1]:>9.1f}%")
 
 
 def main() -> None:
