@@ -127,7 +127,7 @@ def _random_sampler(args: argparse.Namespace):
         def __init__(self) -> None:
             super().__init__(encoder=None, batch_size=args.batch, device=args.device)
 
-        def encode(self, records) -> Batch:
+        def encode(self, records, sequences=None) -> Batch:
             gen = torch.Generator().manual_seed(len(records) * 7919 + random.getrandbits(31))
             n = args.batch
             return Batch(

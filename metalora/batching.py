@@ -117,11 +117,16 @@ class PromptEncoder:
         body_ids = self._encode(record.input, special=False)[:budget]
         return head_ids + body_ids + tail_ids
 
-    def encode(self, records: Sequence[TaskRecord]) -> Batch:
-        """Tokenise, right-pad and collect label ids and targets."""
+    def encode(self, records: Sequence[TaskRecord],
+               sequences: Sequence[list[int]] | None = None) -> Batch:
+        """Tokenise, right-pad and collect label ids and targets.
+
+        ``sequences``, if given, are the records' :meth:`prompt_ids` already computed.
+        """
         if not records:
             raise MetaloraError("cannot encode an empty batch")
-        sequences = [self.prompt_ids(r) for r in records]
+        if sequences is None:
+            sequences = [self.prompt_ids(r) for r in records]
         width = max(len(s) for s in sequences)
         input_ids = torch.full((len(records), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(records), width), dtype=torch.long)

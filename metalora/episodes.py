@@ -68,9 +68,10 @@ class EpisodeSampler:
         self.device = device
         self.group_query_by_length = group_query_by_length
 
-    def encode(self, records: Sequence[TaskRecord]) -> Batch:
-        """Encode records and move them to the run's device."""
-        return self.encoder.encode(records).to(self.device)
+    def encode(self, records: Sequence[TaskRecord],
+               sequences: Sequence[list[int]] | None = None) -> Batch:
+        """Encode records (or their already computed prompt ids) onto the run's device."""
+        return self.encoder.encode(records, sequences).to(self.device)
 
     def train_batch(self, task: Task, rng: random.Random) -> Batch:
         """A batch drawn without replacement from all of ``task``'s rows."""
@@ -102,11 +103,13 @@ class EpisodeSampler:
             query_records = query_records[: self.query_cap]
         support = [self.encode(support_records[i: i + self.batch_size])
                    for i in range(0, n_support, self.batch_size)]
+        ids = [self.encoder.prompt_ids(r) for r in query_records]
         order = None
         if self.group_query_by_length:
-            lengths = [len(self.encoder.prompt_ids(r)) for r in query_records]
-            order = sorted(range(len(query_records)), key=lengths.__getitem__)
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             query_records = [query_records[i] for i in order]
-        query = [self.encode(query_records[i: i + self.eval_batch_size])
-                 for i in range(0, len(query_records), self.eval_batch_size)]
+            ids = [ids[i] for i in order]
+        size = self.eval_batch_size
+        query = [self.encode(query_records[i: i + size], ids[i: i + size])
+                 for i in range(0, len(query_records), size)]
         return Episode(task=task.name, support=support, query=query, query_order=order)
