@@ -1,0 +1,398 @@
+"""A cls-45 protocol at which the five learners can differ, on two CPU cores in 2 to 3 hours.
+
+Usage::
+
+    nohup python benchmarks/protocol.py > runs/benchmarks/protocol.log 2>&1 &
+    python benchmarks/protocol.py --stages ablation     # then the beta ablation at this protocol
+    python benchmarks/protocol.py --report-only         # the tables of the finished runs
+
+Every run is one ``metalora run --tasks cls45`` into ``--output-dir`` (default
+``runs/benchmarks/protocol``); a finished run is never run again and an
+interrupted one continues with ``--resume``, so the script can be stopped and
+started at will. ``--jobs`` runs go side by side, each on ``--threads``
+threads (2 x 1 uses both cores better than 1 x 2 at batch 2).
+
+The protocol, the same for every learner:
+
+* training: the first ``--train-tasks`` (12) cls-45 training tasks,
+  ``--epochs`` (3) epochs; per task and epoch every trained learner moves its
+  adapters with 5 batches of 2 (lora: the same number of batches of the
+  union of the tasks; structured-lora, reptile and abmll's inner loop: 5
+  steps on the task; reptile and abmll add one meta-update per task);
+* validation after every epoch on the 15 validation tasks (10 support and
+  22 query examples each); the test at the best-validation epoch on the 15
+  test tasks, 22 queries each; test-time adaptation of every learner but
+  pretrained (zero-shot): 5 AdamW steps at ``--adapt-lr`` (2e-4: at the
+  paper's 1e-5 adaptation changes no prediction of SmolLM2-135M);
+* learning rate: one rule for every trained learner. Each of its training
+  learning rates (lora, structured-lora, reptile: ``lr``; abmll: ``inner_lr``
+  and ``outer_lr``) is set to each value of ``--lr-grid`` (3e-4, 1e-3) for
+  seed 0, and the value with the higher best-epoch *validation* accuracy is
+  kept (an exact tie: the lower validation ECE). Test scores play no part;
+* seeds: the kept value is run again with seeds 1 and 2 (seed 0 is the
+  selection run); pretrained does not depend on the seed and runs once.
+
+Stage ``ablation`` (the paper's Table 3 at this protocol, one seed as in the
+paper): abmll at its kept learning rate for beta in {1, 1e-5, 1e-8, 1e-16}
+under both readings of the outer step at c = -20; then, for the reading with
+the higher validation accuracy at beta = 1e-8, c in {-12, -9}.
+
+The report prints, per learner, test accuracy, ECE, NLL and Brier as mean
++- standard error over seeds, and each learner's paired difference to
+abmll over the (seed, task) cells, beside the always-first-option and
+majority-answer references on the same queries; it is also written to
+``OUTPUT_DIR/report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
+TRAINED = ("lora", "structured-lora", "reptile", "abmll")
+LEARNERS = ("pretrained", *TRAINED)
+METRICS = ("accuracy", "ece", "nll", "brier")
+BETAS = ("1", "1e-5", "1e-8", "1e-16")
+READINGS = ("first-order", "literal")
+DEFAULT_BETA = "1e-8"
+DEFAULT_READING = "first-order"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``metalora run`` of one learner and seed."""
+
+    name: str
+    learner: str
+    seed: int
+    options: tuple[str, ...] = field(default=())
+
+
+def lr_options(learner: str, lr: str) -> tuple[str, ...]:
+    if learner == "abmll":
+        return ("--inner-lr", lr, "--outer-lr", lr)
+    return ("--lr", lr)
+
+
+def run_name(learner: str, lr: str, seed: int) -> str:
+    return f"{learner}-lr{lr}-seed{seed}"
+
+
+class Protocol:
+    """The runs of the protocol, their state on disk and the choices made from them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: Path = args.output_dir
+        self.grid: list[str] = args.lr_grid.split(",")
+
+    # -- state on disk -------------------------------------------------------
+    def finished(self, name: str) -> bool:
+        state = self.out / name / "state.json"
+        return state.exists() and json.loads(state.read_text()).get("status") == "finished"
+
+    def seed_record(self, name: str, learner: str) -> dict:
+        metrics = json.loads((self.out / name / "metrics.json").read_text())
+        return next(iter(metrics["learners"][learner]["seeds"].values()))
+
+    def best_validation(self, name: str, learner: str) -> dict:
+        history = self.seed_record(name, learner)["validation"]
+        return max(history, key=lambda r: (r["accuracy"], -r["ece"]))
+
+    # -- the jobs ------------------------------------------------------------
+    def selection_jobs(self) -> list[Job]:
+        jobs = [Job("pretrained-seed0", "pretrained", 0)]
+        for learner in TRAINED:
+            jobs += [Job(run_name(learner, lr, 0), learner, 0, lr_options(learner, lr))
+                     for lr in self.grid]
+        return jobs
+
+    def chosen_lr(self, learner: str) -> str | None:
+        """The grid value kept for ``learner``, or None while a selection run is unfinished."""
+        names = [run_name(learner, lr, 0) for lr in self.grid]
+        if not all(self.finished(n) for n in names):
+            return None
+        scores = [self.best_validation(n, learner) for n in names]
+        best = max(range(len(names)), key=lambda i: (scores[i]["accuracy"], -scores[i]["ece"]))
+        return self.grid[best]
+
+    def seed_jobs(self) -> list[Job]:
+        jobs = []
+        for learner in TRAINED:
+            lr = self.chosen_lr(learner)
+            if lr is not None:
+                jobs += [Job(run_name(learner, lr, s), learner, s, lr_options(learner, lr))
+                         for s in self.args.more_seeds]
+        return jobs
+
+    def ablation_name(self, reading: str, beta: str, c: str = "-20") -> str:
+        lr = self.chosen_lr("abmll")
+        if reading == DEFAULT_READING and beta == DEFAULT_BETA and c == "-20":
+            return run_name("abmll", lr, 0)  # the selection run is this cell
+        suffix = "" if c == "-20" else f"-c{c}"
+        return f"abmll-lr{lr}-{reading}-beta{beta}{suffix}-seed0"
+
+    def better_reading(self) -> str | None:
+        names = [self.ablation_name(r, DEFAULT_BETA) for r in READINGS]
+        if not all(self.finished(n) for n in names):
+            return None
+        scores = [self.best_validation(n, "abmll") for n in names]
+        pairs = zip(READINGS, scores, strict=True)
+        return max(pairs, key=lambda p: (p[1]["accuracy"], -p[1]["ece"]))[0]
+
+    def ablation_jobs(self) -> list[Job]:
+        lr = self.chosen_lr("abmll")
+        if lr is None:
+            return []
+        jobs = []
+        for beta in (DEFAULT_BETA, *[b for b in BETAS if b != DEFAULT_BETA]):
+            for reading in READINGS:
+                options = (*lr_options("abmll", lr), "--beta", beta, "--meta-gradient", reading)
+                jobs.append(Job(self.ablation_name(reading, beta), "abmll", 0, options))
+        reading = self.better_reading()
+        if reading is not None:
+            for c in ("-12", "-9"):
+                options = (*lr_options("abmll", lr), "--beta", DEFAULT_BETA,
+                           "--meta-gradient", reading, "--log-var-init", c)
+                jobs.append(Job(self.ablation_name(reading, DEFAULT_BETA, c), "abmll", 0,
+                                options))
+        return jobs
+
+    def jobs(self) -> list[Job]:
+        jobs = []
+        if "protocol" in self.args.stages:
+            jobs += self.selection_jobs() + self.seed_jobs()
+        if "ablation" in self.args.stages:
+            jobs += self.ablation_jobs()
+        unique = {job.name: job for job in jobs}
+        return list(unique.values())
+
+    # -- running -------------------------------------------------------------
+    def command(self, job: Job) -> list[str]:
+        if (self.out / job.name).exists():
+            return ["run", "--resume", str(self.out / job.name)]
+        a = self.args
+        return ["run", "--learner", job.learner, "--tasks", "cls45", "--data-dir", str(a.data_dir),
+                "--max-train-tasks", str(a.train_tasks), "--epochs", str(a.epochs),
+                "--eval-every", "1", "--query-cap", str(a.query_cap), "--adapt-lr", a.adapt_lr,
+                "--dtype", "float32", "--seeds", str(job.seed), "--no-plots",
+                "--output-dir", str(self.out), "--run-name", job.name, *job.options]
+
+    def start(self, job: Job) -> subprocess.Popen:
+        cmd = self.command(job)
+        print(f"{time.strftime('%H:%M:%S')} start {job.name}: metalora {' '.join(cmd)}",
+              flush=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads),
+                   MKL_NUM_THREADS=str(self.args.threads))
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = open(self.out / f"{job.name}.console.log", "a")  # noqa: SIM115 (closed by the OS)
+        return subprocess.Popen(
+            [sys.executable, "-c", "from metalora.cli import main; main()", *cmd],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def run(self) -> None:
+        """Start every ready job, ``--jobs`` at a time, until none is left."""
+        running: dict[str, subprocess.Popen] = {}
+        failed: set[str] = set()
+        while True:
+            ready = [j for j in self.jobs() if not self.finished(j.name)
+                     and j.name not in running and j.name not in failed]
+            while ready and len(running) < self.args.jobs:
+                job = ready.pop(0)
+                running[job.name] = self.start(job)
+            if not running:
+                break
+            time.sleep(5)
+            for name, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[name]
+                    status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
+                    if proc.returncode != 0:
+                        failed.add(name)
+                    print(f"{time.strftime('%H:%M:%S')} {status} {name}", flush=True)
+        if failed:
+            print(f"failed: {', '.join(sorted(failed))} (see their console logs)", flush=True)
+
+    # -- the report ----------------------------------------------------------
+    def test_runs(self, learner: str) -> list[str]:
+        """The finished runs, one per seed, of ``learner`` at its kept learning rate."""
+        if learner == "pretrained":
+            return ["pretrained-seed0"] if self.finished("pretrained-seed0") else []
+        lr = self.chosen_lr(learner)
+        if lr is None:
+            return []
+        names = [run_name(learner, lr, s) for s in (0, *self.args.more_seeds)]
+        return [n for n in names if self.finished(n)]
+
+    def report(self) -> str:
+        lines = ["## Learning-rate selection (seed 0, validation)", "",
+                 "| learner | lr | best val acc | val ECE | epoch | kept |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        for learner in TRAINED:
+            kept = self.chosen_lr(learner)
+            for lr in self.grid:
+                name = run_name(learner, lr, 0)
+                if not self.finished(name):
+                    lines.append(f"| {learner} | {lr} | (not finished) | | | |")
+                    continue
+                best = self.best_validation(name, learner)
+                lines.append(f"| {learner} | {lr} | {pct(best['accuracy'])} | "
+                             f"{best['ece']:.3f} | {best['epoch']} | "
+                             f"{'yes' if lr == kept else ''} |")
+        lines += ["", "## Test (mean +- SE over seeds; paired difference to abmll over "
+                  "(seed, task))", "",
+                  "| learner | lr | seeds | Acc | ECE | NLL | Brier | Acc - abmll | "
+                  "ECE - abmll |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        cells = {learner: self.task_cells(learner) for learner in LEARNERS}
+        for learner in LEARNERS:
+            runs = self.test_runs(learner)
+            if not runs:
+                lines.append(f"| {learner} | | 0 | | | | | | |")
+                continue
+            macros = [self.seed_record(n, learner)["macro"] for n in runs]
+            row = [mean_se([m[k] for m in macros]) for k in METRICS]
+            text = [f"{pct(m)} +- {pct(s)}" if k == "accuracy" else f"{m:.3f} +- {s:.3f}"
+                    for k, (m, s) in zip(METRICS, row, strict=True)]
+            diffs = [paired(cells[learner], cells["abmll"], k) for k in ("accuracy", "ece")]
+            diff_text = ["" if d is None else
+                         (f"{100 * d[0]:+.1f} +- {100 * d[1]:.1f} (n={d[2]})" if k == "accuracy"
+                          else f"{d[0]:+.3f} +- {d[1]:.3f}")
+                         for k, d in zip(("accuracy", "ece"), diffs, strict=True)]
+            lr = "" if learner == "pretrained" else self.chosen_lr(learner)
+            lines.append(f"| {learner} | {lr} | {len(runs)} | " + " | ".join(text + diff_text)
+                         + " |")
+        if self.args.references:
+            refs = references(self.args.data_dir, self.args.query_cap)
+            lines += ["", f"References on the same queries: always the first option: "
+                      f"validation {pct(refs['validation'][0])}, test {pct(refs['test'][0])}; "
+                      f"always the query set's majority answer: validation "
+                      f"{pct(refs['validation'][1])}, test {pct(refs['test'][1])}."]
+        lines += ["", *self.ablation_report()]
+        return "\n".join(lines) + "\n"
+
+    def task_cells(self, learner: str) -> dict[tuple[int, str], dict]:
+        """Per (seed, task) test metrics; pretrained's one run stands for every seed."""
+        out = {}
+        for name in self.test_runs(learner):
+            record = self.seed_record(name, learner)
+            seeds = (0, *self.args.more_seeds) if learner == "pretrained" else (
+                int(name.rsplit("seed", 1)[1]),)
+            for seed in seeds:
+                for task, metrics in record["tasks"].items():
+                    out[(seed, task)] = metrics
+        return out
+
+    def ablation_report(self) -> list[str]:
+        if self.chosen_lr("abmll") is None:
+            return []
+        lines = ["## Beta ablation at this protocol (abmll, seed 0, validation at the best "
+                 "epoch; test for reference)", "",
+                 "| reading | beta | c | val acc | val ECE | epoch | test acc | test ECE |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        cells = [(r, b, "-20") for b in BETAS for r in READINGS]
+        reading = self.better_reading()
+        if reading is not None:
+            cells += [(reading, DEFAULT_BETA, c) for c in ("-12", "-9")]
+        for reading, beta, c in cells:
+            name = self.ablation_name(reading, beta, c)
+            if not self.finished(name):
+                lines.append(f"| {reading} | {beta} | {c} | (not finished) | | | | |")
+                continue
+            best = self.best_validation(name, "abmll")
+            macro = self.seed_record(name, "abmll")["macro"]
+            lines.append(f"| {reading} | {beta} | {c} | {pct(best['accuracy'])} | "
+                         f"{best['ece']:.3f} | {best['epoch']} | {pct(macro['accuracy'])} | "
+                         f"{macro['ece']:.3f} |")
+        return lines
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def paired(a: dict, b: dict, metric: str) -> tuple[float, float, int] | None:
+    """Mean and SE of ``a - b`` over the (seed, task) cells both have."""
+    keys = sorted(set(a) & set(b))
+    if not keys or a is b:
+        return None
+    mean, se = mean_se([a[k][metric] - b[k][metric] for k in keys])
+    return mean, se, len(keys)
+
+
+def references(data_dir: Path, query_cap: int) -> dict[str, tuple[float, float]]:
+    """Macro accuracy of always answering the first option, and of always the query set's
+    majority answer, on the validation and the test queries of this protocol."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from metalora.batching import PromptEncoder
+    from metalora.episodes import EpisodeSampler
+    from metalora.interfaces import DataOptions
+    from metalora.models.smollm2 import cached_checkpoint
+    from metalora.plugins import get_plugin_manager
+
+    suite = get_plugin_manager().registry("suite").get("cls45").load(
+        DataOptions(data_dir=data_dir, seed=0))
+    encoder = PromptEncoder(AutoTokenizer.from_pretrained(cached_checkpoint()))
+    sampler = EpisodeSampler(encoder, query_cap=query_cap)
+    out = {}
+    for role, tasks in (("validation", suite.validation), ("test", suite.test)):
+        first, majority = [], []
+        for task in tasks:
+            targets = torch.cat([b.targets for b in sampler.episode(task).query])
+            first.append(float((targets == 0).float().mean()))
+            majority.append(int(torch.bincount(targets).max()) / targets.numel())
+        out[role] = (sum(first) / len(first), sum(majority) / len(majority))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--output-dir", type=Path,
+                        default=REPO / "runs" / "benchmarks" / "protocol")
+    parser.add_argument("--stages", default="protocol",
+                        help="comma-separated: protocol, ablation (default: protocol)")
+    parser.add_argument("--lr-grid", default="3e-4,1e-3")
+    parser.add_argument("--adapt-lr", default="2e-4")
+    parser.add_argument("--train-tasks", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--query-cap", type=int, default=22)
+    parser.add_argument("--more-seeds", type=lambda s: tuple(int(x) for x in s.split(",") if x),
+                        default=(1, 2), help="seeds run after the selection's seed 0")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--no-references", dest="references", action="store_false")
+    args = parser.parse_args()
+    args.stages = set(args.stages.split(","))
+    protocol = Protocol(args)
+    if not args.report_only:
+        protocol.run()
+    text = protocol.report()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "report.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
