@@ -18,7 +18,7 @@ comparison with each learner's validation accuracy, tested epoch and wall
 time, and where the results were written (``results.csv``/``results.json``
 in the run directory).
 
-Protocol (SPEC section 4), identical for every learner: the 34 cls-45
+Protocol, identical for every learner: the 34 cls-45
 training tasks (every row of each), the 15 cls-45 test tasks' k-shot files
 ``<task>_16_100_{train,dev}.jsonl`` as the validation tasks (32 records:
 support = 5 batches of 2 = 10, query = the other 22), and the test tasks

@@ -1,4 +1,4 @@
-"""Zero-shot sanity anchor: pretrained SmolLM2 on eight CrossFit tasks, SPEC section 5 prompt.
+"""Zero-shot sanity anchor: pretrained SmolLM2 on eight CrossFit tasks, metalora's prompt.
 
 Usage::
 
@@ -9,14 +9,14 @@ For each of the eight tasks below, every ``<task>_16_*_dev.jsonl`` file of
 ``--data-dir`` is read in sorted file-name order (plain string sort, so
 ``anli_16_100`` comes before ``anli_16_13``), the files are concatenated and
 the first ``--n`` records (default 64) are scored zero-shot with metalora's
-own :class:`~metalora.batching.PromptEncoder` (the SPEC section 5 prompt, no
+own :class:`~metalora.batching.PromptEncoder` (the multiple-choice prompt, no
 chat template) and :func:`~metalora.scoring.option_probs` (next-token
 probability of the label token, renormalised over the example's options).
 Prints each task's accuracy and the macro average, next to the accuracy of
 always answering the first option (``A``) on the same records, for scale.
 
 Reference: SmolLM2-135M-Instruct scores about 0.39 macro accuracy here; a
-number far from that means the prompt or the scoring differs from SPEC.
+number far from that means the prompt or the scoring differs from the reference implementation's.
 Examples with more than four options are skipped and counted (none of these
 tasks has any).
 """

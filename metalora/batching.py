@@ -1,4 +1,4 @@
-"""Prompt formatting and tokenisation into :class:`Batch` tensors (SPEC section 5)."""
+"""Prompt formatting and tokenisation into :class:`Batch` tensors."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ INSTRUCTION = "Return the label of the correct answer for the question below."
 
 
 def format_prompt(record: TaskRecord) -> str:
-    """The SPEC section 5 prompt, ending with ``Answer:`` (the label follows as the next token)."""
+    """The MetaICL-style multiple-choice prompt, ending with ``Answer:`` (the label follows as the next token)."""
     if len(record.options) > MAX_OPTIONS:
         raise MetaloraError(
             f"record of task '{record.task}' has {len(record.options)} options; "

@@ -1,4 +1,4 @@
-"""Several processes, one run: task-parallel training under ``torchrun`` (SPEC section 7).
+"""Several processes, one run: task-parallel training under ``torchrun``.
 
 ``torchrun --nproc-per-node N $(which metalora) run ...`` starts N processes
 (ranks) with ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` set; each joins one

@@ -1,6 +1,6 @@
 """The run engine: composes a suite, a model, learners and metrics into one run.
 
-The protocol (SPEC section 4, paper section 5.1), identical for every learner:
+The protocol (paper section 5.1), identical for every learner:
 
 * For each learner and seed: seed everything, let the learner attach its
   adapters, and train for ``epochs`` epochs (an epoch is one pass of

@@ -1,4 +1,4 @@
-"""The evaluation protocol (SPEC sections 3.4 and 4), identical for every learner.
+"""The evaluation protocol, identical for every learner.
 
 For each evaluated task: snapshot every adapter tensor, let the learner adapt
 on the support batches (test-time adaptation), score the query batches,

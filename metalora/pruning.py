@@ -1,4 +1,4 @@
-"""Magnitude-pruning sweeps (paper section 5.2, Table 2; SPEC section 6): ``metalora prune``.
+"""Magnitude-pruning sweeps (paper section 5.2, Table 2): ``metalora prune``.
 
 For every learner and seed of a finished run (or, without a run directory,
 for freshly built, untrained learners), and for every pruning ratio:

@@ -1,4 +1,4 @@
-"""Option scoring and the answer loss, from the last position only (SPEC section 5).
+"""Option scoring and the answer loss, from the last position only.
 
 Only the hidden state at each prompt's last position is projected, and for
 option probabilities only the output-projection rows of the label tokens are

@@ -2,7 +2,7 @@
 
 Regular LoRA, structured LoRA, Reptile, MAML and the zero-shot baseline all
 keep one adapter pair, adapt at test time with a fresh AdamW for
-``adapt_steps`` steps at ``adapt_lr`` (SPEC section 4) and predict with the
+``adapt_steps`` steps at ``adapt_lr`` and predict with the
 option probabilities; :class:`SinglePairLearner` provides exactly that, and
 a subclass writes :meth:`~metalora.interfaces.Learner.train_epoch`.
 """
@@ -58,7 +58,7 @@ class SinglePairLearner(Learner):
         return value
 
     def adapt(self, support: Sequence[Batch]) -> None:
-        """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr`` (SPEC 4)."""
+        """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr``."""
         run = self.context.run
         fit_steps(self.context.model, self._adapters.parameters(), support, run.adapt_steps,
                   run.adapt_lr, run.train_loss)

@@ -1,4 +1,4 @@
-"""The ``abmll`` learner (SPEC section 3) on the tiny model, against independent references.
+"""The ``abmll`` learner on the tiny model, against independent references.
 
 * KL and prior against ``torch.distributions`` over the dense matrices;
 * the reparameterised weight sample's mean and variance (seeded statistics),

@@ -1,4 +1,4 @@
-"""The baseline learners reptile, structured-lora and maml (SPEC section 4)."""
+"""The baseline learners reptile, structured-lora and maml."""
 
 from __future__ import annotations
 

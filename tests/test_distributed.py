@@ -1,4 +1,4 @@
-"""torchrun runs (SPEC section 7): two gloo processes on CPU, started as torchrun would."""
+"""torchrun runs: two gloo processes on CPU, started as torchrun would."""
 
 from __future__ import annotations
 

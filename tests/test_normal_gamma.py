@@ -1,4 +1,4 @@
-"""The ``normal-gamma`` prior (SPEC section 3.2) against torch.distributions."""
+"""The ``normal-gamma`` prior against torch.distributions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Run settings ``autocast`` and ``gradient_checkpointing`` (SPEC section 7), on CPU."""
+"""Run settings ``autocast`` and ``gradient_checkpointing``, on CPU."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Magnitude pruning (SPEC section 6, paper Table 2): the pruner, merged-mean pruning of a
+"""Magnitude pruning (paper Table 2): the pruner, merged-mean pruning of a
 learner's model, the sweep over a real run directory, and ``metalora prune``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prompt format and option scoring (SPEC section 5)."""
+"""Prompt format and option scoring."""
 
 from __future__ import annotations
 

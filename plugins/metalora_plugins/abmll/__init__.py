@@ -1,4 +1,4 @@
-"""``abmll``: Amortized Bayesian Meta-Learning for LoRA (SPEC section 3).
+"""``abmll``: Amortized Bayesian Meta-Learning for LoRA.
 
 Modules: :mod:`~metalora_plugins.abmll.pairs` (the four LoRA pairs and their
 dense means/log-variances), :mod:`~metalora_plugins.abmll.sampling` (weight

@@ -1,4 +1,4 @@
-"""The ``abmll`` learner: Amortized Bayesian Meta-Learning for LoRA (SPEC section 3).
+"""The ``abmll`` learner: Amortized Bayesian Meta-Learning for LoRA.
 
 One epoch (paper Algorithm 1), for each training task in a seeded shuffled
 order:
@@ -89,7 +89,7 @@ META_GRADIENTS: tuple[str, ...] = (FIRST_ORDER, LITERAL)
 
 @dataclass(frozen=True)
 class ABMLLSettings:
-    """Settings of ``abmll`` (defaults: the paper's, SPEC section 3)."""
+    """Settings of ``abmll`` (defaults: the paper's)."""
 
     inner_lr: float = setting(
         1e-5, "ABMLL inner-loop learning rate: AdamW on the task pairs phi (paper: 1e-5). "
@@ -105,8 +105,8 @@ class ABMLLSettings:
         None, "ABMLL weight gamma of -log p(theta) in the outer objective; unset means "
               "gamma = beta, the paper's single weight.")
     log_var_init: float = setting(
-        -20.0, "ABMLL c, the initial log-variance: logv = s*B@A + c (SPEC 3.1 reads the "
-               "paper's 'c = e^-20' as c = -20).")
+        -20.0, "ABMLL c, the initial log-variance: logv = s*B@A + c (the paper's 'c = e^-20' "
+               "is read as c = -20).")
     log_var_min: float = setting(
         -30.0, "ABMLL lower clamp of every log-variance (numerical safety; the gradient is "
                "zero below it).")

@@ -1,4 +1,4 @@
-"""The KL and prior terms of ABMLL's objective (SPEC section 3.3), layer by layer.
+"""The KL and prior terms of ABMLL's objective, layer by layer.
 
 Per adapted layer, with dense ``d_out x d_in`` means and clamped log-variances
 built from the low-rank factors::

@@ -1,7 +1,7 @@
 """ABMLL's four LoRA pairs per adapted layer and the dense quantities they stand for.
 
 Every adapted linear layer with frozen ``W0`` (``d_out x d_in``) carries
-(SPEC section 3.1)::
+(the paper's section 3, with the variances parametrised as log-variances)::
 
     global (theta):  mu_theta   = s * B @ A   of pair "mu_theta"
                      logv_theta = s * B @ A + c  of pair "logv_theta"
@@ -82,7 +82,7 @@ def task_factors(layer: AdaptedLinear, straight_through: bool = False) -> Gaussi
     The straight-through form has exactly the value of phi (bit for bit) but
     passes every gradient
     that reaches phi on to theta, factor by factor: the first-order
-    meta-gradient of SPEC section 3.4.
+    meta-gradient (``meta_gradient = "first-order"``).
     """
     mu, v = layer.pairs[MU_PHI], layer.pairs[LOGV_PHI]
     if not straight_through:

@@ -8,7 +8,7 @@ whole output (``includes_base``). Three sampling modes (setting ``sampling``):
     The exact weight-space reparameterised sample
     ``W = W0 + mu_phi + sigma_phi * eps``, ``eps ~ N(0, I)`` of shape
     ``d_out x d_in``, one sample per forward pass shared by every example and
-    token of the batch (SPEC section 3.3). :class:`SampledLinear` builds
+    token of the batch. :class:`SampledLinear` builds
     ``W`` for one layer, computes ``x W^T`` in one matrix product and frees
     ``W``; it saves only the layer input, the frozen ``W0`` (a parameter,
     no copy), the four small factors and a noise key. Backward rebuilds

@@ -1,4 +1,4 @@
-"""Regular LoRA (paper section 5.1.1, SPEC section 4)."""
+"""Regular LoRA (paper section 5.1.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``magnitude``: magnitude pruning of output neurons (paper section 5.2, SPEC section 6).
+"""``magnitude``: magnitude pruning of output neurons (paper section 5.2).
 
 In each layer, the ``round(ratio x d_out)`` rows of the merged weight
 ``W = W0 + mu`` with the smallest L2 norm are pruned (Python's ``round``:

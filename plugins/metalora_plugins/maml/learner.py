@@ -14,7 +14,7 @@ shuffled per epoch with the run's seeded RNG:
 
 Defaults and why:
 
-* First order by default (as the SPEC prescribes for ABMLL); ``second_order``
+* First order by default (as ABMLL is read here: first-order meta-updates); ``second_order``
   differentiates through the inner loop.
 * ``maml_inner_lr = 1e-3`` (plain SGD, not in the paper, which has no MAML
   baseline): on SmolLM2-135M and the demo suite the RMS gradient of the LoRA
@@ -23,7 +23,7 @@ Defaults and why:
   coordinate), the inner step size of every other learner here.
 * ``lr = 5e-5`` for the outer AdamW, like ABMLL's outer learning rate.
 * Test time (``maml_test_adapt``): ``adamw`` (default) adapts like every
-  other learner (SPEC section 4: a fresh AdamW, ``adapt_steps`` steps at
+  other learner (the shared protocol: a fresh AdamW, ``adapt_steps`` steps at
   ``adapt_lr``), so all learners share one evaluation protocol; ``sgd`` runs
   MAML's own inner loop instead (``adapt_steps`` SGD steps at
   ``maml_inner_lr``), the procedure the initialisation was meta-trained for.

@@ -1,4 +1,4 @@
-"""Reptile (Nichol et al. 2018) on one LoRA pair (paper section 5.1.1, SPEC section 4).
+"""Reptile (Nichol et al. 2018) on one LoRA pair (paper section 5.1.1).
 
 Per training task, in an order shuffled per epoch with the run's seeded RNG:
 
@@ -11,7 +11,7 @@ Only the snapshot of the one pair exists besides the adapters themselves, so
 memory does not grow with the number of tasks.
 
 Inner optimiser: by default a fresh AdamW for every task, so the inner loop
-of training is exactly the test-time adaptation of SPEC section 4 (a fresh
+of training is exactly the shared test-time adaptation (a fresh
 AdamW, a few steps, the same kind of batches) and Reptile meta-learns an
 initialisation for that very procedure; each task's ``theta_i`` depends only
 on ``theta`` and the task's batches. With ``reptile_persistent_optimizer`` one

@@ -1,4 +1,4 @@
-"""Structured LoRA (paper section 5.1.1, SPEC section 4).
+"""Structured LoRA (paper section 5.1.1).
 
 One LoRA pair and one AdamW optimiser for the whole run. An epoch visits the
 training tasks one at a time, in an order shuffled per epoch with the run's
