@@ -18,7 +18,7 @@ INSTRUCTION = "Return the label of the correct answer for the question below."
 
 
 def format_prompt(record: TaskRecord) -> str:
-    """The MetaICL-style multiple-choice prompt, ending with ``Answer:`` (the label follows as the next token)."""
+    """The multiple-choice prompt, ending with ``Answer:`` (the label is the next token)."""
     if len(record.options) > MAX_OPTIONS:
         raise MetaloraError(
             f"record of task '{record.task}' has {len(record.options)} options; "

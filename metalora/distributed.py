@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -63,6 +64,19 @@ class Distributed:
             return list(items)
         per_rank = len(items) // self.world_size
         return list(items[self.rank::self.world_size][:per_rank])
+
+    def deal_epoch(self, tasks: Sequence[T], seed: int, epoch: int) -> list[T]:
+        """This rank's training tasks for ``epoch``: all of them in a single process; under
+        torchrun a share of one seeded shuffle (the same on every rank)."""
+        if not self.active or not tasks:
+            return list(tasks)
+        order = list(tasks)
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+        dealt = self.deal(order)
+        if not dealt:
+            raise MetaloraError(f"{len(tasks)} training task(s) for {self.world_size} ranks: "
+                                "each rank needs one")
+        return dealt
 
     def deal_all(self, items: Sequence[T]) -> list[T]:
         """This rank's share of ``items``, every item dealt (counts may differ by one)."""
@@ -126,7 +140,7 @@ class Distributed:
         return float(tensor) / self.world_size
 
     def all_finite(self, value: float) -> bool:
-        """Whether ``value`` is finite on every rank."""
+        """Whether ``value`` is finite on every rank (they stop together)."""
         return math.isfinite(self.mean(0.0 if math.isfinite(value) else math.inf))
 
     def broadcast(self, value: T) -> T:

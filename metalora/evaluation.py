@@ -29,9 +29,9 @@ from torch import Tensor
 
 from metalora.episodes import Episode
 from metalora.errors import MetaloraError
+from metalora.files import atomic_write_bytes
 from metalora.interfaces.learner import Learner
 from metalora.interfaces.metric import Metric
-from metalora.rundir import atomic_write_bytes
 
 
 @dataclass

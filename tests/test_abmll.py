@@ -28,12 +28,12 @@ from metalora import hookimpl
 from metalora.adapters import AdaptedLinear
 from metalora.cli import build_app
 from metalora.config import all_setting_infos, resolve_config
-from metalora.engine import Engine
 from metalora.errors import MetaloraError, TrainingDiverged
 from metalora.evaluation import evaluate
 from metalora.interfaces import Prior, TaskSampler
 from metalora.plugins import PluginManager
 from metalora.records import Suite, Task, TaskRecord, TaskRole
+from metalora.runs.engine import Engine
 from metalora.scoring import answer_loss, option_probs
 from metalora_plugins.abmll import ABMLLLearner, ABMLLSettings
 from metalora_plugins.abmll import learner as learner_module

@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from metalora.config import all_setting_infos, resolve_config
-from metalora.engine import Engine
 from metalora.errors import MetaloraError
 from metalora.interfaces import Learner
 from metalora.plugins import PluginManager
 from metalora.records import Suite
+from metalora.runs.engine import Engine
 from metalora.scoring import answer_loss
 from metalora_plugins.maml.learner import eager_attention
 from metalora_plugins.maml.meta import inner_loop, meta_gradient

@@ -241,7 +241,7 @@ def test_kshot_settings_reach_the_suite_from_the_run_config(data: Path, monkeypa
     seen: list[DataOptions] = []
     monkeypatch.setattr(CrossFitSuite, "load", lambda self, options: seen.append(options)
                         or Suite(name=self.name, train=[], validation=[], test=[]))
-    from metalora.engine import Engine
+    from metalora.runs.engine import Engine
     from tests.conftest import make_config
 
     engine = Engine(make_config(PluginManager(), tasks="cls45", data_dir=str(tmp_path),

@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 from rich.console import Console
 
 from metalora.distributed import Distributed, from_environment
-from metalora.engine import Engine
 from metalora.plugins import PluginManager
-from metalora.rundir import METRICS_FILE, seed_dir
+from metalora.runs.engine import Engine
+from metalora.runs.rundir import METRICS_FILE, seed_dir
 from tests.conftest import make_config
 
 WORLD = 2

@@ -30,9 +30,9 @@ from typer.testing import CliRunner
 from metalora import hookimpl, hookspecs
 from metalora.adapters import AdapterHandle, attach_adapters
 from metalora.cli import build_app
-from metalora.engine import Engine
 from metalora.interfaces import DataOptions, Learner, Metric, Prior, Pruner, StepLog, TaskSampler
 from metalora.records import Suite, Task, TaskRecord, TaskRole
+from metalora.runs.engine import Engine
 from metalora.scoring import option_probs
 from metalora.settings import setting
 from tests.conftest import make_config

@@ -90,9 +90,9 @@ def test_a_failure_in_the_middle_of_an_epoch(capsys, monkeypatch, tmp_path):
 
 
 def test_a_failure_while_writing_results(capsys, monkeypatch, tmp_path):
-    import metalora.engine
+    import metalora.runs.engine
 
-    monkeypatch.setattr(metalora.engine, "write_results", fail(PermissionError("read-only")))
+    monkeypatch.setattr(metalora.runs.engine, "write_results", fail(PermissionError("read-only")))
     code, _, err = run_main(capsys, [*RUN, "--output-dir", str(tmp_path)])
     assert code == 1
     assert_one_line(err, "writing the results", "PermissionError: read-only")

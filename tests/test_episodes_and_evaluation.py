@@ -58,7 +58,7 @@ def test_train_batches_come_from_the_task_and_follow_the_rng(tiny):
 
 
 def test_evaluation_adapts_then_restores_the_adapters_bit_for_bit(plugins, tmp_path):
-    from metalora.engine import Engine
+    from metalora.runs.engine import Engine
 
     engine = Engine(make_config(plugins, model="tiny", learner=["lora"], adapt_lr=0.05,
                                 output_dir=str(tmp_path), query_cap=6), plugins)
@@ -94,7 +94,7 @@ def _padded_positions(episode) -> int:
 def test_length_grouped_query_batches_give_the_source_order_results(plugins, tmp_path,
                                                                       learner_name):
     """Grouping changes only which prompts share a batch: every probability stays put."""
-    from metalora.engine import Engine
+    from metalora.runs.engine import Engine
 
     engine = Engine(make_config(plugins, model="tiny", learner=[learner_name], adapt_lr=0.05,
                                 eval_batch_size=4, sampling="mean",

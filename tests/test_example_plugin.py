@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 from metalora.cli import build_app
 from metalora.config import all_setting_infos, resolve_config
-from metalora.engine import Engine
 from metalora.plugins import PluginManager
+from metalora.runs.engine import Engine
 from metalora.scoring import answer_loss, option_probs
 
 DISTRIBUTION = "metalora-metasgd"

@@ -16,16 +16,16 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from metalora.cli import build_app
-from metalora.engine import Engine
-from metalora.export import (
+from metalora.models import load_model
+from metalora.runs.engine import Engine
+from metalora.runs.export import (
     EXPORT_INFO_FILE,
     PEFT_CONFIG_FILE,
     PEFT_WEIGHTS_FILE,
     SIDECAR_FILE,
     export_peft,
 )
-from metalora.models import load_model
-from metalora.rundir import (
+from metalora.runs.rundir import (
     ADAPTERS_FILE,
     CONFIG_FILE,
     METRICS_FILE,
@@ -33,7 +33,7 @@ from metalora.rundir import (
     save_adapters,
     seed_dir,
 )
-from metalora.rundir import write_json as write_json_file
+from metalora.runs.rundir import write_json as write_json_file
 from tests.conftest import make_config
 
 runner = CliRunner()

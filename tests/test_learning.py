@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from metalora.engine import Engine, RunSummary
+from metalora.runs.engine import Engine
+from metalora.runs.results import RunSummary
 from tests.conftest import make_config
 
 LEARNERS = ["lora", "structured-lora", "reptile", "abmll"]
@@ -47,7 +48,7 @@ def test_a_nan_loss_in_the_first_epoch_keeps_the_initial_adapters(plugins, tmp_p
 
     from metalora import single_pair
     from metalora.errors import TrainingDiverged
-    from metalora.rundir import load_adapters
+    from metalora.runs.rundir import load_adapters
 
     real = single_pair.answer_loss
     monkeypatch.setattr(single_pair, "answer_loss",

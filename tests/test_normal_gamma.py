@@ -9,9 +9,9 @@ import torch
 from torch.distributions import Gamma, Normal
 
 from metalora.config import all_setting_infos, resolve_config
-from metalora.engine import Engine
 from metalora.interfaces import Prior
 from metalora.plugins import PluginManager
+from metalora.runs.engine import Engine
 from metalora_plugins.normal_gamma import NormalGammaPrior, NormalGammaSettings
 
 

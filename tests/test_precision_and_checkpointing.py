@@ -9,9 +9,9 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
-from metalora.engine import Engine
 from metalora.errors import MetaloraError
 from metalora.models.checkpointing import enable_gradient_checkpointing, transformer_layers
+from metalora.runs.engine import Engine
 from metalora.scoring import answer_loss
 from tests.conftest import make_config
 

@@ -27,18 +27,19 @@ from rich.console import Console
 from torch import Tensor
 from typer.testing import CliRunner
 
-import metalora.logging_sinks as logging_sinks
-import metalora.plots as plots
+import metalora.runs.logging_sinks as logging_sinks
+import metalora.runs.plots as plots
 from metalora import hookimpl
 from metalora.adapters import AdapterHandle, attach_adapters
 from metalora.batching import Batch
 from metalora.cli import build_app
 from metalora.config import all_setting_infos, resolve_config
-from metalora.engine import Engine, RunSummary, SeedResult
 from metalora.interfaces import DataOptions, Learner, LearnerContext, StepLog
 from metalora.plugins import PluginManager
 from metalora.records import Suite, Task
-from metalora.rundir import load_adapters, seed_dir
+from metalora.runs.engine import Engine
+from metalora.runs.results import RunSummary, SeedResult
+from metalora.runs.rundir import load_adapters, seed_dir
 from metalora.stats import mean_se
 from metalora_plugins.demo import DemoSuite
 

@@ -15,7 +15,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from metalora.cli import build_app
-from metalora.engine import Engine
 from metalora.errors import MetaloraError
 from metalora.pruning import (
     MergedWeights,
@@ -25,6 +24,7 @@ from metalora.pruning import (
     prune_targets,
     ratio_label,
 )
+from metalora.runs.engine import Engine
 from metalora_plugins.magnitude import MagnitudePruner, pruned_rows
 from tests.conftest import make_config
 

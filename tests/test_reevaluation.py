@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from metalora.cli import build_app
-from metalora.engine import Engine
 from metalora.errors import MetaloraError
-from metalora.reevaluation import evaluate_run
+from metalora.runs.engine import Engine
+from metalora.runs.reevaluation import evaluate_run
 from tests.conftest import make_config
 
 

@@ -25,10 +25,12 @@ from typer.testing import CliRunner
 
 from metalora.cli import build_app
 from metalora.config import all_setting_infos, resolve_config
-from metalora.engine import Engine, RunCallback, RunInterrupted, RunSummary
 from metalora.interfaces import StepLog
 from metalora.plugins import PluginManager
-from metalora.rundir import load_adapters, seed_dir
+from metalora.runs.engine import Engine, RunCallback
+from metalora.runs.results import RunSummary
+from metalora.runs.rundir import load_adapters, seed_dir
+from metalora.runs.state import RunInterrupted
 
 SETTINGS = {
     "learner": "pretrained,lora", "tasks": "demo", "model": "tiny", "epochs": 3, "seeds": "0,1",

@@ -23,17 +23,6 @@ def build_app(plugins: Any = None) -> Any:
     return build(plugins)
 
 
-def __getattr__(name: str) -> Any:
-    # the consoles and option helpers that other command modules use live in .app
-    if name.startswith("__") or name == "app":
-        raise AttributeError(f"module 'metalora.cli' has no attribute {name!r}")
-    app = importlib.import_module("metalora.cli.app")
-    try:
-        return getattr(app, name)
-    except AttributeError:
-        raise AttributeError(f"module 'metalora.cli' has no attribute {name!r}") from None
-
-
 def _say(text: str) -> None:
     """One line on stderr, without rich (which may not be importable yet)."""
     print(text, file=sys.stderr, flush=True)

@@ -84,7 +84,7 @@ class LearnerContext:
 class Learner(ABC):
     """A way to train LoRA adapters across tasks and adapt them to a new task.
 
-    Lifecycle, driven by :mod:`metalora.engine`:
+    Lifecycle, driven by :mod:`metalora.runs.engine`:
 
     1. ``__init__`` attaches the learner's adapter pairs to ``context.model``
        (:func:`metalora.adapters.attach_adapters`) and builds its optimisers.

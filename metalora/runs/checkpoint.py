@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from metalora.errors import MetaloraError
-from metalora.rundir import atomic_write_bytes, load_adapters, read_json, save_adapters, write_json
+from metalora.files import atomic_write_bytes
+from metalora.runs.rundir import load_adapters, read_json, save_adapters, write_json
 
 INDEX_FILE = "checkpoints.json"
 FORMAT_VERSION = 1

@@ -24,12 +24,17 @@ import importlib.util
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from metalora.rundir import atomic_write_bytes
+from metalora.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from metalora.runs.results import RunSummary
 
 ECE_BINS = 15
 WINDOW = 3
@@ -205,3 +210,22 @@ def write_plots(histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
         written.append(plot_reliability(probs, targets, out_dir / f"reliability-{learner}.png",
                                         title=f"{learner} on '{suite}' (test)"))
     return written
+
+
+def plot_run(summary: RunSummary, console: Console) -> list[Path]:
+    """The figures of a run, into ``RUN_DIR/plots``; a note on ``console`` instead when
+    matplotlib is missing or a figure fails (a figure never costs a run its results)."""
+    from metalora.runs.rundir import PLOTS_DIR
+
+    histories = {n: [r.history for r in seeds] for n, seeds in summary.results.items()}
+    predictions = {n: [(t.probs, t.targets) for r in seeds for t in r.test.tasks]
+                   for n, seeds in summary.results.items()}
+    try:
+        return write_plots(histories, predictions, summary.run_dir / PLOTS_DIR,
+                           suite=summary.suite)
+    except PlotsUnavailable:
+        console.print("[dim]matplotlib is not installed: plots skipped "
+                      "(pip install 'metalora\\[plots]')[/dim]")
+    except Exception as exc:  # a figure must never cost a finished run its results
+        console.print(f"[yellow]Warning:[/yellow] plots skipped: {type(exc).__name__}: {exc}")
+    return []

@@ -12,11 +12,21 @@ validation and test instead. The same lines, with a timestamp, always go to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -59,3 +69,14 @@ class ProgressLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+@contextmanager
+def progress_bars(console: Console) -> Iterator[Progress]:
+    """Rich progress bars on ``console`` in a terminal; elsewhere a disabled (silent) one."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        disable=not console.is_terminal)
+    with progress:
+        yield progress

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metalora.rundir import RESULTS_CSV, RESULTS_JSON, atomic_write_bytes, write_json
+from metalora.runs.rundir import RESULTS_CSV, RESULTS_JSON, atomic_write_bytes, write_json
 from metalora.stats import mean_se
 
 if TYPE_CHECKING:
-    from metalora.engine import RunSummary
+    from metalora.runs.results import RunSummary
 
 
 

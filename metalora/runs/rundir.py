@@ -40,6 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metalora.errors import MetaloraError
+from metalora.files import atomic_write_bytes
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -58,19 +59,6 @@ PLOTS_DIR = "plots"
 def seed_dir(run_dir: Path, learner: str, seed: int) -> Path:
     """Where one learner's artefacts for one seed live."""
     return run_dir / learner / f"seed-{seed}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:

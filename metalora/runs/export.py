@@ -46,7 +46,7 @@ from safetensors.torch import save as save_safetensors
 from metalora.errors import MetaloraError, unknown_choice
 from metalora.models import loadable_name
 from metalora.plugins import PluginManager
-from metalora.rundir import (
+from metalora.runs.rundir import (
     ADAPTERS_FILE,
     METRICS_FILE,
     atomic_write_bytes,
@@ -269,46 +269,3 @@ def _prepare_out(out: Path, run_dir: Path, overwrite: bool) -> None:
 
 
 # -- the command ---------------------------------------------------------------------------
-EXPORT_HELP = (
-    "Export a run's global mean adapters (one learner and seed, the tested adapters) as a "
-    "PEFT LoRA adapter: adapter_config.json and adapter_model.safetensors, loadable with "
-    "PeftModel.from_pretrained(base_model, OUT). For ABMLL the mean pair mu_theta is exported "
-    "and the variance pair goes to the sidecar metalora_pairs.safetensors, described in "
-    "metalora_export.json.")
-
-
-def make_export_command(plugins: PluginManager):
-    """The ``export`` command."""
-    import typer
-
-    from metalora import cli
-
-    def export(
-        run_dir: Path = typer.Argument(..., metavar="RUN_DIR",
-                                       help="A run directory written by `metalora run`."),
-        format: str = typer.Option("peft", "--format", "-f",
-                                   help="Export format (choices: peft)."),
-        out: Path | None = typer.Option(
-            None, "--out", "-o", help="Output directory (default: "
-                                      "RUN_DIR/export/<learner>-seed-<seed>-peft)."),
-        learner: str | None = typer.Option(
-            None, "--learner", help="Which learner of the run (needed when it holds several)."),
-        seed: int | None = typer.Option(
-            None, "--seed", help="Which seed's adapters (default: the run's first seed)."),
-        overwrite: bool = typer.Option(
-            False, "--overwrite", help="Write into an output directory that is not empty."),
-    ) -> None:
-        if format not in FORMATS:
-            raise unknown_choice("export format", format, FORMATS)
-        result = export_peft(run_dir, plugins, out, learner=learner, seed=seed,
-                             overwrite=overwrite)
-        epoch = "" if result.tested_epoch is None else f", epoch {result.tested_epoch}"
-        cli.console.print(
-            f"Exported {result.learner} seed {result.seed}{epoch} (pair {result.mean_pair!r}, "
-            f"{len(result.modules)} modules, r={result.rank}, alpha={result.alpha:g}, target "
-            f"{','.join(result.target_modules)}) to {result.out}: {', '.join(result.files)}",
-            soft_wrap=True, highlight=False)
-        cli.console.print(f"Load with: PeftModel.from_pretrained(base_model, "
-                          f"{str(result.out)!r})", soft_wrap=True, highlight=False)
-
-    return export

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from metalora.interfaces.learner import StepLog
-from metalora.rundir import TENSORBOARD_DIR, file_size
+from metalora.runs.rundir import TENSORBOARD_DIR, file_size
 
 
 def tensorboard_writer_class() -> Any | None:

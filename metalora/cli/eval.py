@@ -1,0 +1,53 @@
+"""``metalora eval RUN_DIR``: evaluate a finished run's tested adapters again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from metalora.cli.render import err_console, print_results
+from metalora.errors import MetaloraError
+from metalora.plugins import PluginManager
+from metalora.runs.reevaluation import evaluate_run
+
+EVAL_HELP = ("Evaluate a finished run's tested adapters again with the shared protocol, on its "
+             "own suite's test tasks or another suite's (--tasks). The run is only read; "
+             "results go to RUN_DIR/eval/.")
+
+
+def make_eval_command(plugins: PluginManager):
+    """The ``eval`` command."""
+
+    def eval_run(
+        run_dir: Path = typer.Argument(..., metavar="RUN_DIR", show_default=False,
+                                       help="A run directory written by `metalora run`."),
+        tasks: str | None = typer.Option(None, "--tasks", help="Evaluate on this suite's test "
+                                         "tasks instead of the run's (see `metalora tasks`)."),
+        data_dir: str | None = typer.Option(None, "--data-dir", help="Data directory for "
+                                            "--tasks (MetaICL-format files)."),
+        learner: str | None = typer.Option(None, "--learner", help="Comma-separated subset "
+                                           "of the run's learners."),
+        seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated subset of "
+                                         "the run's seeds."),
+        device: str | None = typer.Option(None, "--device", help="Device to evaluate on."),
+        per_task: bool = typer.Option(True, "--per-task/--no-per-task",
+                                      help="Print the per-task table too."),
+    ) -> None:
+        overrides: dict[str, Any] = {}
+        if learner:
+            overrides["learner"] = [n.strip() for n in learner.split(",") if n.strip()]
+        if seeds:
+            try:
+                overrides["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
+            except ValueError:
+                raise MetaloraError(f"--seeds must be comma-separated integers, got {seeds!r}"
+                                    ) from None
+        if device:
+            overrides["device"] = device
+        summary = evaluate_run(run_dir, plugins, tasks=tasks, data_dir=data_dir,
+                               overrides=overrides, console=err_console)
+        print_results(summary, per_task=per_task)
+
+    return eval_run
