@@ -15,30 +15,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metalora.adapter_config import AdapterConfig
 from metalora.errors import MetaloraError
 from metalora.target_modules import find_target_linears
-
-DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """Where adapters go and their size (paper Table 5)."""
-
-    rank: int = 8
-    alpha: float = 16.0
-    target_modules: tuple[str, ...] = field(default=DEFAULT_TARGETS)
-
-    @property
-    def scaling(self) -> float:
-        """LoRA's ``s = alpha / r``."""
-        return self.alpha / self.rank
 
 
 class LoRAPair(nn.Module):

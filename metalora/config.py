@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from metalora.adapter_config import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginManager
 from metalora.precision import AUTOCAST_DTYPES
@@ -63,10 +64,10 @@ class RunSettings:
     eval_batch_size: int = setting(8, "Batch size when scoring query examples.")
     adapt_steps: int = setting(5, "Test-time adaptation steps on the support set (paper: 5).")
     adapt_lr: float = setting(1e-5, "Test-time adaptation learning rate (paper: 1e-5).")
-    rank: int = setting(8, "LoRA rank r.")
-    alpha: float = setting(16.0, "LoRA alpha (scaling s = alpha / r).")
+    rank: int = setting(DEFAULT_RANK, "LoRA rank r.")
+    alpha: float = setting(DEFAULT_ALPHA, "LoRA alpha (scaling s = alpha / r).")
     target_modules: list[str] = setting(
-        ["q_proj", "v_proj", "o_proj"], "Linear layers to adapt, by name, comma-separated; "
+        list(DEFAULT_TARGETS), "Linear layers to adapt, by name, comma-separated; "
                                         "Llama attention names map to other architectures' "
                                         "(e.g. o_proj to out_proj or dense).")
     max_length: int = setting(512, "Prompt length limit in tokens (the question is truncated).")

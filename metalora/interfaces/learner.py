@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from metalora.adapter_config import AdapterConfig
 from metalora.distributed import Distributed
 from metalora.settings import NoSettings
 
 if TYPE_CHECKING:
-    from metalora.adapters import AdapterConfig, AdapterHandle
+    from metalora.adapters import AdapterHandle
     from metalora.batching import Batch, PromptEncoder
     from metalora.config import RunSettings
     from metalora.episodes import EpisodeSampler
@@ -70,8 +71,6 @@ class LearnerContext:
     @property
     def adapter_config(self) -> AdapterConfig:
         """The run's LoRA setup: rank, alpha and target modules."""
-        from metalora.adapters import AdapterConfig
-
         return AdapterConfig(rank=self.run.rank, alpha=self.run.alpha,
                              target_modules=tuple(self.run.target_modules))
 

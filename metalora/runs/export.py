@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_safetensors
 
+from metalora.adapter_config import DEFAULT_ALPHA, DEFAULT_RANK
 from metalora.errors import MetaloraError, unknown_choice
 from metalora.models import loadable_name
 from metalora.plugins import PluginManager
@@ -180,8 +181,8 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
                              mean_pair, pairs)
     weights = peft_state_dict(tensors, mean_pair)
     modules = sorted({split_adapter_key(k)[0] for k in tensors})
-    rank = int(config.get("rank", 8))
-    alpha = float(config.get("alpha", 16.0))
+    rank = int(config.get("rank", DEFAULT_RANK))
+    alpha = float(config.get("alpha", DEFAULT_ALPHA))
     for module in modules:
         a = weights.get(f"base_model.model.{module}.lora_A.weight")
         b = weights.get(f"base_model.model.{module}.lora_B.weight")
