@@ -1,15 +1,134 @@
 """metalora: a plug-in meta-learning toolkit for LoRA fine-tuning of causal LMs.
 
-The core defines the interfaces (:mod:`metalora.interfaces`), the hook
-specifications (:mod:`metalora.hookspecs`), the plugin manager, the adapter
-machinery, the evaluation protocol, the run engine and the CLI. Every
-learner, prior, task suite, metric and pruner is a plugin.
+This package is the public surface a plugin is written against: everything
+in ``__all__`` below, imported as ``from metalora import Learner, setting``.
+The rest (``metalora.runs``, ``metalora.cli`` and the other submodules) is
+internal and may change between versions.
+
+* registering: :data:`hookimpl`, :class:`Register`;
+* the five interfaces: :class:`Learner` (with :class:`LearnerContext` and
+  :class:`StepLog`), :class:`Prior`, :class:`TaskSampler` (with
+  :class:`DataOptions`), :class:`Metric`, :class:`Pruner`;
+* settings: :func:`setting`, :class:`NoSettings`;
+* data: :class:`Task`, :class:`TaskRecord`, :class:`TaskRole`,
+  :class:`Suite`, :data:`MAX_OPTIONS`, :func:`filter_by_options`,
+  :class:`Batch`;
+* adapters: :func:`attach_adapters`, :class:`AdapterHandle`,
+  :class:`AdaptedLinear`, :class:`LoRAPair`, :class:`AdapterConfig`,
+  :class:`SinglePairLearner` (a learner with one LoRA pair);
+* scoring and optimisation: :func:`answer_loss`, :func:`option_probs`,
+  :func:`adamw`, :func:`fit_steps`;
+* errors: :class:`MetaloraError` (one line for the user, no traceback).
+
+Names are imported on first use, so ``import metalora`` (and the command line
+built on it) does not import torch until something needs it.
 """
 
-from metalora.errors import MetaloraError
-from metalora.hookspecs import hookimpl
-from metalora.records import Suite, Task, TaskRecord, TaskRole
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["MetaloraError", "Suite", "Task", "TaskRecord", "TaskRole", "__version__", "hookimpl"]
+_SOURCES: dict[str, str] = {
+    "hookimpl": "metalora.hookspecs",
+    "Register": "metalora.hookspecs",
+    "Learner": "metalora.interfaces",
+    "LearnerContext": "metalora.interfaces",
+    "StepLog": "metalora.interfaces",
+    "Prior": "metalora.interfaces",
+    "TaskSampler": "metalora.interfaces",
+    "DataOptions": "metalora.interfaces",
+    "Metric": "metalora.interfaces",
+    "Pruner": "metalora.interfaces",
+    "setting": "metalora.settings",
+    "NoSettings": "metalora.settings",
+    "Task": "metalora.records",
+    "TaskRecord": "metalora.records",
+    "TaskRole": "metalora.records",
+    "Suite": "metalora.records",
+    "MAX_OPTIONS": "metalora.records",
+    "filter_by_options": "metalora.records",
+    "Batch": "metalora.batching",
+    "attach_adapters": "metalora.adapters",
+    "AdapterHandle": "metalora.adapters",
+    "AdaptedLinear": "metalora.adapters",
+    "LoRAPair": "metalora.adapters",
+    "AdapterConfig": "metalora.adapter_config",
+    "SinglePairLearner": "metalora.single_pair",
+    "answer_loss": "metalora.scoring",
+    "option_probs": "metalora.scoring",
+    "adamw": "metalora.optim",
+    "fit_steps": "metalora.optim",
+    "MetaloraError": "metalora.errors",
+}
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "Register",
+    "Learner",
+    "LearnerContext",
+    "StepLog",
+    "Prior",
+    "TaskSampler",
+    "DataOptions",
+    "Metric",
+    "Pruner",
+    "setting",
+    "NoSettings",
+    "Task",
+    "TaskRecord",
+    "TaskRole",
+    "Suite",
+    "MAX_OPTIONS",
+    "filter_by_options",
+    "Batch",
+    "attach_adapters",
+    "AdapterHandle",
+    "AdaptedLinear",
+    "LoRAPair",
+    "AdapterConfig",
+    "SinglePairLearner",
+    "answer_loss",
+    "option_probs",
+    "adamw",
+    "fit_steps",
+    "MetaloraError",
+]
+
+if TYPE_CHECKING:
+    from metalora.adapter_config import AdapterConfig
+    from metalora.adapters import AdaptedLinear, AdapterHandle, LoRAPair, attach_adapters
+    from metalora.batching import Batch
+    from metalora.errors import MetaloraError
+    from metalora.hookspecs import Register, hookimpl
+    from metalora.interfaces import (
+        DataOptions,
+        Learner,
+        LearnerContext,
+        Metric,
+        Prior,
+        Pruner,
+        StepLog,
+        TaskSampler,
+    )
+    from metalora.optim import adamw, fit_steps
+    from metalora.records import MAX_OPTIONS, Suite, Task, TaskRecord, TaskRole, filter_by_options
+    from metalora.scoring import answer_loss, option_probs
+    from metalora.settings import NoSettings, setting
+    from metalora.single_pair import SinglePairLearner
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module 'metalora' has no attribute {name!r}")
+    value = getattr(importlib.import_module(source), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SOURCES})

@@ -5,14 +5,17 @@ From the top: ``metalora.cli`` (the commands), ``metalora.runs`` (set-up, the tr
 the run directory), the components (adapters, batching, episodes, evaluation, models, plugin
 manager, config, pruning, ...), and the interfaces with the few modules they are made of
 (errors, settings, records, hookspecs, the process group, the LoRA defaults). A module may
-import its own layer or a lower one. The interfaces may *name* component types in annotations (imports under
-``if TYPE_CHECKING:``) but never import a component at run time. The package itself
-(``metalora/__init__.py``, the public plugin API) sits above the components and below runs.
+import its own layer or a lower one. The interfaces may *name* component types in
+annotations (imports under ``if TYPE_CHECKING:``) but never import a component at run
+time. The package itself (``metalora/__init__.py``, the public plugin API) sits above the
+components and below runs.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +207,43 @@ def test_no_import_cycle_even_through_annotations_above_the_interfaces():
 def test_no_core_module_is_over_500_lines(module):
     lines = MODULES[module].read_text().count("\n")
     assert lines <= MAX_LINES, f"{module} has {lines} lines"
+
+
+# -- the public plugin API ---------------------------------------------------------------------
+def _metalora_imports(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("metalora"):
+            out.append(node.module)
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.startswith("metalora")]
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").rglob("*.py")), ids=lambda p: p.name)
+def test_the_example_plugin_imports_only_the_public_api(path):
+    own = {"metalora_metasgd", "metalora_metasgd.learner"}
+    outside = [m for m in _metalora_imports(path) if m != "metalora" and m not in own]
+    assert not outside, f"{path.name} imports {outside}; a plugin needs only `metalora`"
+
+
+def test_every_public_name_resolves_and_is_documented():
+    import metalora
+
+    assert len(metalora.__all__) == len(set(metalora.__all__))
+    assert set(metalora.__all__) == {"__version__", *metalora._SOURCES}
+    for name in metalora.__all__:
+        value = getattr(metalora, name)
+        if name.isupper() or name in ("__version__", "Register"):
+            continue  # constants and a type alias
+        assert (value.__doc__ or "").strip(), f"metalora.{name} has no docstring"
+    with pytest.raises(AttributeError, match="no attribute 'Engine'"):
+        metalora.Engine  # noqa: B018 (internals are not part of the surface)
+
+
+def test_importing_the_public_api_does_not_import_torch():
+    code = ("import sys, metalora; from metalora import hookimpl, setting, MetaloraError; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"

@@ -62,14 +62,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metalora.adapters import AdapterHandle, attach_adapters
-from metalora.batching import Batch
-from metalora.errors import MetaloraError
-from metalora.interfaces import Learner, LearnerContext, Prior, StepLog
-from metalora.optim import adamw
-from metalora.records import Task
-from metalora.scoring import answer_loss, option_probs
-from metalora.settings import setting
+from metalora import (
+    AdapterHandle,
+    Batch,
+    Learner,
+    LearnerContext,
+    MetaloraError,
+    Prior,
+    StepLog,
+    Task,
+    adamw,
+    answer_loss,
+    attach_adapters,
+    option_probs,
+    setting,
+)
 from metalora_plugins.abmll.objective import KLRequest, backward_regularisers, prior_terms
 from metalora_plugins.abmll.pairs import (
     GLOBAL_PAIRS,

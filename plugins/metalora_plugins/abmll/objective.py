@@ -46,8 +46,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from metalora.adapters import AdaptedLinear
-from metalora.interfaces import Prior
+from metalora import AdaptedLinear, Prior
 from metalora_plugins.abmll.dense import (
     Workspace,
     factor_grads,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from metalora.adapters import AdaptedLinear
+from metalora import AdaptedLinear
 
 MU_THETA, LOGV_THETA, MU_PHI, LOGV_PHI = "mu_theta", "logv_theta", "mu_phi", "logv_phi"
 PAIR_NAMES: tuple[str, ...] = (MU_THETA, LOGV_THETA, MU_PHI, LOGV_PHI)

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from metalora.adapters import AdaptedLinear
+from metalora import AdaptedLinear
 from metalora_plugins.abmll.dense import (
     Workspace,
     factor_grads,

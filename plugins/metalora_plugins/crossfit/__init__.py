@@ -16,8 +16,7 @@ Importing this package reads no data and does not import :mod:`datasets`.
 
 from __future__ import annotations
 
-from metalora import hookimpl
-from metalora.hookspecs import Register
+from metalora import Register, hookimpl
 from metalora_plugins.crossfit.hub import HUB_TASKS, HUB_TRAIN_ROWS, HubSource, HubTask
 from metalora_plugins.crossfit.reader import DEFAULT_K, DEFAULT_SEED, LocalSource, read_jsonl
 from metalora_plugins.crossfit.sampler import CrossFitSuite

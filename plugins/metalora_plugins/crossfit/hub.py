@@ -49,8 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from metalora.errors import MetaloraError
-from metalora.records import MAX_OPTIONS, TaskRecord, TaskRole
+from metalora import MAX_OPTIONS, MetaloraError, TaskRecord, TaskRole
 from metalora_plugins.crossfit.reader import DEFAULT_K, DEFAULT_SEED, SourcedTask
 from metalora_plugins.crossfit.suites import OVERSIZED
 

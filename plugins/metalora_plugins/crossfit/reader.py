@@ -54,8 +54,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from metalora.errors import MetaloraError
-from metalora.records import TaskRecord, TaskRole
+from metalora import MetaloraError, TaskRecord, TaskRole
 from metalora_plugins.crossfit.suites import OVERSIZED
 
 DEFAULT_K = 16

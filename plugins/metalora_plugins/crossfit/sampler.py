@@ -16,10 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from metalora.errors import MetaloraError
-from metalora.interfaces.task_sampler import DataOptions, TaskSampler
-from metalora.records import MAX_OPTIONS, Suite, Task, TaskRecord, TaskRole, filter_by_options
-from metalora.settings import setting
+from metalora import (
+    MAX_OPTIONS,
+    DataOptions,
+    MetaloraError,
+    Suite,
+    Task,
+    TaskRecord,
+    TaskRole,
+    TaskSampler,
+    filter_by_options,
+    setting,
+)
 from metalora_plugins.crossfit.hub import HUB_TRAIN_ROWS, HubSource
 from metalora_plugins.crossfit.reader import (
     DEFAULT_K,

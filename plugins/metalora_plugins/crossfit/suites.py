@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from metalora.records import TaskRole
+from metalora import TaskRole
 
 # -- the paper, appendix A.2 ------------------------------------------------------------------
 

@@ -11,10 +11,7 @@ family applies a concept that a training family also exercises (see
 
 from __future__ import annotations
 
-from metalora import hookimpl
-from metalora.hookspecs import Register
-from metalora.interfaces.task_sampler import DataOptions, TaskSampler
-from metalora.records import Suite, TaskRole
+from metalora import DataOptions, Register, Suite, TaskRole, TaskSampler, hookimpl
 from metalora_plugins.demo.families import (
     EXAMPLES_PER_TASK,
     FAMILIES,

@@ -23,8 +23,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from metalora.errors import MetaloraError
-from metalora.records import MAX_OPTIONS, Task, TaskRecord, TaskRole
+from metalora import MAX_OPTIONS, MetaloraError, Task, TaskRecord, TaskRole
 from metalora_plugins.demo import words
 
 SUITE_NAME = "demo"

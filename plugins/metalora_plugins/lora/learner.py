@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from metalora.batching import Batch
-from metalora.errors import MetaloraError
-from metalora.interfaces import LearnerContext, StepLog
-from metalora.optim import adamw
-from metalora.records import Task
-from metalora.settings import setting
-from metalora.single_pair import SinglePairLearner
+from metalora import (
+    Batch,
+    LearnerContext,
+    MetaloraError,
+    SinglePairLearner,
+    StepLog,
+    Task,
+    adamw,
+    setting,
+)
 
 
 @dataclass(frozen=True)

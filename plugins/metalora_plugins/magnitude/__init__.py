@@ -13,8 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from metalora import hookimpl
-from metalora.interfaces import Pruner
+from metalora import Pruner, hookimpl
 
 
 def pruned_rows(ratio: float, d_out: int) -> int:

@@ -48,14 +48,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalora.batching import Batch
-from metalora.errors import MetaloraError
-from metalora.interfaces import LearnerContext, StepLog
-from metalora.optim import adamw
-from metalora.records import Task
-from metalora.scoring import answer_loss
-from metalora.settings import setting
-from metalora.single_pair import SinglePairLearner
+from metalora import (
+    Batch,
+    LearnerContext,
+    MetaloraError,
+    SinglePairLearner,
+    StepLog,
+    Task,
+    adamw,
+    answer_loss,
+    setting,
+)
 from metalora_plugins.maml.meta import inner_loop, meta_gradient
 
 _PREFIX = "model."

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metalora import hookimpl
-from metalora.interfaces import Metric
+from metalora import Metric, hookimpl
 
 ECE_BINS = 15
 

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metalora import hookimpl
-from metalora.interfaces import Prior
-from metalora.settings import setting
+from metalora import Prior, hookimpl, setting
 
 LOG_2PI = math.log(2.0 * math.pi)
 

@@ -5,12 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from metalora import hookimpl
-from metalora.batching import Batch
-from metalora.interfaces import StepLog
-from metalora.records import Task
-from metalora.settings import setting
-from metalora.single_pair import SinglePairLearner
+from metalora import Batch, SinglePairLearner, StepLog, Task, hookimpl, setting
 
 
 @dataclass(frozen=True)

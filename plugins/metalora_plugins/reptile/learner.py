@@ -28,11 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metalora.interfaces import LearnerContext, StepLog
-from metalora.optim import adamw
-from metalora.records import Task
-from metalora.settings import setting
-from metalora.single_pair import SinglePairLearner
+from metalora import LearnerContext, SinglePairLearner, StepLog, Task, adamw, setting
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from metalora.interfaces import LearnerContext, StepLog
-from metalora.optim import adamw
-from metalora.records import Task
-from metalora.settings import setting
-from metalora.single_pair import SinglePairLearner
+from metalora import LearnerContext, SinglePairLearner, StepLog, Task, adamw, setting
 
 
 @dataclass(frozen=True)

@@ -43,14 +43,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metalora.adapters import AdapterHandle, attach_adapters
-from metalora.batching import Batch
-from metalora.errors import MetaloraError
-from metalora.interfaces import Learner, LearnerContext, StepLog
-from metalora.optim import fit_steps
-from metalora.records import Task
-from metalora.scoring import answer_loss, option_probs
-from metalora.settings import setting
+from metalora import (
+    AdapterHandle,
+    Batch,
+    Learner,
+    LearnerContext,
+    MetaloraError,
+    StepLog,
+    Task,
+    answer_loss,
+    attach_adapters,
+    fit_steps,
+    option_probs,
+    setting,
+)
 
 THETA = "default"
 """The adapter pair holding the initialisation (read by the forward pass)."""
