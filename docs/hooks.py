@@ -18,6 +18,9 @@ a line, which this hook replaces before the page is converted:
 ``<!-- metalora:api-rest PACKAGE -->``
     mkdocstrings ``:::`` blocks for every module of ``PACKAGE`` that no other
     page documents, so a new module appears in the API reference by itself.
+``<!-- metalora:public-api -->``
+    mkdocstrings ``:::`` blocks of every name in ``metalora.__all__`` (the
+    plugin API), grouped by the module that defines it.
 ``<!-- metalora:benchmarks -->``
     ``benchmarks/README.md`` (if it exists) and every benchmark script with
     the command that runs it, from the script's docstring.
@@ -256,13 +259,40 @@ def _suite_tasks(sampler) -> list[str]:
 
 # -- API reference -------------------------------------------------------------------------
 def documented_identifiers(docs_dir: Path, skip: Path | None = None) -> set[str]:
-    """Identifiers of every ``::: identifier`` block in the pages (except ``skip``)."""
+    """What the pages (except ``skip``) document: every ``::: identifier`` block, every
+    public name (``metalora:public-api``) and every package of an ``api-rest`` directive."""
     found: set[str] = set()
     for page in docs_dir.rglob("*.md"):
         if skip is not None and page.resolve() == skip.resolve():
             continue
-        found |= set(API_BLOCK.findall(page.read_text(encoding="utf-8")))
+        text = page.read_text(encoding="utf-8")
+        found |= set(API_BLOCK.findall(text))
+        for match in DIRECTIVE.finditer(text):
+            if match["name"] == "api-rest" and match["arg"]:
+                found.add(match["arg"].strip())
+            elif match["name"] == "public-api":
+                found |= {f"{module}.{name}" for module, names in public_api().items()
+                          for name in names}
     return found
+
+
+def public_api() -> dict[str, list[str]]:
+    """module -> the names of ``metalora.__all__`` it defines, in ``__all__``'s order."""
+    import metalora
+
+    grouped: dict[str, list[str]] = {}
+    for name, module in metalora._SOURCES.items():
+        grouped.setdefault(module, []).append(name)
+    return grouped
+
+
+def public_api_page() -> str:
+    """``:::`` blocks of every name in ``metalora.__all__``, grouped by defining module."""
+    blocks = []
+    for module, names in public_api().items():
+        blocks.append(f"::: {module}\n    options:\n      show_root_heading: true\n"
+                      f"      members: [{', '.join(names)}]")
+    return "\n\n".join(blocks)
 
 
 def package_modules(package: str) -> list[tuple[str, bool]]:
@@ -314,21 +344,32 @@ def api_rest(package: str, documented: set[str]) -> str:
     it defines itself (its modules follow), so re-exported objects are
     documented once, where they are defined.
     """
-    def covered(module: str) -> bool:
-        return any(module == d or d.startswith(module + ".") or module.startswith(d + ".")
-                   for d in documented)
-
     modules = package_modules(package)
+    names = {m for m, _ in modules}
+    # what a page documents for this package: a broader directive or block does not count
+    documented = {d for d in documented if not (package == d or package.startswith(d + "."))}
+
+    def is_module(identifier: str) -> bool:
+        return identifier in names or any(m.startswith(identifier + ".") for m in names)
+
+    def covered(module: str) -> bool:
+        return any(module == d or module.startswith(d + ".")
+                   or (d.startswith(module + ".") and is_module(d)) for d in documented)
+
     blocks = []
     for module, is_package in modules:
         if covered(module):
             continue
         has_children = is_package and any(m.startswith(module + ".") for m, _ in modules)
-        if module == package and has_children:
-            continue
+        if module == package and has_children and "." not in package:
+            continue  # a distribution's top package: its page says what it holds
+        elsewhere = {d[len(module) + 1:] for d in documented
+                     if d.startswith(module + ".") and "." not in d[len(module) + 1:]}
         block = f"::: {module}"
-        if has_children:
-            defined = _defined_names(_module_path(module))
+        if has_children or elsewhere:
+            defined = [n for n in _defined_names(_module_path(module)) if n not in elsewhere]
+            if elsewhere and not defined:
+                continue  # every name of it is documented (with the module) on another page
             block += "\n    options:\n      members: " + (
                 "[" + ", ".join(defined) + "]" if defined else "false")
         blocks.append(block)
@@ -419,6 +460,8 @@ def render(name: str, arg: str, page_path: Path | None = None) -> str:
         return settings_table(_import(args[0]), args[1], merged)
     if name == "api-rest" and len(args) == 1:
         return api_rest(args[0], documented_identifiers(DOCS, skip=page_path))
+    if name == "public-api" and not args:
+        return public_api_page()
     if name == "benchmarks" and not args:
         return benchmarks_page()
     raise DocsError(f"unknown or malformed directive 'metalora:{name} {arg}'")

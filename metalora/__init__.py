@@ -34,14 +34,14 @@ __version__ = "0.1.0"
 _SOURCES: dict[str, str] = {
     "hookimpl": "metalora.hookspecs",
     "Register": "metalora.hookspecs",
-    "Learner": "metalora.interfaces",
-    "LearnerContext": "metalora.interfaces",
-    "StepLog": "metalora.interfaces",
-    "Prior": "metalora.interfaces",
-    "TaskSampler": "metalora.interfaces",
-    "DataOptions": "metalora.interfaces",
-    "Metric": "metalora.interfaces",
-    "Pruner": "metalora.interfaces",
+    "Learner": "metalora.interfaces.learner",
+    "LearnerContext": "metalora.interfaces.learner",
+    "StepLog": "metalora.interfaces.learner",
+    "Prior": "metalora.interfaces.prior",
+    "TaskSampler": "metalora.interfaces.task_sampler",
+    "DataOptions": "metalora.interfaces.task_sampler",
+    "Metric": "metalora.interfaces.metric",
+    "Pruner": "metalora.interfaces.pruner",
     "setting": "metalora.settings",
     "NoSettings": "metalora.settings",
     "Task": "metalora.records",
@@ -104,16 +104,11 @@ if TYPE_CHECKING:
     from metalora.batching import Batch
     from metalora.errors import MetaloraError
     from metalora.hookspecs import Register, hookimpl
-    from metalora.interfaces import (
-        DataOptions,
-        Learner,
-        LearnerContext,
-        Metric,
-        Prior,
-        Pruner,
-        StepLog,
-        TaskSampler,
-    )
+    from metalora.interfaces.learner import Learner, LearnerContext, StepLog
+    from metalora.interfaces.metric import Metric
+    from metalora.interfaces.prior import Prior
+    from metalora.interfaces.pruner import Pruner
+    from metalora.interfaces.task_sampler import DataOptions, TaskSampler
     from metalora.optim import adamw, fit_steps
     from metalora.records import MAX_OPTIONS, Suite, Task, TaskRecord, TaskRole, filter_by_options
     from metalora.scoring import answer_loss, option_probs
