@@ -44,11 +44,11 @@ class RunSettings:
     data_dir: str | None = setting(
         None, "Directory of MetaICL-format task files (suites that read data).")
     seeds: list[int] = setting([0], "Seed(s), comma-separated; metrics report mean ± SE.")
-    epochs: int = setting(1, "Passes over the training tasks.")
+    epochs: int = setting(1, "Passes over the training tasks.", ge=0)
     eval_every: int = setting(
         1, "Validate on the suite's validation tasks every N epochs (0 = never). Test metrics "
            "are taken at the best-validation epoch; with no validation tasks, or 0, at the "
-           "last epoch.")
+           "last epoch.", ge=0)
     select_metric: str = setting(
         "accuracy", "Validation metric that picks the tested epoch (higher or lower is better "
                     "as the metric declares).")
@@ -57,25 +57,27 @@ class RunSettings:
     plots: bool = setting(
         True, "Write PNG figures into the run directory (needs matplotlib: "
               "pip install 'metalora[plots]').")
-    batch_size: int = setting(2, "Examples per batch (paper: 2).")
+    batch_size: int = setting(2, "Examples per batch (paper: 2).", ge=1)
     support_batches: int = setting(
-        5, "Support batches per evaluated task (support = support_batches x batch_size).")
-    query_cap: int | None = setting(None, "At most this many query examples per evaluated task.")
-    eval_batch_size: int = setting(8, "Batch size when scoring query examples.")
-    adapt_steps: int = setting(5, "Test-time adaptation steps on the support set (paper: 5).")
-    adapt_lr: float = setting(1e-5, "Test-time adaptation learning rate (paper: 1e-5).")
-    rank: int = setting(DEFAULT_RANK, "LoRA rank r.")
-    alpha: float = setting(DEFAULT_ALPHA, "LoRA alpha (scaling s = alpha / r).")
+        5, "Support batches per evaluated task (support = support_batches x batch_size).", ge=1)
+    query_cap: int | None = setting(
+        None, "At most this many query examples per evaluated task.", ge=1)
+    eval_batch_size: int = setting(8, "Batch size when scoring query examples.", ge=1)
+    adapt_steps: int = setting(5, "Test-time adaptation steps on the support set (paper: 5).", ge=0)
+    adapt_lr: float = setting(1e-5, "Test-time adaptation learning rate (paper: 1e-5).", ge=0)
+    rank: int = setting(DEFAULT_RANK, "LoRA rank r.", ge=1)
+    alpha: float = setting(DEFAULT_ALPHA, "LoRA alpha (scaling s = alpha / r).", gt=0)
     target_modules: list[str] = setting(
-        list(DEFAULT_TARGETS), "Linear layers to adapt, by name, comma-separated; "
-                                        "Llama attention names map to other architectures' "
-                                        "(e.g. o_proj to out_proj or dense).")
-    max_length: int = setting(512, "Prompt length limit in tokens (the question is truncated).")
+        list(DEFAULT_TARGETS), "Linear layers to adapt, by name, comma-separated; Llama "
+                               "attention names map to other architectures' (e.g. o_proj to "
+                               "out_proj or dense).")
+    max_length: int = setting(
+        512, "Prompt length limit in tokens (the question is truncated).", ge=1)
     train_loss: str = setting(
         "vocab", "Answer loss normalised over the vocabulary or over the options.",
         choices=("vocab", "options"))
-    max_train_tasks: int | None = setting(None, "Use only the first N training tasks.")
-    max_eval_tasks: int | None = setting(None, "Evaluate only the first N test tasks.")
+    max_train_tasks: int | None = setting(None, "Use only the first N training tasks.", ge=1)
+    max_eval_tasks: int | None = setting(None, "Evaluate only the first N test tasks.", ge=1)
     metrics: list[str] = setting([], "Metrics to report (default: every registered metric).")
     device: str = setting("auto", "Device: auto, cpu, cuda, cuda:N.")
     dtype: str = setting(

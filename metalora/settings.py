@@ -11,6 +11,8 @@ without the core knowing the plugin.
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 import types
 import typing
 from collections.abc import Mapping
@@ -19,13 +21,73 @@ from typing import Any
 
 from metalora.errors import MetaloraError
 
+BOUNDS: dict[str, tuple[Any, str]] = {
+    "gt": (operator.gt, ">"), "ge": (operator.ge, ">="),
+    "lt": (operator.lt, "<"), "le": (operator.le, "<="),
+}
+"""The bounds a setting may declare, with how they read."""
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """Declare a settings field with its default and help text."""
-    meta = {"help": help, "choices": choices}
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+            gt: float | None = None, ge: float | None = None, lt: float | None = None,
+            le: float | None = None) -> Any:
+    """Declare a settings field with its default, help text, and optional choices or bounds.
+
+    ``gt``/``ge``/``lt``/``le`` bound a number (each item of a list): a value outside
+    them is one error line, before anything runs. A float is always finite (never nan
+    or inf). ``None`` (where the type allows it) is never out of bounds.
+    """
+    bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le))
+              if v is not None}
+    meta = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, list | dict | set):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def describe_bounds(bounds: Mapping[str, float]) -> str:
+    """``> 0``, ``>= 1 and <= 10``: how declared bounds read."""
+    return " and ".join(f"{BOUNDS[k][1]} {v:g}" for k, v in bounds.items())
+
+
+def check_value(name: str, value: Any, bounds: Mapping[str, float]) -> None:
+    """Raise one clear error when ``value`` (each item of a list) is not finite or out of
+    ``bounds``; ``name`` is how the error names the setting."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise MetaloraError(f"setting '{name}' must be a finite number"
+                                + (f" {describe_bounds(bounds)}" if bounds else "")
+                                + f", got {item!r}")
+        for key, limit in bounds.items():
+            if not BOUNDS[key][0](item, limit):
+                raise MetaloraError(
+                    f"setting '{name}' must be {describe_bounds(bounds)}, got {item!r}")
+
+
+def validate_settings(settings: Any, owner: str | None = None) -> Any:
+    """Check every field of a settings dataclass instance: its type, choices and bounds.
+
+    ``owner`` (a plugin's name) is named in the error.
+    """
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        name = f"{f.name}' of '{owner}" if owner else f.name
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        kind = _base_type(hints[f.name])
+        wrong = (kind in (int, float, str, bool, list) and not isinstance(value, kind)
+                 and not (kind is float and isinstance(value, int)))
+        if wrong or (kind in (int, float) and isinstance(value, bool)):
+            raise MetaloraError(f"setting '{name}' must be {kind.__name__}, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise MetaloraError(f"setting '{name}' got {value!r}; valid choices: "
+                                + ", ".join(choices))
+        check_value(name, value, f.metadata.get("bounds") or {})
+    return settings
 
 
 @dataclass(frozen=True)
@@ -48,6 +110,10 @@ class SettingInfo:
     """The default of each owner (owners may disagree, e.g. learning rates)."""
     item_type: type = str
     """For list settings: the type of the items."""
+    bounds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Declared bounds (``gt``, ``ge``, ``lt``, ``le``). Values of the core's settings are
+    checked against them as they are read; a plugin's (owners of one name may bound it
+    differently) when its settings are built (:func:`build_settings`), before a run starts."""
 
 
 def field_infos(settings_cls: type, owner: str) -> list[SettingInfo]:
@@ -66,6 +132,7 @@ def field_infos(settings_cls: type, owner: str) -> list[SettingInfo]:
                 owners=(owner,),
                 defaults={owner: default},
                 item_type=_item_type(hints[f.name]),
+                bounds=dict(f.metadata.get("bounds") or {}),
             )
         )
     return infos
@@ -90,15 +157,18 @@ def merge_infos(groups: list[list[SettingInfo]]) -> dict[str, SettingInfo]:
                 owners=seen.owners + info.owners,
                 defaults={**seen.defaults, **info.defaults},
                 help=seen.help if seen.help else info.help,
+                bounds=seen.bounds if seen.bounds == info.bounds else {},
             )
     return merged
 
 
-def build_settings(settings_cls: type, values: Mapping[str, Any]) -> Any:
-    """Instantiate ``settings_cls`` from the values that were given (others keep defaults)."""
+def build_settings(settings_cls: type, values: Mapping[str, Any],
+                   owner: str | None = None) -> Any:
+    """Instantiate ``settings_cls`` from the values that were given (others keep defaults),
+    checked (:func:`validate_settings`; ``owner`` is named in an error)."""
     names = {f.name for f in dataclasses.fields(settings_cls)}
     given = {k: v for k, v in values.items() if k in names and v is not None}
-    return settings_cls(**given)
+    return validate_settings(settings_cls(**given), owner)
 
 
 def coerce(info: SettingInfo, value: Any) -> Any:
@@ -115,13 +185,19 @@ def coerce(info: SettingInfo, value: Any) -> Any:
             raise ValueError
         if kind is list:
             items = value.split(",") if isinstance(value, str) else list(value)
-            return [info.item_type(v.strip() if isinstance(v, str) else v)
-                    for v in items if not (isinstance(v, str) and not v.strip())]
+            converted = [info.item_type(v.strip() if isinstance(v, str) else v)
+                         for v in items if not (isinstance(v, str) and not v.strip())]
+            if "run" in info.owners:
+                check_value(info.name, converted, info.bounds)
+            return converted
         if kind is float and isinstance(value, str):
-            return float(value)
-        if kind in (int, float) and isinstance(value, bool):
+            converted = float(value)
+        elif kind in (int, float) and isinstance(value, bool):
             raise ValueError
-        converted = kind(value)
+        elif kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError  # 1.5 epochs is a mistake, not 1
+        else:
+            converted = kind(value)
     except (TypeError, ValueError):
         raise MetaloraError(
             f"setting '{info.name}' must be {info.type.__name__}, got {value!r}"
@@ -130,6 +206,8 @@ def coerce(info: SettingInfo, value: Any) -> Any:
         raise MetaloraError(
             f"setting '{info.name}' got {converted!r}; valid choices: {', '.join(info.choices)}"
         )
+    if "run" in info.owners:  # a plugin's are checked with its own bounds when built
+        check_value(info.name, converted, info.bounds)
     return converted
 
 

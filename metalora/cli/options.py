@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from metalora.settings import SettingInfo
+from metalora.settings import SettingInfo, describe_bounds
 
 OPTION_TYPES: dict[type, Any] = {
     bool: bool | None, int: int | None, float: float | None, str: str | None, list: str | None,
@@ -35,6 +35,8 @@ def option_help(info: SettingInfo) -> str:
         text += f" [default: {'(none)' if default is None else default}]"
     if info.choices:
         text += f" [choices: {', '.join(info.choices)}]"
+    if info.bounds:
+        text += f" [range: {describe_bounds(info.bounds)}]"
     return escape(text)
 
 

@@ -100,17 +100,17 @@ class ABMLLSettings:
 
     inner_lr: float = setting(
         1e-5, "ABMLL inner-loop learning rate: AdamW on the task pairs phi (paper: 1e-5). "
-              "Test-time adaptation uses adapt_lr and adapt_steps instead.")
+              "Test-time adaptation uses adapt_lr and adapt_steps instead.", gt=0)
     outer_lr: float = setting(
-        5e-5, "ABMLL outer learning rate: AdamW on the global pairs theta (paper: 5e-5).")
-    inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).")
-    weight_decay: float = setting(0.01, "AdamW weight decay.")
+        5e-5, "ABMLL outer learning rate: AdamW on the global pairs theta (paper: 5e-5).", ge=0)
+    inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).", ge=1)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     beta: float = setting(
         1e-8, "ABMLL weight beta of KL(q(phi|D) || p(phi|theta)) in the inner and outer "
-              "objectives (paper: 1e-8).")
+              "objectives (paper: 1e-8).", ge=0)
     gamma: float | None = setting(
         None, "ABMLL weight gamma of -log p(theta) in the outer objective; unset means "
-              "gamma = beta, the paper's single weight.")
+              "gamma = beta, the paper's single weight.", ge=0)
     log_var_init: float = setting(
         -20.0, "ABMLL c, the initial log-variance: logv = s*B@A + c (the paper's 'c = e^-20' "
                "is read as c = -20).")
@@ -121,10 +121,10 @@ class ABMLLSettings:
         5.0, "ABMLL upper clamp of every log-variance (numerical safety; the gradient is zero "
              "above it).")
     train_samples: int = setting(
-        1, "ABMLL weight samples per training step; the NLL is their mean (paper: 1).")
+        1, "ABMLL weight samples per training step; the NLL is their mean (paper: 1).", ge=1)
     eval_samples: int = setting(
         1, "ABMLL weight samples per prediction; more than 1 averages the option "
-           "probabilities (Bayesian model averaging; paper: 1).")
+           "probabilities (Bayesian model averaging; paper: 1).", ge=1)
     sampling: str = setting(
         "weight", "ABMLL noise: 'weight' = exact weight-space sample W0+mu+sigma*eps (noise "
                   "regenerated in backward, not stored); 'local' = local reparameterisation "

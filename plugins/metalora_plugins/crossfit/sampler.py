@@ -48,13 +48,13 @@ class CrossFitSettings:
     kshot_k: int = setting(
         DEFAULT_K, "CrossFit suites: k of the MetaICL k-shot sample read for validation (a "
                    "validation task is its train and dev files, 2k records; the data has k = 16 "
-                   "and 8).")
+                   "and 8).", ge=1)
     kshot_seed: int = setting(
         DEFAULT_SEED, "CrossFit suites: seed of that k-shot sample (MetaICL's seeds: 100, 13, "
                       "21, 42, 87).")
     hub_train_rows: int = setting(
         HUB_TRAIN_ROWS, "CrossFit suites read from the Hugging Face hub (no --data-dir): rows "
-                        "per training task.")
+                        "per training task.", ge=1)
 
 
 class Source(Protocol):

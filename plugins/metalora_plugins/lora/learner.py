@@ -21,12 +21,12 @@ from metalora import (
 class LoraSettings:
     """Settings of ``lora``."""
 
-    lr: float = setting(5e-5, "Training learning rate (AdamW; for maml the outer step).")
-    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    lr: float = setting(5e-5, "Training learning rate (AdamW; for maml the outer step).", gt=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     steps_per_task: int = setting(
         5, "An epoch of lora draws len(training tasks) x steps_per_task batches from the "
            "shuffled union of all training examples (the compute of one pass of the "
-           "task-structured learners); 0 = one full pass over every example.")
+           "task-structured learners); 0 = one full pass over every example.", ge=1)
 
 
 class LoraLearner(SinglePairLearner):

@@ -68,11 +68,11 @@ _PREFIX = "model."
 class MamlSettings:
     """Settings of ``maml``."""
 
-    lr: float = setting(5e-5, "Training learning rate (AdamW; for maml the outer step).")
-    weight_decay: float = setting(0.01, "AdamW weight decay.")
-    inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).")
+    lr: float = setting(5e-5, "Training learning rate (AdamW; for maml the outer step).", gt=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
+    inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).", ge=1)
     maml_inner_lr: float = setting(
-        1e-3, "maml: inner-loop learning rate (plain SGD, functional).")
+        1e-3, "maml: inner-loop learning rate (plain SGD, functional).", gt=0)
     second_order: bool = setting(
         False, "maml: differentiate through the inner loop (full meta-gradient; needs eager "
                "attention, switched to automatically during the meta step). Default: first order.")

@@ -30,9 +30,9 @@ class NormalGammaSettings:
     """Settings of the ``normal-gamma`` prior."""
 
     a0: float = setting(1.0, "normal-gamma prior: Gamma shape a0 of the global precision "
-                             "1/sigma_theta^2 (ABML: 1).")
+                             "1/sigma_theta^2 (ABML: 1).", gt=0)
     b0: float = setting(0.01, "normal-gamma prior: Gamma rate b0 of the global precision "
-                              "1/sigma_theta^2 (ABML: 0.01).")
+                              "1/sigma_theta^2 (ABML: 0.01).", gt=0)
     prior_jacobian: bool = setting(
         False, "normal-gamma prior: add the change-of-variables term, so that -log p is a "
                "density of the optimised log-variance (mode at precision a0/b0); off is the "

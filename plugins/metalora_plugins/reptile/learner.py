@@ -35,11 +35,12 @@ from metalora import LearnerContext, SinglePairLearner, StepLog, Task, adamw, se
 class ReptileSettings:
     """Settings of ``reptile``."""
 
-    lr: float = setting(1e-5, "Training learning rate (AdamW; for maml the outer step).")
-    weight_decay: float = setting(0.01, "AdamW weight decay.")
-    inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).")
+    lr: float = setting(1e-5, "Training learning rate (AdamW; for maml the outer step).", gt=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
+    inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).", ge=1)
     reptile_epsilon: float = setting(
-        0.5, "reptile: outer step size eps in theta <- theta + eps (theta_i - theta) (paper: 0.5).")
+        0.5, "reptile: outer step size eps in theta <- theta + eps (theta_i - theta) "
+             "(paper: 0.5).", gt=0, le=1)
     reptile_persistent_optimizer: bool = setting(
         False, "reptile: keep one inner AdamW for the whole run instead of a fresh one per task.")
 

@@ -22,10 +22,10 @@ from metalora import LearnerContext, SinglePairLearner, StepLog, Task, adamw, se
 class StructuredLoraSettings:
     """Settings of ``structured-lora``."""
 
-    lr: float = setting(1e-5, "Training learning rate (AdamW; for maml the outer step).")
-    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    lr: float = setting(1e-5, "Training learning rate (AdamW; for maml the outer step).", gt=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     steps_per_task: int = setting(
-        5, "structured-lora: optimisation steps on each training task per visit (paper: 5).")
+        5, "structured-lora: optimisation steps on each training task per visit (paper: 5).", ge=1)
 
 
 class StructuredLoraLearner(SinglePairLearner):

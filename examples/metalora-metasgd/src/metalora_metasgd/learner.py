@@ -79,13 +79,13 @@ class MetaSGDSettings:
     """
 
     inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).")
-    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     metasgd_lr: float = setting(
-        5e-5, "metasgd: outer AdamW learning rate of the initialisation theta.")
+        5e-5, "metasgd: outer AdamW learning rate of the initialisation theta.", gt=0)
     metasgd_alpha_init: float = setting(
-        1e-3, "metasgd: initial value of every per-parameter inner learning rate alpha.")
+        1e-3, "metasgd: initial value of every per-parameter inner learning rate alpha.", ge=0)
     metasgd_alpha_lr: float = setting(
-        1e-5, "metasgd: outer AdamW learning rate of alpha (no weight decay).")
+        1e-5, "metasgd: outer AdamW learning rate of alpha (no weight decay).", ge=0)
     metasgd_test_adapt: str = setting(
         "learned", "metasgd: test-time adaptation: learned (adapt_steps steps of "
                    "phi <- phi - alpha * grad with the learned alpha) or adamw (adapt_steps "
