@@ -62,30 +62,10 @@ def run_cell(args: argparse.Namespace, reading: str, beta: str, extra: list[str]
 
 
 def references(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    """Macro accuracy of always answering A, and of always the query set's majority answer,
-    on the validation and the test queries of this protocol."""
-    import torch
-    from transformers import AutoTokenizer
+    """Always-A and majority-answer accuracy on this ablation's queries (see protocol.py)."""
+    from protocol import references as protocol_references
 
-    from metalora.batching import PromptEncoder
-    from metalora.episodes import EpisodeSampler
-    from metalora.interfaces import DataOptions
-    from metalora.models.smollm2 import cached_checkpoint
-    from metalora.plugins import get_plugin_manager
-
-    suite = get_plugin_manager().registry("suite").get("cls45").load(
-        DataOptions(data_dir=args.data_dir, seed=0))
-    encoder = PromptEncoder(AutoTokenizer.from_pretrained(cached_checkpoint()))
-    sampler = EpisodeSampler(encoder, query_cap=args.query_cap)
-    out = {}
-    for role, tasks in (("validation", suite.validation), ("test", suite.test)):
-        first, majority = [], []
-        for task in tasks:
-            targets = torch.cat([b.targets for b in sampler.episode(task).query])
-            first.append(float((targets == 0).float().mean()))
-            majority.append(int(torch.bincount(targets).max()) / targets.numel())
-        out[role] = (sum(first) / len(first), sum(majority) / len(majority))
-    return out
+    return protocol_references(args.data_dir, args.query_cap)
 
 
 def report(args: argparse.Namespace) -> None:
