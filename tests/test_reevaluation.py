@@ -40,3 +40,61 @@ def test_eval_on_another_subset_and_bad_input(plugins, finished_run):
         evaluate_run(finished_run.run_dir, plugins, tasks="nope")
     result = CliRunner().invoke(build_app(plugins), ["eval", str(finished_run.run_dir / "x")])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_eval_on_the_validation_tasks_gives_the_validation_of_the_tested_epoch(plugins,
+                                                                              finished_run):
+    again = evaluate_run(finished_run.run_dir, plugins, split="validation")
+    assert again.run_dir.name.endswith("-validation")
+    for name, seeds in finished_run.results.items():
+        recorded = seeds[0]
+        tested = next(r for r in recorded.history if r["epoch"] == recorded.tested_epoch)
+        macro = again.results[name][0].test.macro
+        assert macro["accuracy"] == pytest.approx(tested["accuracy"], abs=1e-6)
+        assert macro["nll"] == pytest.approx(tested["nll"], abs=1e-5)
+    protocol = json.loads((again.run_dir / "metrics.json").read_text())["protocol"]
+    assert protocol["split"] == "validation" and protocol["changed_settings"] == {}
+
+
+def test_eval_with_a_changed_evaluation_setting(plugins, finished_run):
+    run_dir = finished_run.run_dir
+    base = evaluate_run(run_dir, plugins)
+    faster = evaluate_run(run_dir, plugins, settings={"adapt_lr": "5e-2"})
+    assert faster.results["lora"][0].test.macro["nll"] != pytest.approx(
+        base.results["lora"][0].test.macro["nll"])  # adaptation acts
+    assert faster.results["pretrained"][0].test.macro == pytest.approx(
+        base.results["pretrained"][0].test.macro)  # zero-shot: nothing to adapt
+    protocol = json.loads((faster.run_dir / "metrics.json").read_text())["protocol"]
+    assert protocol["changed_settings"] == {"adapt_lr": 0.05}
+    for settings, message in (({"rank": "4"}, "cannot change what the run is"),
+                              ({"nope": "1"}, "unknown setting 'nope'"),
+                              ({"eval_samples": "8"}, "not used by this run"),
+                              ({"adapt_steps": "-1"}, "must be >= 0")):
+        with pytest.raises(MetaloraError, match=message):
+            evaluate_run(run_dir, plugins, settings=settings)
+    with pytest.raises(MetaloraError, match="unknown split 'train'; valid choices: test"):
+        evaluate_run(run_dir, plugins, split="train")
+
+
+def test_eval_samples_changes_abmll_predictions_without_retraining(plugins, tmp_path):
+    config = make_config(plugins, model="tiny", learner=["abmll"], epochs=1, query_cap=8,
+                         max_train_tasks=2, log_var_init=-3.0, plots=False, tensorboard=False,
+                         output_dir=str(tmp_path), run_name="b")
+    run = Engine(config, plugins).execute()
+    one = evaluate_run(run.run_dir, plugins, split="validation")
+    many = evaluate_run(run.run_dir, plugins, split="validation", settings={"eval_samples": "4"})
+    probs_one = [t.probs for t in one.results["abmll"][0].test.tasks]
+    probs_many = [t.probs for t in many.results["abmll"][0].test.tasks]
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(probs_one, probs_many, strict=True))
+    changed = json.loads((many.run_dir / "metrics.json").read_text())["protocol"]
+    assert changed["changed_settings"] == {"eval_samples": 4}
+
+
+def test_the_eval_command_takes_split_and_set(plugins, finished_run):
+    result = CliRunner().invoke(build_app(plugins), [
+        "eval", str(finished_run.run_dir), "--split", "validation", "--set", "adapt-lr=1e-3",
+        "--no-per-task"], color=False)
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(build_app(plugins), ["eval", str(finished_run.run_dir), "--set",
+                                                  "adapt_lr"], color=False)
+    assert bad.exit_code == 1 and "--set takes NAME=VALUE, got 'adapt_lr'" in bad.output

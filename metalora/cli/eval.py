@@ -13,8 +13,9 @@ from metalora.plugins import PluginManager
 from metalora.runs.reevaluation import evaluate_run
 
 EVAL_HELP = ("Evaluate a finished run's tested adapters again with the shared protocol, on its "
-             "own suite's test tasks or another suite's (--tasks). The run is only read; "
-             "results go to RUN_DIR/eval/.")
+             "own suite's test tasks, another suite's (--tasks) or the validation tasks "
+             "(--split), optionally with evaluation-time settings changed (--set "
+             "eval_samples=8). The run is only read; results go to RUN_DIR/eval/.")
 
 
 def make_eval_command(plugins: PluginManager):
@@ -34,6 +35,11 @@ def make_eval_command(plugins: PluginManager):
         device: str | None = typer.Option(None, "--device", help="Device to evaluate on."),
         per_task: bool = typer.Option(True, "--per-task/--no-per-task",
                                       help="Print the per-task table too."),
+        split: str = typer.Option("test", "--split", help="Which tasks: test or validation."),
+        set_values: list[str] | None = typer.Option(
+            None, "--set", metavar="NAME=VALUE",
+            help="Change a setting for this evaluation (repeatable), e.g. eval_samples=8 or "
+                 "adapt_lr=2e-4; the adapters stay the run's."),
     ) -> None:
         overrides: dict[str, Any] = {}
         if learner:
@@ -46,8 +52,15 @@ def make_eval_command(plugins: PluginManager):
                                     ) from None
         if device:
             overrides["device"] = device
+        settings: dict[str, str] = {}
+        for item in set_values or []:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise MetaloraError(f"--set takes NAME=VALUE, got {item!r}")
+            settings[name.strip().replace("-", "_")] = value.strip()
         summary = evaluate_run(run_dir, plugins, tasks=tasks, data_dir=data_dir,
-                               overrides=overrides, console=err_console)
+                               overrides=overrides, split=split, settings=settings,
+                               console=err_console)
         print_results(summary, per_task=per_task)
 
     return eval_run

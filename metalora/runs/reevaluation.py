@@ -4,37 +4,87 @@ Each learner and seed of the run is rebuilt with the run's recorded
 settings, its tested adapters (``<learner>/seed-<s>/adapters.safetensors``)
 are loaded, and the shared protocol (test-time adaptation on each task's
 support set, metrics on its query set) runs on the test tasks of the run's
-suite, or of another suite (``--tasks``, ``--data-dir``). The run itself is
-only read; results go to ``RUN_DIR/eval/<time>-<suite>/results.{csv,json}``.
+suite, or of another suite (``--tasks``, ``--data-dir``), or on the
+validation tasks (``--split validation``). Settings that act at evaluation
+time only may be changed for it (``--set eval_samples=8``, ``--set
+adapt_lr=2e-4``): the adapters stay the run's, so anything that changes their
+shape is refused when they are loaded. The run itself is only read; results go
+to ``RUN_DIR/eval/<time>-<suite>[-validation]/results.{csv,json}`` and
+``metrics.json`` (which records the split and the changed settings).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from metalora.errors import MetaloraError
+from metalora.errors import MetaloraError, unknown_choice
 from metalora.evaluation import evaluate
 from metalora.plugins import PluginManager
 from metalora.runs.progress import progress_bars
 from metalora.runs.reporting import write_results
 from metalora.runs.results import RunSummary, SeedResult
 from metalora.runs.rundir import METRICS_FILE, read_json, seed_dir, write_json
-from metalora.runs.setup import load_tested_learner, open_run
+from metalora.runs.setup import RunSetup, load_tested_learner, open_run
+from metalora.settings import coerce
 
 EVAL_DIR = "eval"
+SPLITS: tuple[str, ...] = ("test", "validation")
+"""The task roles a finished run can be evaluated on."""
+FIXED_SETTINGS: tuple[str, ...] = (
+    "learner", "seeds", "tasks", "data_dir", "device", "model", "rank", "alpha",
+    "target_modules", "output_dir", "run_name")
+"""Settings ``--set`` may not change (what the run is, or options of their own)."""
+
+
+def change_settings(setup: RunSetup, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply evaluation-time setting changes to a reopened run; return them, typed.
+
+    Each name must be a declared setting outside :data:`FIXED_SETTINGS`; the value is
+    read as that setting's type, and every setting is checked again afterwards.
+    """
+    infos = setup.config.infos
+    changed: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name in FIXED_SETTINGS:
+            raise MetaloraError(f"--set {name}=... cannot change what the run is; settings "
+                                "that can: any but " + ", ".join(FIXED_SETTINGS))
+        info = infos.get(name)
+        if info is None:
+            raise unknown_choice("setting", name, sorted(set(infos) - set(FIXED_SETTINGS)))
+        used = {"run", *setup.run.learner, setup.run.tasks,
+                *setup.plugins.registry("prior").names()}
+        if not used & set(info.owners):
+            raise MetaloraError(f"setting {name!r} ({', '.join(info.owners)}) is not used by "
+                                f"this run ({', '.join(setup.run.learner)})")
+        value = coerce(info, raw)
+        changed[name] = value
+        setup.config.values[name] = value
+        for learner_values in setup.config.learner_values.values():
+            if name in learner_values:
+                learner_values[name] = value
+        if "run" in info.owners:
+            setup.change_run(**{name: value})
+    setup._validate_settings()
+    return changed
 
 
 def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | None = None,
                  data_dir: str | None = None, overrides: dict[str, Any] | None = None,
+                 split: str = "test", settings: Mapping[str, Any] | None = None,
                  console: Console | None = None) -> RunSummary:
-    """Re-evaluate every learner and seed of a finished run; write and return the results."""
+    """Re-evaluate every learner and seed of a finished run on the ``split`` tasks, with
+    ``settings`` changed for the evaluation; write and return the results."""
+    if split not in SPLITS:
+        raise unknown_choice("split", split, SPLITS)
     run_dir = Path(run_dir)
     setup = open_run(run_dir, plugins, console=console, overrides=overrides)
+    changed = change_settings(setup, settings or {})
     changes: dict[str, Any] = {}
     if tasks is not None:
         plugins.registry("suite").get(tasks)
@@ -46,10 +96,16 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
     if changes:
         setup.change_run(**changes)
     suite, metrics, episodes = setup.load_test_episodes()
-    out_dir = run_dir / EVAL_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{suite.name}"
+    if split == "validation":
+        if not suite.validation:
+            raise MetaloraError(f"suite '{suite.name}' has no validation tasks")
+        episodes = [setup.episodes.episode(t) for t in suite.validation]
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}-{suite.name}"
+    out_dir = run_dir / EVAL_DIR / (stamp if split == "test" else f"{stamp}-{split}")
+    protocol = dict(read_json(run_dir / METRICS_FILE, "run metrics").get("protocol", {}))
+    protocol.update(split=split, changed_settings=changed)
     summary = RunSummary(run_dir=out_dir, suite=suite.name, metric_names=list(metrics),
-                         protocol=dict(read_json(run_dir / METRICS_FILE, "run metrics")
-                                       .get("protocol", {})))
+                         protocol=protocol)
     for name in setup.run.learner:
         summary.results[name] = []
         for seed in setup.run.seeds:
