@@ -35,7 +35,11 @@ The protocol, the same for every learner:
 Stage ``ablation`` (the paper's Table 3 at this protocol, one seed as in the
 paper): abmll at its kept learning rate for beta in {1, 1e-5, 1e-8, 1e-16}
 under both readings of the outer step at c = -20; then, for the reading with
-the higher validation accuracy at beta = 1e-8, c in {-12, -9}.
+the higher validation accuracy at beta = 1e-8, c in {-12, -9}. Stage
+``samples``: every finished ablation run evaluated again on the validation
+tasks with 8 weight samples (``metalora eval RUN --split validation --set
+eval_samples=8``: Bayesian model averaging, no retraining); with 1 sample that
+evaluation equals the run's own validation at its tested epoch.
 
 The report prints, per learner, test accuracy, ECE, NLL and Brier as mean
 +- standard error over seeds, and each learner's paired difference to
@@ -65,6 +69,8 @@ BETAS = ("1", "1e-5", "1e-8", "1e-16")
 READINGS = ("first-order", "literal")
 DEFAULT_BETA = "1e-8"
 DEFAULT_READING = "first-order"
+SAMPLES = 8
+"""Weight samples of the Bayesian-model-averaging evaluation (stage ``samples``)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,12 @@ class Job:
     learner: str
     seed: int
     options: tuple[str, ...] = field(default=())
+    kind: str = "run"
+    """``run`` (train and test) or ``samples`` (evaluate run ``name`` with 8 samples)."""
+
+    @property
+    def key(self) -> str:
+        return self.name if self.kind == "run" else f"{self.name}:samples"
 
 
 def lr_options(learner: str, lr: str) -> tuple[str, ...]:
@@ -99,6 +111,19 @@ class Protocol:
     def finished(self, name: str) -> bool:
         state = self.out / name / "state.json"
         return state.exists() and json.loads(state.read_text()).get("status") == "finished"
+
+    def sampled(self, name: str) -> dict | None:
+        """The abmll seed record of run ``name`` evaluated on the validation tasks with
+        ``SAMPLES`` weight samples (``metalora eval --set eval_samples=8``), if done."""
+        for metrics in sorted((self.out / name / "eval").glob("*-validation/metrics.json")):
+            data = json.loads(metrics.read_text())
+            changed = data.get("protocol", {}).get("changed_settings", {})
+            if changed.get("eval_samples") == SAMPLES:
+                return next(iter(data["learners"]["abmll"]["seeds"].values()))
+        return None
+
+    def done(self, job: Job) -> bool:
+        return self.finished(job.name) if job.kind == "run" else self.sampled(job.name) is not None
 
     def seed_record(self, name: str, learner: str) -> dict:
         metrics = json.loads((self.out / name / "metrics.json").read_text())
@@ -167,17 +192,27 @@ class Protocol:
                                 options))
         return jobs
 
+    def samples_jobs(self) -> list[Job]:
+        """Every finished ablation cell, evaluated again on validation with 8 samples."""
+        return [Job(j.name, "abmll", 0, kind="samples") for j in self.ablation_jobs()
+                if self.finished(j.name)]
+
     def jobs(self) -> list[Job]:
         jobs = []
         if "protocol" in self.args.stages:
             jobs += self.selection_jobs() + self.seed_jobs()
         if "ablation" in self.args.stages:
             jobs += self.ablation_jobs()
-        unique = {job.name: job for job in jobs}
+        if "samples" in self.args.stages:
+            jobs += self.samples_jobs()
+        unique = {job.key: job for job in jobs}
         return list(unique.values())
 
     # -- running -------------------------------------------------------------
     def command(self, job: Job) -> list[str]:
+        if job.kind == "samples":
+            return ["eval", str(self.out / job.name), "--split", "validation", "--set",
+                    f"eval_samples={SAMPLES}", "--no-per-task"]
         if (self.out / job.name).exists():
             return ["run", "--resume", str(self.out / job.name)]
         a = self.args
@@ -189,12 +224,12 @@ class Protocol:
 
     def start(self, job: Job) -> subprocess.Popen:
         cmd = self.command(job)
-        print(f"{time.strftime('%H:%M:%S')} start {job.name}: metalora {' '.join(cmd)}",
+        print(f"{time.strftime('%H:%M:%S')} start {job.key}: metalora {' '.join(cmd)}",
               flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads),
                    MKL_NUM_THREADS=str(self.args.threads))
         self.out.mkdir(parents=True, exist_ok=True)
-        log = open(self.out / f"{job.name}.console.log", "a")  # noqa: SIM115 (closed by the OS)
+        log = open(self.out / f"{job.key.replace(':', '-')}.console.log", "a")  # noqa: SIM115 (closed by the OS)
         return subprocess.Popen(
             [sys.executable, "-c", "from metalora.cli import main; main()", *cmd],
             env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -204,11 +239,11 @@ class Protocol:
         running: dict[str, subprocess.Popen] = {}
         failed: set[str] = set()
         while True:
-            ready = [j for j in self.jobs() if not self.finished(j.name)
-                     and j.name not in running and j.name not in failed]
+            ready = [j for j in self.jobs() if not self.done(j)
+                     and j.key not in running and j.key not in failed]
             while ready and len(running) < self.args.jobs:
                 job = ready.pop(0)
-                running[job.name] = self.start(job)
+                running[job.key] = self.start(job)
             if not running:
                 break
             time.sleep(5)
@@ -295,9 +330,11 @@ class Protocol:
         if self.chosen_lr("abmll") is None:
             return []
         lines = ["## Beta ablation at this protocol (abmll, seed 0, validation at the best "
-                 "epoch; test for reference)", "",
-                 "| reading | beta | c | val acc | val ECE | epoch | test acc | test ECE |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                 f"epoch with 1 and {SAMPLES} weight samples; test for reference)", "",
+                 "| reading | beta | c | val acc | val ECE | val NLL | epoch | "
+                 f"val acc, {SAMPLES} samples | val ECE, {SAMPLES} | val NLL, {SAMPLES} | "
+                 "test acc | test ECE |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         cells = [(r, b, "-20") for b in BETAS for r in READINGS]
         reading = self.better_reading()
         if reading is not None:
@@ -305,13 +342,17 @@ class Protocol:
         for reading, beta, c in cells:
             name = self.ablation_name(reading, beta, c)
             if not self.finished(name):
-                lines.append(f"| {reading} | {beta} | {c} | (not finished) | | | | |")
+                lines.append(f"| {reading} | {beta} | {c} | (not finished) |" + " |" * 8)
                 continue
             best = self.best_validation(name, "abmll")
             macro = self.seed_record(name, "abmll")["macro"]
+            sampled = self.sampled(name)
+            many = ("| | | " if sampled is None else
+                    f"| {pct(sampled['macro']['accuracy'])} | {sampled['macro']['ece']:.3f} | "
+                    f"{sampled['macro']['nll']:.3f} ")
             lines.append(f"| {reading} | {beta} | {c} | {pct(best['accuracy'])} | "
-                         f"{best['ece']:.3f} | {best['epoch']} | {pct(macro['accuracy'])} | "
-                         f"{macro['ece']:.3f} |")
+                         f"{best['ece']:.3f} | {best['nll']:.3f} | {best['epoch']} {many}| "
+                         f"{pct(macro['accuracy'])} | {macro['ece']:.3f} |")
         return lines
 
 
@@ -371,7 +412,7 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path,
                         default=REPO / "runs" / "benchmarks" / "protocol")
     parser.add_argument("--stages", default="protocol",
-                        help="comma-separated: protocol, ablation (default: protocol)")
+                        help="comma-separated: protocol, ablation, samples (default: protocol)")
     parser.add_argument("--lr-grid", default="3e-4,1e-3")
     parser.add_argument("--adapt-lr", default="2e-4")
     parser.add_argument("--train-tasks", type=int, default=12)
