@@ -1,0 +1,309 @@
+"""Setting a run up: its settings, suite, model, metrics and learners.
+
+:class:`RunSetup` is what ``metalora run`` (:class:`~metalora.runs.engine.Engine`
+extends it with the training loop), ``eval``, ``prune`` and ``export`` share:
+it checks the plugin names and settings before anything is loaded, loads the
+suite and the model once, and builds seeded learners. :func:`open_run` reopens
+a finished run directory with its recorded settings, and
+:func:`load_tested_learner` rebuilds one of its learners with the adapters
+its test used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from rich.console import Console
+
+from metalora.activity import doing
+from metalora.batching import PromptEncoder
+from metalora.config import ResolvedConfig, RunSettings, all_setting_infos, settings_dict
+from metalora.distributed import Distributed
+from metalora.episodes import Episode, EpisodeSampler
+from metalora.errors import MetaloraError
+from metalora.interfaces import DataOptions, Learner, LearnerContext, Metric, Prior
+from metalora.models import LoadedModel, load_model
+from metalora.models.checkpointing import enable_gradient_checkpointing
+from metalora.plugins import PluginManager
+from metalora.precision import autocast
+from metalora.records import Suite
+from metalora.runs.rundir import (
+    ADAPTERS_FILE,
+    load_adapters,
+    read_config,
+    require_finished,
+    seed_dir,
+)
+from metalora.seeding import seed_everything
+from metalora.settings import build_settings
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+RUN_OVERRIDES: tuple[str, ...] = ("learner", "seeds", "device")
+"""Settings that may be given together with a run directory (learner/seed filters, device)."""
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MetaloraError(
+            f"device {name!r} requested but CUDA is not available; valid choices: auto, cpu")
+    return name
+
+
+class RunSetup:
+    """A run's settings and what they name: suite, model, metrics, learners. See the module."""
+
+    def __init__(self, config: ResolvedConfig, plugins: PluginManager,
+                 console: Console | None = None) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.console = console or Console(stderr=True)
+        self.run: RunSettings = config.run
+        self.resume_dir: Path | None = None
+        """Set by :meth:`from_run_dir`: the run directory the settings were read from."""
+        self.distributed = Distributed()
+        """This process's rank (a single process unless joined to a torchrun group)."""
+        self._validate_names()
+        self._validate_settings()
+        self.suite: Suite | None = None
+        self.loaded: LoadedModel | None = None
+        self.episodes: EpisodeSampler | None = None
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path | str, plugins: PluginManager,
+                     console: Console | None = None, **kwargs: Any) -> Self:
+        """Set up with the recorded settings of the run in ``run_dir`` (to continue it, or to
+        reopen it: ``kwargs`` go to the constructor)."""
+        run_dir = Path(run_dir)
+        recorded = read_config(run_dir)
+        run_fields = {f.name for f in dataclasses.fields(RunSettings)}
+        given = recorded.get("given") or {}
+        values = {**given, **{k: v for k, v in recorded.items() if k in run_fields}}
+        config = ResolvedConfig(values=values, infos=all_setting_infos(plugins),
+                                learner_values=dict(recorded.get("learner_settings") or {}))
+        setup = cls(config, plugins, console=console, **kwargs)
+        setup.resume_dir = run_dir
+        return setup
+
+    def change_run(self, **changes: Any) -> None:
+        """Replace run settings (a learner/seed subset, another suite or device) before
+        anything is loaded."""
+        self.run = dataclasses.replace(self.run, **changes)
+
+    def _validate_names(self) -> None:
+        """Fail fast, before loading anything, on unknown plugin names and bad settings."""
+        if not self.run.learner:
+            raise MetaloraError("no learner given; valid choices: "
+                                + ", ".join(self.plugins.registry("learner").names()))
+        for name in self.run.learner:
+            self.plugins.registry("learner").get(name)
+        if len(set(self.run.learner)) != len(self.run.learner):
+            raise MetaloraError(f"learner given twice in {','.join(self.run.learner)!r}")
+        self.plugins.registry("suite").get(self.run.tasks)
+        for name in self.run.metrics:
+            self.plugins.registry("metric").get(name)
+        self.plugins.registry("metric").get(self.run.select_metric)
+        if self.run.data_dir is not None and not Path(self.run.data_dir).is_dir():
+            raise MetaloraError(f"data directory {self.run.data_dir!r} does not exist")
+        if not self.run.seeds:
+            raise MetaloraError("no seed given; pass e.g. --seeds 0 or --seeds 0,1,2")
+        if len(set(self.run.seeds)) != len(self.run.seeds):
+            raise MetaloraError(f"seed given twice in {self.run.seeds}")
+        if self.run.epochs < 0:
+            raise MetaloraError(f"epochs must be 0 or more, got {self.run.epochs}")
+        if self.run.eval_every < 0:
+            raise MetaloraError(
+                f"eval_every must be 0 (never) or a number of epochs, got {self.run.eval_every}")
+
+    def _validate_settings(self) -> None:
+        """Build, and so check, every setting of every selected learner, of every prior (a
+        learner may choose any) and of the suite, before anything is loaded: a bad value
+        for the second learner stops the run before the first one trains."""
+        for name in self.run.learner:
+            self.learner_settings(name)
+        for reg in self.plugins.registry("prior"):
+            build_settings(reg.implementation.Settings, self.config.values, owner=reg.name)
+        suite_settings = getattr(self.plugins.registry("suite").get(self.run.tasks),
+                                 "Settings", None)
+        if suite_settings is not None:
+            build_settings(suite_settings, self.config.values, owner=self.run.tasks)
+
+    def metrics(self) -> dict[str, Metric]:
+        """The metrics to report, instantiated."""
+        registry = self.plugins.registry("metric")
+        names = self.run.metrics or registry.names()
+        return {name: registry.get(name)() for name in names}
+
+    def load_suite(self) -> Suite:
+        """Load (once) the suite named by ``tasks``."""
+        if self.suite is None:
+            sampler = self.plugins.registry("suite").get(self.run.tasks)
+            data_dir = Path(self.run.data_dir) if self.run.data_dir else None
+            settings_cls = getattr(sampler, "Settings", None)
+            settings = (build_settings(settings_cls, self.config.values, owner=self.run.tasks)
+                        if settings_cls is not None else None)
+            with doing(f"loading suite {self.run.tasks!r}"):
+                self.suite = sampler.load(DataOptions(
+                    data_dir=data_dir, seed=0, skip_bad_records=self.run.skip_bad_records,
+                    settings=settings))
+            if self.run.max_train_tasks is not None:
+                self.suite.train = self.suite.train[: self.run.max_train_tasks]
+            if self.run.max_eval_tasks is not None:
+                self.suite.test = self.suite.test[: self.run.max_eval_tasks]
+                self.suite.validation = self.suite.validation[: self.run.max_eval_tasks]
+        return self.suite
+
+    def load_test_episodes(self) -> tuple[Suite, dict[str, Metric], list[Episode]]:
+        """Load the suite and the model; the suite, the metrics and its test episodes.
+
+        A suite without test tasks is one error line.
+        """
+        suite = self.load_suite()
+        if not suite.test:
+            raise MetaloraError(f"suite '{suite.name}' has no test tasks")
+        self.load_model()
+        return suite, self.metrics(), [self.episodes.episode(t) for t in suite.test]
+
+    def load_model(self) -> LoadedModel:
+        """Load (once) the model named by ``model`` and build the batch machinery."""
+        if self.loaded is None:
+            device = self.device()
+            with doing(f"loading model {self.run.model!r}"):
+                self.loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype],
+                                         device=device, notify=self.note)
+            if self.run.gradient_checkpointing:
+                enable_gradient_checkpointing(self.loaded.model, f"model {self.run.model!r}")
+            encoder = PromptEncoder(self.loaded.tokenizer, max_length=self.run.max_length)
+            self.episodes = EpisodeSampler(
+                encoder, batch_size=self.run.batch_size, support_batches=self.run.support_batches,
+                query_cap=self.run.query_cap, eval_batch_size=self.run.eval_batch_size,
+                seed=0, device=device)
+        return self.loaded
+
+    def note(self, text: str) -> None:
+        """Tell the person running this something, on the engine's console (one plain line)."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def precision(self) -> contextlib.AbstractContextManager[None]:
+        """The context for forward passes: ``torch.autocast`` as the ``autocast`` setting says."""
+        return autocast(self.device(), self.run.autocast)
+
+    def device(self) -> str:
+        """The resolved ``device`` setting; under torchrun on GPUs, this rank's GPU."""
+        device = resolve_device(self.run.device)
+        if self.distributed.active and device == "cuda":
+            return f"cuda:{self.distributed.local_rank}"
+        return device
+
+    def learner_settings(self, name: str) -> Any:
+        """A learner's settings: its defaults overridden by the given (or recorded) values."""
+        cls = self.plugins.registry("learner").get(name)
+        values = {**self.config.values, **self.config.learner_values.get(name, {})}
+        return build_settings(cls.Settings, values, owner=name)
+
+    def make_prior(self, name: str) -> Prior:
+        """A registered prior with its settings resolved from this run's config."""
+        cls = self.plugins.registry("prior").get(name)
+        return cls(build_settings(cls.Settings, self.config.values, owner=name))
+
+    def build_learner(self, name: str, seed: int) -> Learner:
+        """Seed everything and instantiate a learner (it attaches its adapters)."""
+        loaded = self.load_model()
+        rng = seed_everything(seed)
+        cls = self.plugins.registry("learner").get(name)
+        context = LearnerContext(
+            model=loaded.model, encoder=self.episodes.encoder, episodes=self.episodes,
+            run=self.run, settings=self.learner_settings(name), rng=rng,
+            make_prior=self.make_prior, distributed=self.distributed)
+        return cls(context)
+
+    def resolved_config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this run: core settings, each learner's settings,
+        and the values given explicitly (``given``, which also carries prior settings)."""
+        return {
+            **settings_dict(self.run),
+            "learner_settings": {n: settings_dict(self.learner_settings(n))
+                                 for n in self.run.learner},
+            "given": dict(self.config.values),
+        }
+
+    def make_run_dir(self) -> Path:
+        """Create a fresh run directory (never reusing an existing one)."""
+        base = Path(self.run.output_dir)
+        stem = self.run.run_name or (
+            f"{datetime.now():%Y%m%d-%H%M%S}-{self.run.tasks}-{'+'.join(self.run.learner)}")
+        path = base / stem
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = base / f"{stem}-{suffix}"
+        path.mkdir(parents=True)
+        return path
+
+
+def open_run(run_dir: Path | str, plugins: PluginManager, console: Console | None = None,
+             overrides: Mapping[str, Any] | None = None) -> RunSetup:
+    """The set-up of a finished run directory, with learner/seed filters and device applied.
+
+    Raises one clear :class:`MetaloraError` when the directory does not exist,
+    is not a run directory, or a selected learner/seed has not finished.
+    """
+    run_dir = Path(run_dir)
+    setup = RunSetup.from_run_dir(run_dir, plugins, console=console)
+    overrides = dict(overrides or {})
+    bad = sorted(set(overrides) - set(RUN_OVERRIDES))
+    if bad:
+        raise MetaloraError(
+            f"--{bad[0].replace('_', '-')} cannot be changed for a saved run (its recorded "
+            f"settings are used); with RUN_DIR only --{', --'.join(RUN_OVERRIDES)} may be given")
+    run = setup.run
+    changes: dict[str, Any] = {}
+    for key, recorded in (("learner", run.learner), ("seeds", run.seeds)):
+        chosen = overrides.get(key)
+        if chosen is None:
+            continue
+        for value in chosen:
+            if value not in recorded:
+                what = "learner" if key == "learner" else "seed"
+                raise MetaloraError(
+                    f"{what} {value!r} is not in run {str(run_dir)!r}; valid choices: "
+                    + ", ".join(str(v) for v in recorded))
+        changes[key] = [v for v in recorded if v in chosen]
+    if overrides.get("device") is not None:
+        changes["device"] = overrides["device"]
+    if changes:
+        setup.change_run(**changes)
+    for name in setup.run.learner:
+        for seed in setup.run.seeds:
+            require_finished(run_dir, name, seed)
+    return setup
+
+
+def load_tested_learner(setup: RunSetup, run_dir: Path, name: str, seed: int) -> Learner:
+    """Build a learner of a finished run and load the adapters its test used.
+
+    The caller must call ``learner.adapters.remove()`` when done.
+    """
+    learner = setup.build_learner(name, seed)
+    path = seed_dir(run_dir, name, seed) / ADAPTERS_FILE
+    try:
+        saved = load_adapters(path)
+        expected = set(learner.adapters.named_parameters())
+        if set(saved) != expected:
+            odd = sorted(set(saved) ^ expected)[0]
+            raise MetaloraError(f"adapter file {str(path)!r} does not match learner "
+                                f"{name!r} with the run's settings (tensor {odd!r})")
+        learner.adapters.restore(saved)
+    except BaseException:
+        learner.adapters.remove()
+        raise
+    return learner
