@@ -122,15 +122,34 @@ def build_run_settings(values: Mapping[str, Any]) -> RunSettings:
     return build_settings(RunSettings, values)
 
 
-def all_setting_infos(plugins: PluginManager) -> dict[str, SettingInfo]:
-    """The run settings plus every registered plugin's settings, merged by name."""
+def _setting_groups(plugins: PluginManager) -> list[list[SettingInfo]]:
     groups = [field_infos(RunSettings, "run")]
-    for kind in SETTINGS_KINDS:
-        for reg in plugins.registry(kind):
+    for kind in SETTINGS_KINDS:  # the built-ins first: a clash disables the newcomer
+        for reg in sorted(plugins.registry(kind), key=lambda r: (r.provider != "metalora",
+                                                                  r.name)):
             settings_cls = getattr(reg.implementation, "Settings", None)
             if settings_cls is not None:
                 groups.append(field_infos(settings_cls, reg.name))
-    return merge_infos(groups)
+    return groups
+
+
+def all_setting_infos(plugins: PluginManager) -> dict[str, SettingInfo]:
+    """The run settings plus every registered plugin's settings, merged by name.
+
+    A plugin setting whose name another owner declares with another type is left out
+    (:func:`setting_conflicts` says which); the rest of the command line still works.
+    """
+    return merge_infos(_setting_groups(plugins), conflicts={})
+
+
+def setting_conflicts(plugins: PluginManager) -> dict[str, str]:
+    """plugin name -> why one of its settings clashes with another owner's (and is unusable)."""
+    providers = {r.name: r.provider for kind in SETTINGS_KINDS for r in plugins.registry(kind)}
+    providers["run"] = "metalora"
+    conflicts: dict[str, str] = {}
+    merge_infos(_setting_groups(plugins), conflicts=conflicts,
+                label=lambda owner: f"{owner} ({providers.get(owner, owner)})")
+    return conflicts
 
 
 LEARNER_TABLES_KEY = "learner_settings"

@@ -5,8 +5,10 @@ listed under the ``metalora`` entry-point group defines ``@hookimpl``
 functions from :mod:`metalora.hookspecs`. Set ``METALORA_PLUGINS`` to a
 comma-separated list of entry-point names to load only those (an empty value
 loads none). A plugin that fails to import is reported as a warning and the
-others still load; two implementations of one kind under one name are an
-error that names both providers.
+others still load, and so does everything else when a plugin's ``register_*``
+hook raises (the plugin is skipped with one warning). Two implementations of
+one kind under one name are an error naming both providers, raised only when
+that name is asked for: commands that do not need it still work.
 """
 
 from __future__ import annotations
@@ -51,20 +53,33 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Registration] = {}
+        self.conflicts: dict[str, list[Registration]] = {}
+        """Names registered more than once, with every registration (none is usable)."""
 
     def add(self, registration: Registration) -> None:
-        """Add one implementation; a second one with the same name is an error."""
-        seen = self._entries.get(registration.name)
+        """Add one implementation; a second one with the same name makes the name a conflict."""
+        name = registration.name
+        if name in self.conflicts:
+            self.conflicts[name].append(registration)
+            return
+        seen = self._entries.pop(name, None)
         if seen is not None:
-            raise PluginError(
-                f"{self.kind} '{registration.name}' is registered twice: by plugin "
-                f"'{seen.plugin}' ({seen.provider}) and by plugin '{registration.plugin}' "
-                f"({registration.provider})"
-            )
-        self._entries[registration.name] = registration
+            self.conflicts[name] = [seen, registration]
+            return
+        self._entries[name] = registration
+
+    def conflict_error(self, name: str) -> PluginError:
+        """The error for a name registered twice, naming both plugins and providers."""
+        first, second = self.conflicts[name][:2]
+        return PluginError(
+            f"{self.kind} '{name}' is registered twice: by plugin '{first.plugin}' "
+            f"({first.provider}) and by plugin '{second.plugin}' ({second.provider}); "
+            f"uninstall one, or leave one out with {ALLOW_LIST_ENV}")
 
     def get(self, name: str) -> Any:
         """The implementation registered as ``name``, or a clear error listing the choices."""
+        if name in self.conflicts:
+            raise self.conflict_error(name)
         try:
             return self._entries[name].implementation
         except KeyError:
@@ -152,25 +167,42 @@ class PluginManager:
         return self._registries[kind]
 
     def _collect(self) -> dict[str, Registry]:
-        registries = {kind: Registry(kind) for kind in hookspecs.HOOK_KINDS.values()}
+        """Call every ``register_*`` hook; a plugin whose hook raises is skipped, whole."""
+        collected: dict[str, list[Registration]] = {}
+        broken: set[str] = set()
         for hook_name, kind in hookspecs.HOOK_KINDS.items():
             caller = getattr(self._pm.hook, hook_name)
             for impl in caller.get_hookimpls():
                 plugin = self._pm.get_name(impl.plugin) or repr(impl.plugin)
+                if plugin in broken:
+                    continue
+                made: list[Registration] = []
 
                 def register(implementation: Any, name: str | None = None, *,
-                             _kind: str = kind, _plugin: str = plugin) -> None:
+                             _kind: str = kind, _plugin: str = plugin,
+                             _made: list[Registration] = made) -> None:
                     reg_name = name or getattr(implementation, "name", None)
                     if not reg_name:
                         raise PluginError(
                             f"plugin '{_plugin}' registered a {_kind} without a name"
                         )
-                    registries[_kind].add(Registration(
+                    _made.append(Registration(
                         kind=_kind, name=reg_name, implementation=implementation,
                         plugin=_plugin, provider=self.provider(_plugin)))
 
                 kwargs = {"register": register} if "register" in impl.argnames else {}
-                impl.function(**kwargs)
+                try:
+                    impl.function(**kwargs)
+                except Exception as exc:  # a broken plugin must not take the CLI down
+                    broken.add(plugin)
+                    collected.pop(plugin, None)
+                    self._warn(plugin, f"failed in {hook_name} ({type(exc).__name__}: {exc})")
+                    continue
+                collected.setdefault(plugin, []).extend(made)
+        registries = {kind: Registry(kind) for kind in hookspecs.HOOK_KINDS.values()}
+        for registrations in collected.values():
+            for registration in registrations:
+                registries[registration.kind].add(registration)
         return registries
 
     def add_commands(self, app: Any) -> None:

@@ -15,7 +15,7 @@ import math
 import operator
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,8 +138,14 @@ def field_infos(settings_cls: type, owner: str) -> list[SettingInfo]:
     return infos
 
 
-def merge_infos(groups: list[list[SettingInfo]]) -> dict[str, SettingInfo]:
-    """Merge settings declared by several owners; one name must keep one type."""
+def merge_infos(groups: list[list[SettingInfo]], conflicts: dict[str, str] | None = None,
+                label: Callable[[str], str] = str) -> dict[str, SettingInfo]:
+    """Merge settings declared by several owners; one name must keep one type.
+
+    A name declared with another type is an error; with ``conflicts`` given, the later
+    declaration is left out instead and ``conflicts[owner]`` says why (owners named
+    with ``label``).
+    """
     merged: dict[str, SettingInfo] = {}
     for group in groups:
         for info in group:
@@ -148,10 +154,13 @@ def merge_infos(groups: list[list[SettingInfo]]) -> dict[str, SettingInfo]:
                 merged[info.name] = info
                 continue
             if seen.type is not info.type:
-                raise MetaloraError(
-                    f"setting '{info.name}' is declared as {seen.type.__name__} by "
-                    f"{', '.join(seen.owners)} and as {info.type.__name__} by {info.owners[0]}"
-                )
+                message = (f"setting '{info.name}' is declared as {seen.type.__name__} by "
+                           f"{', '.join(label(o) for o in seen.owners)} and as "
+                           f"{info.type.__name__} by {label(info.owners[0])}")
+                if conflicts is None:
+                    raise MetaloraError(message)
+                conflicts[info.owners[0]] = message
+                continue
             merged[info.name] = dataclasses.replace(
                 seen,
                 owners=seen.owners + info.owners,

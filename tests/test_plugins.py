@@ -72,8 +72,11 @@ def test_a_name_collision_is_an_error_naming_both_plugins():
 
     pm = PluginManager()
     pm.register(Impostor(), name="impostor")
+    learners = pm.registry("learner")  # building the registry still works
     with pytest.raises(PluginError, match="learner 'lora' is registered twice: .*lora.*impostor"):
-        pm.registry("learner")
+        learners.get("lora")
+    assert "lora" not in learners.names() and "pretrained" in learners.names()
+    assert learners.get("pretrained").name == "pretrained"  # what does not collide still works
 
 
 def test_allow_list_loads_only_the_named_entry_points(monkeypatch):
@@ -100,3 +103,93 @@ def test_a_plugin_that_fails_to_import_is_a_warning_and_the_rest_still_load(monk
         pm = PluginManager()
     assert "broken" in pm.failures
     assert set(pm.registry("learner").names()) >= BUILTIN_LEARNERS
+
+
+class Broken:
+    """A plugin whose register hook raises after registering one learner."""
+
+    @hookimpl
+    def register_learners(self, register):
+        register(EchoLearner)
+        raise RuntimeError("registry exploded")
+
+
+def test_a_plugin_whose_register_hook_raises_is_one_warning_and_skipped_whole():
+    pm = PluginManager()
+    pm.register(Broken(), name="broken-hook")
+    with pytest.warns(PluginLoadWarning, match="plugin 'broken-hook' failed in register_learners "
+                                               r"\(RuntimeError: registry exploded\)"):
+        learners = pm.registry("learner")
+    assert "echo" not in learners  # nothing of the broken plugin half-registered
+    assert set(learners.names()) >= BUILTIN_LEARNERS
+    assert "broken-hook" in pm.failures
+
+
+def test_the_cli_works_with_a_broken_or_colliding_plugin(tmp_path):
+    from typer.testing import CliRunner
+
+    from metalora.cli import build_app
+
+    class Impostor:
+        @hookimpl
+        def register_learners(self, register):
+            register(EchoLearner, name="lora")
+
+    pm = PluginManager()
+    pm.register(Broken(), name="broken-hook")
+    pm.register(Impostor(), name="impostor")
+    with pytest.warns(PluginLoadWarning):
+        app = build_app(pm)
+    runner = CliRunner()
+    for args in (["--help"], ["run", "--help"], ["tasks"]):
+        assert runner.invoke(app, args).exit_code == 0, args
+    listing = runner.invoke(app, ["plugins"])
+    assert listing.exit_code == 0
+    assert "broken-hook' failed in register_learners" in listing.output
+    assert "learner 'lora' is registered twice" in listing.output
+    ok = runner.invoke(app, ["run", "--learner", "pretrained", "--tasks", "demo", "--model",
+                             "tiny", "--max-eval-tasks", "1", "--query-cap", "2", "--no-plots",
+                             "--output-dir", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    clash = runner.invoke(app, ["run", "--learner", "lora", "--tasks", "demo", "--model", "tiny",
+                                "--output-dir", str(tmp_path / "clash")])
+    assert clash.exit_code == 1
+    assert "learner 'lora' is registered twice: by plugin 'lora' (metalora) and by plugin " \
+           "'impostor'" in clash.output
+    assert not (tmp_path / "clash").exists()
+
+
+def test_a_setting_that_clashes_in_type_disables_only_its_owner(tmp_path):
+    from dataclasses import dataclass
+
+    from typer.testing import CliRunner
+
+    from metalora import setting
+    from metalora.cli import build_app
+
+    @dataclass(frozen=True)
+    class ClashSettings:
+        lr: str = setting("fast", "A learning rate spelt as a word.")
+
+    class ClashLearner(EchoLearner):
+        name = "clash"
+        Settings = ClashSettings
+
+    class ClashPlugin:
+        @hookimpl
+        def register_learners(self, register):
+            register(ClashLearner)
+
+    pm = PluginManager()
+    pm.register(ClashPlugin(), name="clash-plugin", provider="clash-dist")
+    runner = CliRunner()
+    app = build_app(pm)
+    ok = runner.invoke(app, ["run", "--learner", "pretrained", "--tasks", "demo", "--model",
+                             "tiny", "--max-eval-tasks", "1", "--query-cap", "2", "--no-plots",
+                             "--output-dir", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["run", "--learner", "clash", "--tasks", "demo", "--model", "tiny",
+                              "--output-dir", str(tmp_path / "clash")])
+    assert bad.exit_code == 1
+    assert "'clash' cannot run: setting 'lr' is declared as float by " in bad.output
+    assert "(metalora)" in bad.output and "clash (clash-dist)" in bad.output

@@ -16,8 +16,8 @@ to ``RUN_DIR/eval/<time>-<suite>[-validation]/results.{csv,json}`` and
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 

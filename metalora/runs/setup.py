@@ -23,7 +23,13 @@ from rich.console import Console
 
 from metalora.activity import doing
 from metalora.batching import PromptEncoder
-from metalora.config import ResolvedConfig, RunSettings, all_setting_infos, settings_dict
+from metalora.config import (
+    ResolvedConfig,
+    RunSettings,
+    all_setting_infos,
+    setting_conflicts,
+    settings_dict,
+)
 from metalora.distributed import Distributed
 from metalora.episodes import Episode, EpisodeSampler
 from metalora.errors import MetaloraError
@@ -109,6 +115,10 @@ class RunSetup:
         if len(set(self.run.learner)) != len(self.run.learner):
             raise MetaloraError(f"learner given twice in {','.join(self.run.learner)!r}")
         self.plugins.registry("suite").get(self.run.tasks)
+        clashes = setting_conflicts(self.plugins)
+        for name in (*self.run.learner, self.run.tasks):
+            if name in clashes:
+                raise MetaloraError(f"{name!r} cannot run: {clashes[name]}")
         for name in self.run.metrics:
             self.plugins.registry("metric").get(name)
         self.plugins.registry("metric").get(self.run.select_metric)
