@@ -164,39 +164,87 @@ class ConfigFile:
     per_learner: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def read_config_file(path: Path, learners: Collection[str] = ()) -> ConfigFile:
+TOML_SUFFIXES = (".toml",)
+YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def config_sections(plugins: PluginManager) -> list[str]:
+    """Tables a config file may hold besides learner tables: ``run``, ``given`` (as in a
+    run's ``config.json``) and the name of every registered prior, suite and pruner (their
+    settings are shared, so merged flat)."""
+    names = {"run", "given"}
+    for kind in ("prior", "suite", "pruner"):
+        names.update(plugins.registry(kind).names())
+    return sorted(names)
+
+
+def parse_config_text(text: str, path: Path) -> Any:
+    """TOML for ``.toml``, YAML (JSON included) for ``.yaml``/``.yml``/``.json``; any other
+    name is read as TOML if it parses as TOML, else as YAML. Errors name the line."""
+    where = f"config file {str(path)!r}"
+    suffix = path.suffix.lower()
+    if suffix not in YAML_SUFFIXES:
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            if suffix in TOML_SUFFIXES:
+                raise MetaloraError(f"{where} is malformed TOML: {exc}") from None
+            toml_error = exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        at = f" (at line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        if suffix in YAML_SUFFIXES:
+            raise MetaloraError(f"{where} is malformed YAML: {problem}{at}") from None
+        raise MetaloraError(f"{where} is malformed: neither TOML ({toml_error}) nor YAML "
+                            f"({problem}{at}); name it .toml or .yaml to say which") from None
+
+
+def read_config_file(path: Path, learners: Collection[str] = (),
+                     sections: Collection[str] | None = None) -> ConfigFile:
     """Read a TOML or YAML (or JSON) file of settings.
 
     Top-level tables named after one of ``learners``, and the tables under
-    ``learner_settings``, hold values for that learner; every other table is
-    merged into the shared, flat mapping.
+    ``learner_settings``, hold values for that learner; tables named in
+    ``sections`` (``run``, a prior, a suite, a pruner) are merged into the shared,
+    flat mapping. Any other table is an error naming the valid ones (with
+    ``sections`` None, every other table is merged).
     """
+    where = f"config file {str(path)!r}"
     if not path.exists():
-        raise MetaloraError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise MetaloraError(f"{where} does not exist")
+    if path.is_dir():
+        raise MetaloraError(f"{where} is a directory; give the settings file in it")
     try:
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise MetaloraError(f"config file {str(path)!r} is malformed: {first}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetaloraError(f"{where} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise MetaloraError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    data = parse_config_text(text, path)
     if data is None:
         return ConfigFile({})
     if not isinstance(data, dict):
-        raise MetaloraError(f"config file {str(path)!r} must hold a mapping of settings")
+        raise MetaloraError(f"{where} must hold a mapping of settings")
     per_learner: dict[str, dict[str, Any]] = {}
     shared: dict[str, Any] = {}
     for key, value in data.items():
         if key == LEARNER_TABLES_KEY and isinstance(value, Mapping):
             for learner, table in value.items():
                 if learners and learner not in learners:
-                    raise MetaloraError(f"config file {str(path)!r}: unknown learner {learner!r} "
+                    raise MetaloraError(f"{where}: unknown learner {learner!r} "
                                         f"in {key}; valid choices: {', '.join(learners)}")
                 if not isinstance(table, Mapping):
-                    raise MetaloraError(f"config file {str(path)!r}: {key}.{learner} must be a "
-                                        "table of settings")
+                    raise MetaloraError(f"{where}: {key}.{learner} must be a table of settings")
                 per_learner.setdefault(learner, {}).update(_flatten(table))
         elif key in learners and isinstance(value, Mapping):
             per_learner.setdefault(key, {}).update(_flatten(value))
+        elif isinstance(value, Mapping) and sections is not None and key not in sections:
+            valid = sorted({*learners, *sections, LEARNER_TABLES_KEY})
+            raise MetaloraError(f"{where}: unknown table [{key}]; valid tables: "
+                                f"{', '.join(valid)}")
         else:
             shared.update(_flatten({key: value}))
     return ConfigFile(shared, per_learner)

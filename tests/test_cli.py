@@ -166,6 +166,10 @@ def test_bad_input_is_one_clear_line_and_a_non_zero_exit(app, tmp_path, args, me
     ("epochs: [1, 2\n", ".yaml", "is malformed"),
     ("no_such_setting = 1\n", ".toml", "unknown setting 'no_such_setting'; valid settings:"),
     ('epochs = "many"\n', ".toml", "setting 'epochs' must be int, got 'many'"),
+    ("epochs = 1.5\n", ".toml", "setting 'epochs' must be int, got 1.5"),
+    ("[lorra]\nlr = 0.5\n", ".toml", "unknown table [lorra]; valid tables: "),
+    ("epochs: 2\nseeds: [0\n", ".yaml", "(at line 3, column 1)"),
+    ("epochs: [1\n", ".cfg", "is malformed: neither TOML"),
 ])
 def test_a_malformed_config_is_one_clear_line(app, tmp_path, content, suffix, message):
     path = tmp_path / f"bad{suffix}"
@@ -174,6 +178,40 @@ def test_a_malformed_config_is_one_clear_line(app, tmp_path, content, suffix, me
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert message in result.output
+
+
+def test_a_config_file_is_read_by_its_content_or_its_name(app, tmp_path):
+    from metalora.config import read_config_file
+
+    toml = tmp_path / "settings.cfg"
+    toml.write_text('[run]\nepochs = 2\n[lora]\nlr = 0.001\n')
+    read = read_config_file(toml, ["lora"], ["run"])
+    assert read.shared == {"epochs": 2} and read.per_learner == {"lora": {"lr": 0.001}}
+    yaml_file = tmp_path / "settings.conf"
+    yaml_file.write_text("epochs: 3\nlora:\n  lr: 0.002\n")
+    read = read_config_file(yaml_file, ["lora"], ["run"])
+    assert read.shared == {"epochs": 3} and read.per_learner == {"lora": {"lr": 0.002}}
+
+
+def test_a_config_that_is_no_file_of_text_is_one_clear_line(app, tmp_path):
+    binary = tmp_path / "latin1.toml"
+    binary.write_bytes("epochs = 1 # caf\xe9\n".encode("latin-1"))
+    for path, message in ((tmp_path, "is a directory"), (binary, "is not UTF-8 text")):
+        result = runner.invoke(app, ["run", "--config", str(path)], color=False)
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output and message in result.output
+
+
+def test_a_misspelt_learner_table_changes_nothing(app, tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text("[lorra]\nlr = 0.5\n")
+    result = runner.invoke(app, ["run", "--config", str(path), "--learner", "lora,reptile",
+                                 "--model", "tiny", "--output-dir", str(tmp_path / "runs")],
+                           color=False)
+    assert result.exit_code == 1
+    assert "unknown table [lorra]; valid tables: " in result.output
+    assert "lora" in result.output.split("valid tables:")[1]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_config_file(app, tmp_path):

@@ -9,7 +9,12 @@ import typer
 
 from metalora.cli.options import keyword, option_help, setting_parameters, with_parameters
 from metalora.cli.render import console, err_console, print_prune_results
-from metalora.config import all_setting_infos, read_config_file, resolve_config
+from metalora.config import (
+    all_setting_infos,
+    config_sections,
+    read_config_file,
+    resolve_config,
+)
 from metalora.errors import MetaloraError, unknown_choice
 from metalora.plugins import PluginManager
 from metalora.pruning import DEFAULT_RATIOS, SCOPES, parse_ratios
@@ -55,7 +60,8 @@ def make_prune_command(plugins: PluginManager):
                                 console=err_console)
         else:
             learners = plugins.registry("learner").names()
-            file_values = read_config_file(config_path, learners) if config_path else {}
+            file_values = (read_config_file(config_path, learners, config_sections(plugins))
+                           if config_path else {})
             resolved = resolve_config(infos, file_values, kwargs)
             summary = prune_fresh(resolved, ratios, plugins, pruner=pruner, scope=scope,
                                   baseline=baseline, console=err_console)

@@ -9,7 +9,12 @@ import typer
 
 from metalora.cli.options import keyword, setting_parameters, with_parameters
 from metalora.cli.render import err_console, print_results
-from metalora.config import all_setting_infos, read_config_file, resolve_config
+from metalora.config import (
+    all_setting_infos,
+    config_sections,
+    read_config_file,
+    resolve_config,
+)
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginManager
 from metalora.runs.engine import Engine
@@ -42,7 +47,8 @@ def make_run_command(plugins: PluginManager):
             engine = Engine.from_run_dir(resume, plugins, console=err_console)
         else:
             learners = plugins.registry("learner").names()
-            file_values = read_config_file(config_path, learners) if config_path else {}
+            file_values = (read_config_file(config_path, learners, config_sections(plugins))
+                           if config_path else {})
             resolved = resolve_config(infos, file_values, kwargs)
             engine = Engine(resolved, plugins, console=err_console)
         try:
