@@ -7,8 +7,10 @@ YAML too, so a run directory's ``config.json`` can be passed back) holds
 ``name = value`` pairs, and the command line uses ``--name-with-dashes``.
 A table named after a learner (``[lora]``, or ``learner_settings.lora`` as in
 ``config.json``) sets values for that learner only, so learners that share a
-setting name (``lr``) keep their own values; other tables are merged into
-the flat namespace. The command line overrides both.
+setting name (``lr``) keep their own values; tables named ``run``,
+``given`` or after a prior, suite or pruner are merged into the flat
+namespace, and any other table is an error (:func:`read_config_file`). The
+command line overrides both.
 """
 
 from __future__ import annotations
