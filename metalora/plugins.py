@@ -50,8 +50,10 @@ class Registration:
 class Registry:
     """The implementations of one kind, by name."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, note: str = "") -> None:
         self.kind = kind
+        self.note = note
+        """Added to an "unknown name" error (e.g. that an allow-list limits the plugins)."""
         self._entries: dict[str, Registration] = {}
         self.conflicts: dict[str, list[Registration]] = {}
         """Names registered more than once, with every registration (none is usable)."""
@@ -83,7 +85,10 @@ class Registry:
         try:
             return self._entries[name].implementation
         except KeyError:
-            raise unknown_choice(self.kind, name, self._entries) from None
+            error = unknown_choice(self.kind, name, self._entries)
+            if self.note:
+                error = PluginError(f"{error} ({self.note})")
+            raise error from None
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
@@ -106,13 +111,24 @@ class PluginManager:
         self._registries: dict[str, Registry] | None = None
         self.failures: dict[str, str] = {}
         """Plugins that failed to load, with the reason."""
+        self.allow_note = ""
+        """Set when ``METALORA_PLUGINS`` limits the plugins: said with an unknown name."""
         if load_entry_points:
             self._load_entry_points()
 
     # -- loading -------------------------------------------------------------
     def _load_entry_points(self) -> None:
         allowed = _allow_list()
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        if allowed is not None:
+            installed = sorted({ep.name for ep in entry_points})
+            self.allow_note = (f"{ALLOW_LIST_ENV}={os.environ[ALLOW_LIST_ENV]!r} loads only "
+                               "those plugins")
+            for name in sorted(allowed - set(installed)):
+                warnings.warn(f"{ALLOW_LIST_ENV} names {name!r}, which is no installed plugin; "
+                              f"installed: {', '.join(installed)}", PluginLoadWarning,
+                              stacklevel=3)
+        for ep in entry_points:
             if allowed is not None and ep.name not in allowed:
                 continue
             if self._pm.get_plugin(ep.name) is not None:
@@ -199,7 +215,8 @@ class PluginManager:
                     self._warn(plugin, f"failed in {hook_name} ({type(exc).__name__}: {exc})")
                     continue
                 collected.setdefault(plugin, []).extend(made)
-        registries = {kind: Registry(kind) for kind in hookspecs.HOOK_KINDS.values()}
+        registries = {kind: Registry(kind, note=self.allow_note)
+                      for kind in hookspecs.HOOK_KINDS.values()}
         for registrations in collected.values():
             for registration in registrations:
                 registries[registration.kind].add(registration)

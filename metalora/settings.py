@@ -208,9 +208,9 @@ def coerce(info: SettingInfo, value: Any) -> Any:
         else:
             converted = kind(value)
     except (TypeError, ValueError):
-        raise MetaloraError(
-            f"setting '{info.name}' must be {info.type.__name__}, got {value!r}"
-        ) from None
+        kind_name = (f"a comma-separated list of {info.item_type.__name__}" if kind is list
+                     else info.type.__name__)
+        raise MetaloraError(f"setting '{info.name}' must be {kind_name}, got {value!r}") from None
     if info.choices and converted not in info.choices:
         raise MetaloraError(
             f"setting '{info.name}' got {converted!r}; valid choices: {', '.join(info.choices)}"

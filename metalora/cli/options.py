@@ -17,9 +17,12 @@ from rich.markup import escape
 from metalora.settings import SettingInfo, describe_bounds
 
 OPTION_TYPES: dict[type, Any] = {
-    bool: bool | None, int: int | None, float: float | None, str: str | None, list: str | None,
+    bool: bool | None, int: str | None, float: str | None, str: str | None, list: str | None,
 }
-"""The Typer annotation of a setting's type (every option defaults to "not given")."""
+"""The Typer annotation of a setting's type (every option defaults to "not given"). Numbers
+arrive as text and are read by :func:`metalora.settings.coerce`, so that a bad one is the
+same one error line as in a config file, not a usage box."""
+METAVARS: dict[type, str] = {int: "<int>", float: "<float>", list: "<list>"}
 
 
 def option_help(info: SettingInfo) -> str:
@@ -67,7 +70,7 @@ def setting_parameters(infos: Mapping[str, SettingInfo], *, skip: Iterable[str] 
         decls = [f"--{flag}/--no-{flag}"] if info.type is bool else [f"--{flag}"]
         params.append(keyword(info.name, OPTION_TYPES[info.type], typer.Option(
             None, *decls, help=help_for(info), show_default=False,
-            rich_help_panel=panel(info))))
+            metavar=METAVARS.get(info.type), rich_help_panel=panel(info))))
     return params
 
 

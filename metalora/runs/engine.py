@@ -58,6 +58,7 @@ from metalora.distributed import from_environment
 from metalora.episodes import Episode
 from metalora.errors import MetaloraError, TrainingDiverged
 from metalora.evaluation import EvalResult, evaluate
+from metalora.files import remove_stale_temporaries, require_writable_directory
 from metalora.interfaces import Learner, Metric, StepLog
 from metalora.plugins import PluginManager
 from metalora.records import Task
@@ -163,6 +164,12 @@ class Engine(RunSetup):
         self._join_ranks()
         if self.resume_dir is not None:
             self._state = load_state(self.resume_dir)  # fail fast, before loading anything
+            if self.distributed.is_main:
+                remove_stale_temporaries(self.resume_dir)  # of writes killed mid-way
+        if self.distributed.is_main:
+            where = self.resume_dir or Path(self.run.output_dir)
+            require_writable_directory(where, "run directory" if self.resume_dir
+                                       else "output directory")
         suite = self.load_suite()
         if not suite.test:
             raise MetaloraError(f"suite '{suite.name}' has no test tasks")

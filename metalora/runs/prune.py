@@ -29,7 +29,7 @@ from rich.progress import Progress
 from metalora.config import ResolvedConfig
 from metalora.errors import MetaloraError, unknown_choice
 from metalora.evaluation import EvalResult, evaluate
-from metalora.files import atomic_write_bytes
+from metalora.files import atomic_write_bytes, require_writable_directory
 from metalora.interfaces import Pruner
 from metalora.plugins import PluginManager
 from metalora.pruning import (
@@ -51,7 +51,7 @@ from metalora.runs.rundir import (
     seed_dir,
     write_json,
 )
-from metalora.runs.setup import RunSetup, load_tested_learner, open_run
+from metalora.runs.setup import RunSetup, check_tested_adapters, load_tested_learner, open_run
 from metalora.settings import build_settings
 from metalora.stats import mean_se
 
@@ -229,9 +229,13 @@ def run_sweep(setup: RunSetup, run_dir: Path, ratios: Sequence[float], pruner: P
     ratios = parse_ratios(list(ratios))
     if scope not in SCOPES:
         raise unknown_choice("pruning scope", scope, SCOPES)
+    out_dir = out_dir or sweep_dir(run_dir, pruner.name, scope)
+    require_writable_directory(out_dir.parent, "pruning results directory")
     suite, metrics, episodes = setup.load_test_episodes()
+    if source == "run":
+        check_tested_adapters(setup, run_dir)
     summary = PruneSummary(
-        run_dir=run_dir, out_dir=out_dir or sweep_dir(run_dir, pruner.name, scope),
+        run_dir=run_dir, out_dir=out_dir,
         suite=suite.name, metric_names=list(metrics), ratios=ratios, pruner=pruner.name,
         scope=scope, source=source,
         protocol={"seeds": list(setup.run.seeds), "adapt_steps": setup.run.adapt_steps,

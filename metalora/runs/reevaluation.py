@@ -25,12 +25,13 @@ from rich.console import Console
 
 from metalora.errors import MetaloraError, unknown_choice
 from metalora.evaluation import evaluate
+from metalora.files import require_writable_directory
 from metalora.plugins import PluginManager
 from metalora.runs.progress import progress_bars
 from metalora.runs.reporting import write_results
 from metalora.runs.results import RunSummary, SeedResult
 from metalora.runs.rundir import METRICS_FILE, read_json, seed_dir, write_json
-from metalora.runs.setup import RunSetup, load_tested_learner, open_run
+from metalora.runs.setup import RunSetup, check_tested_adapters, load_tested_learner, open_run
 from metalora.settings import coerce
 
 EVAL_DIR = "eval"
@@ -85,6 +86,7 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
     run_dir = Path(run_dir)
     setup = open_run(run_dir, plugins, console=console, overrides=overrides)
     changed = change_settings(setup, settings or {})
+    require_writable_directory(run_dir / EVAL_DIR, "evaluation directory")
     changes: dict[str, Any] = {}
     if tasks is not None:
         plugins.registry("suite").get(tasks)
@@ -100,6 +102,7 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
         if not suite.validation:
             raise MetaloraError(f"suite '{suite.name}' has no validation tasks")
         episodes = [setup.episodes.episode(t) for t in suite.validation]
+    check_tested_adapters(setup, run_dir)
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}-{suite.name}"
     out_dir = run_dir / EVAL_DIR / (stamp if split == "test" else f"{stamp}-{split}")
     protocol = dict(read_json(run_dir / METRICS_FILE, "run metrics").get("protocol", {}))

@@ -40,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metalora.errors import MetaloraError
-from metalora.files import atomic_write_bytes
+from metalora.files import atomic_write_bytes, give_plain_permissions
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -86,6 +86,7 @@ def save_adapters(path: Path, tensors: Mapping[str, torch.Tensor],
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
                   metadata=dict(metadata) if metadata else None)
+        give_plain_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

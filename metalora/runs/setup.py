@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from metalora.precision import autocast
 from metalora.records import Suite
 from metalora.runs.rundir import (
     ADAPTERS_FILE,
+    CONFIG_FILE,
     load_adapters,
     read_config,
     require_finished,
@@ -55,8 +57,16 @@ RUN_OVERRIDES: tuple[str, ...] = ("learner", "seeds", "device")
 """Settings that may be given together with a run directory (learner/seed filters, device)."""
 
 
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+"""The devices ``device`` accepts."""
+
+
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a name that is no device, or CUDA
+    where there is none, is one error line."""
+    if not DEVICE_PATTERN.match(name):
+        raise MetaloraError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N, "
+                            "mps")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -96,13 +106,18 @@ class RunSetup:
         values = {**given, **{k: v for k, v in recorded.items() if k in run_fields}}
         config = ResolvedConfig(values=values, infos=all_setting_infos(plugins),
                                 learner_values=dict(recorded.get("learner_settings") or {}))
-        setup = cls(config, plugins, console=console, **kwargs)
+        try:
+            setup = cls(config, plugins, console=console, **kwargs)
+        except MetaloraError as exc:
+            raise MetaloraError(f"{str(run_dir / CONFIG_FILE)!r}: {exc}") from None
         setup.resume_dir = run_dir
         return setup
 
     def change_run(self, **changes: Any) -> None:
         """Replace run settings (a learner/seed subset, another suite or device) before
         anything is loaded."""
+        if "device" in changes:
+            resolve_device(changes["device"])
         self.run = dataclasses.replace(self.run, **changes)
 
     def _validate_names(self) -> None:
@@ -124,6 +139,13 @@ class RunSetup:
         self.plugins.registry("metric").get(self.run.select_metric)
         if self.run.data_dir is not None and not Path(self.run.data_dir).is_dir():
             raise MetaloraError(f"data directory {self.run.data_dir!r} does not exist")
+        if not self.run.model.strip():
+            raise MetaloraError("no model given (--model ''); give a Hugging Face id, a local "
+                                "path, or an alias: tiny, smollm2-135m")
+        if not self.run.target_modules:
+            raise MetaloraError("no target module given (--target-modules ''); give e.g. "
+                                "q_proj,v_proj,o_proj")
+        resolve_device(self.run.device)
         if not self.run.seeds:
             raise MetaloraError("no seed given; pass e.g. --seeds 0 or --seeds 0,1,2")
         if len(set(self.run.seeds)) != len(self.run.seeds):
@@ -307,13 +329,27 @@ def load_tested_learner(setup: RunSetup, run_dir: Path, name: str, seed: int) ->
     path = seed_dir(run_dir, name, seed) / ADAPTERS_FILE
     try:
         saved = load_adapters(path)
-        expected = set(learner.adapters.named_parameters())
-        if set(saved) != expected:
-            odd = sorted(set(saved) ^ expected)[0]
+        expected = dict(learner.adapters.named_parameters())
+        if set(saved) != set(expected):
+            odd = sorted(set(saved) ^ set(expected))[0]
             raise MetaloraError(f"adapter file {str(path)!r} does not match learner "
                                 f"{name!r} with the run's settings (tensor {odd!r})")
+        for key, tensor in saved.items():
+            if tuple(tensor.shape) != tuple(expected[key].shape):
+                raise MetaloraError(
+                    f"adapter file {str(path)!r} does not match learner {name!r} with the "
+                    f"run's settings: tensor {key!r} has shape {tuple(tensor.shape)}, the "
+                    f"learner's {tuple(expected[key].shape)}")
         learner.adapters.restore(saved)
     except BaseException:
         learner.adapters.remove()
         raise
     return learner
+
+
+def check_tested_adapters(setup: RunSetup, run_dir: Path) -> None:
+    """Load every selected learner's tested adapters once, so that a missing or mismatched
+    file is one error line before any evaluation starts."""
+    for name in setup.run.learner:
+        for seed in setup.run.seeds:
+            load_tested_learner(setup, run_dir, name, seed).adapters.remove()
