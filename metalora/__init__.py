@@ -18,7 +18,8 @@ internal and may change between versions.
   :class:`SinglePairLearner` (a learner with one LoRA pair);
 * scoring and optimisation: :func:`answer_loss`, :func:`option_probs`,
   :func:`adamw`, :func:`fit_steps`;
-* errors: :class:`MetaloraError` (one line for the user, no traceback).
+* errors: :class:`MetaloraError` (one line for the user, no traceback);
+* the hub: :func:`hub_reachable`, :func:`offline_hub` (fail at once offline).
 
 Names are imported on first use, so ``import metalora`` (and the command line
 built on it) does not import torch until something needs it.
@@ -62,6 +63,8 @@ _SOURCES: dict[str, str] = {
     "adamw": "metalora.optim",
     "fit_steps": "metalora.optim",
     "MetaloraError": "metalora.errors",
+    "hub_reachable": "metalora.hub",
+    "offline_hub": "metalora.hub",
 }
 
 __all__ = [
@@ -96,6 +99,8 @@ __all__ = [
     "adamw",
     "fit_steps",
     "MetaloraError",
+    "hub_reachable",
+    "offline_hub",
 ]
 
 if TYPE_CHECKING:
@@ -104,6 +109,7 @@ if TYPE_CHECKING:
     from metalora.batching import Batch
     from metalora.errors import MetaloraError
     from metalora.hookspecs import Register, hookimpl
+    from metalora.hub import hub_reachable, offline_hub
     from metalora.interfaces.learner import Learner, LearnerContext, StepLog
     from metalora.interfaces.metric import Metric
     from metalora.interfaces.prior import Prior

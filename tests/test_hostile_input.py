@@ -232,3 +232,23 @@ def test_the_generated_cases_cover_every_kind_of_setting():
     names = {c.values[0] for c in _cases()}
     assert {"lr", "beta", "a0", "kshot_k", "query_cap", "seeds", "device", "sampling"} <= names
     assert len(list(_cases())) > 80
+
+
+def test_offline_a_hub_model_id_is_one_line_without_retries(monkeypatch):
+    import os as _os
+
+    import metalora.hub
+    import metalora.models as models
+    from metalora.errors import MetaloraError
+
+    metalora.hub.hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert metalora.hub.hub_reachable() is False  # the variable alone says offline
+    metalora.hub.hub_reachable.cache_clear()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    before = {name: _os.environ.get(name) for name in metalora.hub.OFFLINE_VARIABLES}
+    with pytest.raises(MetaloraError, match="the hub is unreachable \\(offline\\); valid "
+                                            "aliases: smollm2-135m, tiny"):
+        models.load_model("no-such-org/no-such-model-xyz")
+    assert {name: _os.environ.get(name) for name in metalora.hub.OFFLINE_VARIABLES} == before

@@ -11,6 +11,7 @@ Aliases:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from metalora.errors import MetaloraError
+from metalora.hub import hub_reachable, offline_hub
 from metalora.models.quiet import quiet_transformers
 from metalora.models.smollm2 import cached_checkpoint, load_smollm2
 
@@ -88,10 +90,17 @@ def _load_hf(name: str, attn_implementation: str | None, dtype: torch.dtype):
             "or an existing local directory, or a Hugging Face id"
         )
     name = str(Path(name).expanduser()) if is_local else name
+    offline = not is_local and not hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+        with offline_hub() if offline else contextlib.nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
+        if offline:
+            raise MetaloraError(
+                f"model {name!r} is not a local directory, an alias or in the Hugging Face "
+                f"cache, and the hub is unreachable (offline); valid aliases: "
+                f"{', '.join(sorted(ALIASES))}, or an existing local directory") from None
         where = "local path" if is_local else "Hugging Face id"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MetaloraError(

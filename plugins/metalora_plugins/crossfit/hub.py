@@ -42,6 +42,7 @@ removed before anything is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from metalora import MAX_OPTIONS, MetaloraError, TaskRecord, TaskRole
+from metalora import MAX_OPTIONS, MetaloraError, TaskRecord, TaskRole, hub_reachable, offline_hub
 from metalora_plugins.crossfit.reader import DEFAULT_K, DEFAULT_SEED, SourcedTask
 from metalora_plugins.crossfit.suites import OVERSIZED
 
@@ -655,17 +656,20 @@ class HubSource:
 
     def _load(self, spec: HubTask) -> Any:
         load = self._load_fn
+        offline = False
         if load is None:
             import datasets
 
             load = datasets.load_dataset
+            offline = not hub_reachable()  # then only the datasets cache, without retries
         kwargs: dict[str, Any] = {}
         if spec.revision is not None:
             kwargs["revision"] = spec.revision
         if self.cache_dir is not None:
             kwargs["cache_dir"] = str(self.cache_dir)
         try:
-            return load(spec.path, spec.config, **kwargs)
+            with offline_hub() if offline else contextlib.nullcontext():
+                return load(spec.path, spec.config, **kwargs)
         except MetaloraError:
             raise
         except Exception as exc:  # the hub and datasets raise many kinds; all become one line
