@@ -65,7 +65,9 @@ class RunSettings:
     query_cap: int | None = setting(
         None, "At most this many query examples per evaluated task.", ge=1)
     eval_batch_size: int = setting(8, "Batch size when scoring query examples.", ge=1)
-    adapt_steps: int = setting(5, "Test-time adaptation steps on the support set (paper: 5).", ge=0)
+    adapt_steps: int = setting(
+        5, "Test-time adaptation steps on the support set (paper: 5; 0 = none, zero-shot).",
+        ge=0)
     adapt_lr: float = setting(1e-5, "Test-time adaptation learning rate (paper: 1e-5).", ge=0)
     rank: int = setting(DEFAULT_RANK, "LoRA rank r.", ge=1)
     alpha: float = setting(DEFAULT_ALPHA, "LoRA alpha (scaling s = alpha / r).", gt=0)

@@ -252,3 +252,42 @@ def test_offline_a_hub_model_id_is_one_line_without_retries(monkeypatch):
                                             "aliases: smollm2-135m, tiny"):
         models.load_model("no-such-org/no-such-model-xyz")
     assert {name: _os.environ.get(name) for name in metalora.hub.OFFLINE_VARIABLES} == before
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (what a crafted file could do)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("command", ["eval", "prune", "export"])
+def test_a_pickle_in_place_of_the_adapters_runs_nothing(app, plugins, tmp_path, command):
+    import pickle
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(Engine(make_config(plugins, model="tiny", learner=["lora"], epochs=1,
+                                       query_cap=2, max_train_tasks=1, plots=False,
+                                       tensorboard=False, output_dir=str(tmp_path / "src"),
+                                       run_name="r"), plugins).execute().run_dir, run)
+    marker = tmp_path / "pwned"
+    adapters = seed_dir(run, "lora", 0) / ADAPTERS_FILE
+    adapters.write_bytes(pickle.dumps({"weights": _Payload(marker)}))
+    args = {"eval": ["eval", str(run)], "prune": ["prune", str(run), "--ratio", "0.1"],
+            "export": ["export", str(run), "--out", str(tmp_path / "peft")]}[command]
+    line = refused(app, args, None)
+    assert not marker.exists(), "the file's code ran"
+    assert str(adapters) in line
+
+
+def test_a_task_too_small_to_evaluate_leaves_no_run_directory(app, tmp_path):
+    # 50 support examples for the demo's 60-example tasks leave no query: caught before any
+    # directory is made (the episodes are built first)
+    out = tmp_path / "runs"
+    line = refused(app, ["run", *TINY, "--support-batches", "30", "--output-dir", str(out)],
+                   out)
+    assert "evaluation needs more than the 60 support examples" in line

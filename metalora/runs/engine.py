@@ -185,6 +185,13 @@ class Engine(RunSetup):
                 logging_sinks.tensorboard_writer_class() is None):  # said only when asked for
             self.console.print("[dim]tensorboard is not installed: TensorBoard logging "
                                "skipped (pip install tensorboard)[/dim]")
+        validation_metrics = dict(metrics)
+        select = self.run.select_metric
+        if select not in validation_metrics:
+            validation_metrics[select] = self.plugins.registry("metric").get(select)()
+        # the episodes before the run directory: a problem of the data leaves no directory
+        validation = [self.episodes.episode(t) for t in suite.validation] if validated else []
+        test = [self.episodes.episode(t) for t in suite.test]
         run_dir = self._open_run_dir()
         self._state.update(pid=os.getpid(), host=socket.gethostname(),
                            resume=resume_command(run_dir))
@@ -194,16 +201,9 @@ class Engine(RunSetup):
         self._progress_line(f"run directory {run_dir}: {', '.join(self.run.learner)} on "
                             f"{suite.name} ({len(suite.train)} training, "
                             f"{len(suite.validation)} validation, {len(suite.test)} test tasks)")
-
-        validation_metrics = dict(metrics)
-        select = self.run.select_metric
-        if select not in validation_metrics:
-            validation_metrics[select] = self.plugins.registry("metric").get(select)()
         protocol = _Protocol(
-            run_dir=run_dir, tasks=suite.train,
-            validation=[self.episodes.episode(t) for t in suite.validation] if validated else [],
-            test=[self.episodes.episode(t) for t in suite.test], metrics=metrics,
-            validation_metrics=validation_metrics, select_metric=select,
+            run_dir=run_dir, tasks=suite.train, validation=validation, test=test,
+            metrics=metrics, validation_metrics=validation_metrics, select_metric=select,
             higher_is_better=bool(validation_metrics[select].higher_is_better))
         summary = RunSummary(run_dir=run_dir, suite=suite.name, metric_names=list(metrics),
                              protocol=self.protocol_dict(validated))
