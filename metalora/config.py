@@ -120,6 +120,30 @@ class ResolvedConfig:
         return dict(self.values)
 
 
+def apply_recommended(config: ResolvedConfig, recommended: Mapping[str, Any],
+                      learners: Collection[str]) -> list[str]:
+    """Fill in a suite's recommended settings where nothing was given; return what was filled
+    (``name=value``, ``learner.name=value``). A value given for a shared name (``--lr``)
+    also beats a recommendation for one learner; names of learners or settings that are not
+    installed are passed over."""
+    applied = []
+    for key, value in recommended.items():
+        if isinstance(value, Mapping):
+            if key not in learners:
+                continue
+            table = config.learner_values.setdefault(key, {})
+            for name, item in value.items():
+                if name in config.infos and name not in config.values and name not in table:
+                    table[name] = coerce(config.infos[name], item)
+                    applied.append(f"{key}.{name}={item}")
+            if not table:
+                config.learner_values.pop(key)
+        elif key in config.infos and key not in config.values:
+            config.values[key] = coerce(config.infos[key], value)
+            applied.append(f"{key}={value}")
+    return applied
+
+
 def build_run_settings(values: Mapping[str, Any]) -> RunSettings:
     from metalora.settings import build_settings
 

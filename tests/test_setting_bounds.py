@@ -94,3 +94,37 @@ def test_every_plugin_setting_is_checked_when_the_run_is_set_up(plugins):
     with pytest.raises(MetaloraError, match="of 'abmll' must be >= 0, got -1.0"):
         Engine(make_config(plugins, learner=["abmll"], tasks="demo", model="tiny", beta=-1.0),
                plugins)
+
+
+def test_a_suites_recommended_settings_fill_in_only_what_was_not_given(plugins):
+    from metalora import hookimpl
+    from metalora.plugins import PluginManager
+    from metalora_plugins.demo import DemoSuite
+
+    class Recommending(DemoSuite):
+        name = "recommending"
+        recommended = {"epochs": 2, "adapt_lr": 1e-3, "lora": {"lr": 3e-4},
+                       "not-installed": {"lr": 1.0}, "no_such_setting": 1}
+
+    class Plugin:
+        @hookimpl
+        def register_task_samplers(self, register):
+            register(Recommending())
+
+    pm = PluginManager()
+    pm.register(Plugin(), name="recommending-plugin")
+    plain = Engine(make_config(pm, learner=["lora", "reptile"], tasks="recommending",
+                               model="tiny"), pm)
+    assert (plain.run.epochs, plain.run.adapt_lr) == (2, 1e-3)
+    assert plain.learner_settings("lora").lr == 3e-4
+    assert plain.learner_settings("reptile").lr == 1e-5  # its own default: not recommended
+    assert plain.recommended == ["epochs=2", "adapt_lr=0.001", "lora.lr=0.0003"]
+    assert plain.resolved_config()["learner_settings"]["lora"]["lr"] == 3e-4  # recorded
+    given = Engine(make_config(pm, learner=["lora"], tasks="recommending", model="tiny",
+                               epochs=1, lr=2e-3), pm)
+    assert (given.run.epochs, given.learner_settings("lora").lr) == (1, 2e-3)
+    assert given.recommended == ["adapt_lr=0.001"]
+    demo = Engine(make_config(pm, learner=["lora"], tasks="demo", model="tiny"), pm)
+    assert demo.recommended == [f"{k}={v}" for k, v in DemoSuite.recommended.items()
+                                if not isinstance(v, dict)] + [
+        f"lora.{k}={v}" for k, v in DemoSuite.recommended.get("lora", {}).items()]

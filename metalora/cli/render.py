@@ -29,11 +29,12 @@ def print_results(summary: RunSummary, per_task: bool = False) -> None:
     test_at = summary.protocol.get("test_at", SELECTION_LAST)
     when = {SELECTION_BEST: "the best-validation epoch", SELECTION_LAST: "the last epoch"}.get(
         test_at, "the best-validation epoch where validated, else the last epoch")
+    split = summary.protocol.get("split", "test")
     table = Table(
-        title=f"Test results on '{summary.suite}'",
+        title=f"{split.capitalize()} results on '{summary.suite}'",
         caption=(f"mean ± SE over {seeds} seeds" if seeds != 1 else
                  "1 seed: ± bootstrap SE over query examples")
-                + f"; macro-average over test tasks; tested at {when}")
+                + f"; macro-average over {split} tasks; tested at {when}")
     table.add_column("Method")
     for col in columns:
         table.add_column(f"{col.label} {col.arrow}", justify="right")
@@ -50,7 +51,8 @@ def print_results(summary: RunSummary, per_task: bool = False) -> None:
 def per_task_rich_table(summary: RunSummary) -> Table:
     """Per-task test accuracy and ECE of every learner (mean over seeds), plus the macro row."""
     columns = headline_columns(summary.metric_names)
-    table = Table(title=f"Per-task test results on '{summary.suite}' (mean over seeds)")
+    split = summary.protocol.get("split", "test")
+    table = Table(title=f"Per-task {split} results on '{summary.suite}' (mean over seeds)")
     table.add_column("task")
     for learner in summary.results:
         for col in columns:

@@ -39,6 +39,10 @@ class TaskSampler(ABC):
     description: str = ""
     needs_data: ClassVar[bool] = False
     """True when the suite reads external data (a data directory or the hub)."""
+    recommended: ClassVar[dict[str, Any]] = {}
+    """Settings this suite is meant to run with, used wherever the user gives none (on the
+    command line or in a config file): ``{"epochs": 2}`` for a shared setting, or
+    ``{"lora": {"lr": 3e-4}}`` for one learner's. Empty: the settings' own defaults."""
 
     @abstractmethod
     def roles(self) -> dict[TaskRole, list[str]]:

@@ -176,6 +176,10 @@ class Engine(RunSetup):
         self.load_model()
         for note in suite.notes:
             self.console.print(f"[dim]{suite.name}: {note}[/dim]")
+        if self.recommended:
+            self.console.print(f"[dim]{suite.name}: its recommended settings "
+                               f"{', '.join(self.recommended)} (an option overrides each)[/dim]",
+                               soft_wrap=True)
         metrics = self.metrics()
         validated = self.run.eval_every > 0 and bool(suite.validation)
         if self.run.eval_every > 0 and not suite.validation:

@@ -28,6 +28,7 @@ from metalora.config import (
     ResolvedConfig,
     RunSettings,
     all_setting_infos,
+    apply_recommended,
     setting_conflicts,
     settings_dict,
 )
@@ -83,6 +84,11 @@ class RunSetup:
         self.config = config
         self.plugins = plugins
         self.console = console or Console(stderr=True)
+        tasks = config.run.tasks
+        suite = plugins.registry("suite").get(tasks) if tasks in plugins.registry("suite") else None
+        self.recommended = apply_recommended(config, getattr(suite, "recommended", {}) or {},
+                                             plugins.registry("learner").names())
+        """The suite's recommended settings that were used (none was given for them)."""
         self.run: RunSettings = config.run
         self.resume_dir: Path | None = None
         """Set by :meth:`from_run_dir`: the run directory the settings were read from."""
