@@ -238,6 +238,13 @@ def registry_reference(manager, kind: str) -> str:
             lines += [doc, ""]
         if kind == "suite":
             lines += _suite_tasks(impl)
+            recommended = getattr(impl, "recommended", {}) or {}
+            if recommended:
+                items = [f"`{k}.{n} = {x!r}`" if isinstance(v, dict) else f"`{k} = {v!r}`"
+                         for k, v in recommended.items()
+                         for n, x in (v.items() if isinstance(v, dict) else [(None, None)])]
+                lines += ["**Recommended settings** (used where none is given; an option "
+                          "overrides each): " + ", ".join(items) + ".", ""]
         settings_cls = getattr(impl, "Settings", None)
         if settings_cls is not None and dataclasses.is_dataclass(settings_cls):
             lines += ["**Settings**", "", settings_table(settings_cls, reg.name, merged), ""]

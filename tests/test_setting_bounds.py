@@ -125,6 +125,8 @@ def test_a_suites_recommended_settings_fill_in_only_what_was_not_given(plugins):
     assert (given.run.epochs, given.learner_settings("lora").lr) == (1, 2e-3)
     assert given.recommended == ["adapt_lr=0.001"]
     demo = Engine(make_config(pm, learner=["lora"], tasks="demo", model="tiny"), pm)
-    assert demo.recommended == [f"{k}={v}" for k, v in DemoSuite.recommended.items()
-                                if not isinstance(v, dict)] + [
-        f"lora.{k}={v}" for k, v in DemoSuite.recommended.get("lora", {}).items()]
+    assert demo.recommended == [
+        f"{k}={v}" if not isinstance(v, dict) else f"{k}.{name}={x}"
+        for k, v in DemoSuite.recommended.items()
+        for name, x in (v.items() if isinstance(v, dict) else [(None, None)])]
+    assert demo.learner_settings("lora").lr == DemoSuite.recommended["lora"]["lr"]
