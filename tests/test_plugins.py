@@ -64,12 +64,15 @@ def test_register_a_plugin_defined_in_a_test_then_unregister_it():
         pm.registry("learner").get("echo")
 
 
-def test_a_name_collision_is_an_error_naming_both_plugins():
-    class Impostor:
-        @hookimpl
-        def register_learners(self, register):
-            register(EchoLearner, name="lora")
+class Impostor:
+    """A plugin that registers a learner under a built-in's name."""
 
+    @hookimpl
+    def register_learners(self, register):
+        register(EchoLearner, name="lora")
+
+
+def test_a_name_collision_is_an_error_naming_both_plugins():
     pm = PluginManager()
     pm.register(Impostor(), name="impostor")
     learners = pm.registry("learner")  # building the registry still works
@@ -129,11 +132,6 @@ def test_the_cli_works_with_a_broken_or_colliding_plugin(tmp_path):
     from typer.testing import CliRunner
 
     from metalora.cli import build_app
-
-    class Impostor:
-        @hookimpl
-        def register_learners(self, register):
-            register(EchoLearner, name="lora")
 
     pm = PluginManager()
     pm.register(Broken(), name="broken-hook")
