@@ -222,3 +222,16 @@ def test_missing_config_file(app, tmp_path):
 def test_debug_shows_the_exception(app):
     with pytest.raises(MetaloraError):
         runner.invoke(app, ["--debug", "run", "--learner", "nope"], catch_exceptions=False)
+
+
+def test_at_80_columns_no_value_or_task_name_is_cut(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke(app, "run", "--learner", "pretrained,lora,structured-lora,reptile,abmll",
+                    "--tasks", "demo", "--model", "tiny", "--max-train-tasks", "1",
+                    "--query-cap", "2", "--no-plots", "--no-tensorboard",
+                    "--output-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    for task in ("demo-sentiment_", "demo-fruit_pick"):  # task names whole (maybe wrapped)
+        assert task in result.output
+    assert "Per-task test results on 'demo'" in result.output

@@ -43,41 +43,40 @@ def print_results(summary: RunSummary, per_task: bool = False) -> None:
         epochs = ",".join("-" if e is None else str(e) for e in row["tested_epochs"])
         table.add_row(row["method"], *(row[col.label] for col in columns), epochs)
     if per_task:
-        console.print(per_task_rich_table(summary))
+        for per_task_table_ in per_task_rich_tables(summary):
+            console.print(per_task_table_)
     console.print(table)
     console.print(f"Run directory: {summary.run_dir}", soft_wrap=True)
 
 
-def per_task_rich_table(summary: RunSummary) -> Table:
-    """Per-task test accuracy and ECE of every learner (mean over seeds), plus the macro row."""
-    columns = headline_columns(summary.metric_names)
+def per_task_rich_tables(summary: RunSummary) -> list[Table]:
+    """Per-task results (mean over seeds), then each learner's macro average: a row per task
+    and learner, a column per headline metric, so that 80 columns hold any number of
+    learners; a long task name wraps onto a second line instead of being cut."""
     split = summary.protocol.get("split", "test")
-    table = Table(title=f"Per-task {split} results on '{summary.suite}' (mean over seeds)")
-    table.add_column("task")
-    for learner in summary.results:
-        for col in columns:
-            table.add_column(f"{learner} {col.label}", justify="right")
+    columns = headline_columns(summary.metric_names)
     tasks = per_task_table(summary)
     names: list[str] = []
     for learner_tasks in tasks.values():
         names += [t for t in learner_tasks if t not in names]
+    table = Table(title=f"Per-task {split} results on '{summary.suite}' (mean over seeds)")
+    table.add_column("task", overflow="fold")
+    table.add_column("method", no_wrap=True)
+    for col in columns:
+        table.add_column(f"{col.label} {col.arrow}", justify="right", no_wrap=True)
     for task in names:
-        row = [task]
-        for learner in summary.results:
-            for col in columns:
-                value = tasks[learner].get(task, {}).get(col.metric)
-                row.append("-" if value is None else format_mean_se(value["mean"], 0.0,
-                                                                     col.percent, 1))
-        table.add_row(*row)
-    table.add_section()
-    macro = ["macro"]
+        for k, learner in enumerate(summary.results):
+            values = [tasks[learner].get(task, {}).get(col.metric) for col in columns]
+            table.add_row(task if k == 0 else "", learner, *(
+                "-" if v is None else format_mean_se(v["mean"], 0.0, col.percent, 1)
+                for v, col in zip(values, columns, strict=True)),
+                end_section=k == len(summary.results) - 1)
     agg = summary.summary()
-    for learner, seeds in summary.results.items():
-        for col in columns:
-            mean, se = agg[learner][col.metric]
-            macro.append(format_mean_se(mean, se, col.percent, len(seeds)))
-    table.add_row(*macro, style="bold")
-    return table
+    for k, (learner, seeds) in enumerate(summary.results.items()):
+        table.add_row("macro" if k == 0 else "", learner, *(
+            format_mean_se(*agg[learner][col.metric], col.percent, len(seeds))
+            for col in columns), style="bold")
+    return [table]
 
 
 def prune_tables(summary: PruneSummary) -> list[Table]:
