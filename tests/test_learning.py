@@ -17,7 +17,7 @@ LEARNERS = ["lora", "structured-lora", "reptile", "abmll"]
 SHORT_RUN = dict(
     model="tiny", tasks="demo", learner=["pretrained", *LEARNERS], seeds=[0], epochs=40,
     lr=1e-2, inner_lr=1e-2, outer_lr=1e-2, batch_size=8, train_loss="options",
-    max_train_tasks=1, eval_every=0, plots=False, tensorboard=False,
+    max_train_tasks=1, eval_every=0, plots=False, tensorboard=False, adapt_lr=1e-5,
 )
 
 
