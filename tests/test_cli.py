@@ -235,3 +235,19 @@ def test_at_80_columns_no_value_or_task_name_is_cut(app, tmp_path, monkeypatch):
     for task in ("demo-sentiment_", "demo-fruit_pick"):  # task names whole (maybe wrapped)
         assert task in result.output
     assert "Per-task test results on 'demo'" in result.output
+
+
+def test_the_results_table_shows_every_metric_asked_for(app, tmp_path):
+    common = ["run", "--learner", "pretrained", "--tasks", "demo", "--model", "tiny",
+              "--query-cap", "2", "--no-plots", "--no-tensorboard", "--output-dir",
+              str(tmp_path)]
+    only_nll = invoke(app, *common, "--metrics", "nll", "--no-per-task")
+    assert only_nll.exit_code == 0, only_nll.output
+    table = only_nll.output.split("Test results on 'demo'", 1)[1]
+    assert "NLL ↓" in table and "Acc" not in table
+    every = invoke(app, *common, "--metrics", "accuracy,ece,brier")
+    table = every.output.split("Test results on 'demo'", 1)[1]
+    assert all(label in table for label in ("Acc ↑", "ECE ↓", "Brier ↓"))
+    default = invoke(app, *common, "--no-per-task")  # no --metrics: the paper's Table 1
+    table = default.output.split("Test results on 'demo'", 1)[1]
+    assert "Acc ↑" in table and "ECE ↓" in table and "NLL" not in table

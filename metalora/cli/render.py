@@ -10,7 +10,13 @@ from rich.table import Table
 from metalora.plugins import PluginLoadWarning
 from metalora.pruning import ratio_label
 from metalora.runs.prune import PruneSummary
-from metalora.runs.reporting import format_mean_se, headline_columns, per_task_table, table_rows
+from metalora.runs.reporting import (
+    Column,
+    format_mean_se,
+    headline_columns,
+    per_task_table,
+    table_rows,
+)
 from metalora.runs.results import SELECTION_BEST, SELECTION_LAST, RunSummary
 from metalora.runs.rundir import RESULTS_CSV, RESULTS_JSON
 
@@ -20,10 +26,25 @@ err_console = Console(stderr=True)
 """Progress, notes, warnings and errors (stderr)."""
 
 
+def shown_columns(summary: RunSummary) -> list[Column]:
+    """The paper's Table 1 columns (Acc, ECE) that were computed, then every other metric
+    that was asked for with ``--metrics`` (so ``--metrics nll`` shows NLL)."""
+    columns = headline_columns(summary.metric_names)
+    given = summary.protocol.get("metrics_given") or []
+    directions = summary.protocol.get("higher_is_better") or {}
+    shown = {c.metric for c in columns}
+    for name in summary.metric_names:
+        if name in given and name not in shown:
+            arrow = {True: "↑", False: "↓"}.get(directions.get(name), "")
+            label = name.upper() if len(name) <= 3 else name.capitalize()
+            columns.append(Column(name, label, False, arrow))
+    return columns
+
+
 def print_results(summary: RunSummary, per_task: bool = False) -> None:
     """The paper's Table 1 layout: one row per learner, test Acc and ECE as mean ± SE over
     seeds (each seed tested at its best-validation epoch); optionally the per-task table."""
-    columns = headline_columns(summary.metric_names)
+    columns = shown_columns(summary)
     seeds = len(summary.protocol.get("seeds", [])) or max(
         (len(r) for r in summary.results.values()), default=0)
     test_at = summary.protocol.get("test_at", SELECTION_LAST)
@@ -39,9 +60,12 @@ def print_results(summary: RunSummary, per_task: bool = False) -> None:
     for col in columns:
         table.add_column(f"{col.label} {col.arrow}", justify="right")
     table.add_column("tested epoch(s)", justify="right")
+    agg = summary.summary()
     for row in table_rows(summary):
         epochs = ",".join("-" if e is None else str(e) for e in row["tested_epochs"])
-        table.add_row(row["method"], *(row[col.label] for col in columns), epochs)
+        cells = [format_mean_se(*agg[row["method"]][col.metric], col.percent, row["n_seeds"])
+                 for col in columns]
+        table.add_row(row["method"], *cells, epochs)
     if per_task:
         for per_task_table_ in per_task_rich_tables(summary):
             console.print(per_task_table_)
@@ -54,7 +78,7 @@ def per_task_rich_tables(summary: RunSummary) -> list[Table]:
     and learner, a column per headline metric, so that 80 columns hold any number of
     learners; a long task name wraps onto a second line instead of being cut."""
     split = summary.protocol.get("split", "test")
-    columns = headline_columns(summary.metric_names)
+    columns = shown_columns(summary)
     tasks = per_task_table(summary)
     names: list[str] = []
     for learner_tasks in tasks.values():

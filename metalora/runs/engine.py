@@ -139,11 +139,12 @@ class Engine(RunSetup):
         self._state: dict[str, Any] = {}
         self._current: str = ""
 
-    def protocol_dict(self, validated: bool) -> dict[str, Any]:
+    def protocol_dict(self, validated: bool, metrics: dict[str, Metric]) -> dict[str, Any]:
         """The protocol the results come from (stored in metrics.json and results.json).
 
         ``test_at`` is ``best-validation``, ``last-epoch``, or ``mixed`` when
-        some learner/seed was never validated (``epochs < eval_every``).
+        some learner/seed was never validated (``epochs < eval_every``);
+        ``metrics_given`` the metrics asked for (none: every registered one).
         """
         return {
             "epochs": self.run.epochs,
@@ -151,6 +152,8 @@ class Engine(RunSetup):
             "select_metric": self.run.select_metric,
             "test_at": SELECTION_BEST if validated else SELECTION_LAST,
             "seeds": list(self.run.seeds),
+            "metrics_given": list(self.run.metrics),
+            "higher_is_better": {n: bool(m.higher_is_better) for n, m in metrics.items()},
         }
 
     # -- running -------------------------------------------------------------------
@@ -210,7 +213,7 @@ class Engine(RunSetup):
             metrics=metrics, validation_metrics=validation_metrics, select_metric=select,
             higher_is_better=bool(validation_metrics[select].higher_is_better))
         summary = RunSummary(run_dir=run_dir, suite=suite.name, metric_names=list(metrics),
-                             protocol=self.protocol_dict(validated))
+                             protocol=self.protocol_dict(validated, metrics))
         try:
             with terminate_as_interrupt():
                 for name in self.run.learner:
