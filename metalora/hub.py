@@ -40,7 +40,7 @@ def offline_hub() -> Iterator[None]:
     """While inside, transformers, the hub client and datasets read only their caches."""
     saved = {name: os.environ.get(name) for name in OFFLINE_VARIABLES}
     os.environ.update({name: "1" for name in OFFLINE_VARIABLES})
-    modules = _offline_flags(True)
+    modules = _set_offline_flags()
     try:
         yield
     finally:
@@ -52,7 +52,7 @@ def offline_hub() -> Iterator[None]:
         _restore_flags(modules)
 
 
-def _offline_flags(value: bool) -> list[tuple[object, str, object]]:
+def _set_offline_flags() -> list[tuple[object, str, object]]:
     """Set the libraries' offline flags (read when they were imported); return the old ones."""
     import importlib
 
@@ -66,7 +66,7 @@ def _offline_flags(value: bool) -> list[tuple[object, str, object]]:
             continue
         if hasattr(module, flag):
             changed.append((module, flag, getattr(module, flag)))
-            setattr(module, flag, value)
+            setattr(module, flag, True)
     return changed
 
 

@@ -66,6 +66,13 @@ def check_value(name: str, value: Any, bounds: Mapping[str, float]) -> None:
                     f"setting '{name}' must be {describe_bounds(bounds)}, got {item!r}")
 
 
+def check_choice(name: str, value: Any, choices: tuple[str, ...] | None) -> None:
+    """Raise one clear error when ``value`` is not one of a setting's ``choices``."""
+    if choices and value not in choices:
+        raise MetaloraError(f"setting '{name}' got {value!r}; valid choices: "
+                            + ", ".join(choices))
+
+
 def validate_settings(settings: Any, owner: str | None = None) -> Any:
     """Check every field of a settings dataclass instance: its type, choices and bounds.
 
@@ -82,10 +89,7 @@ def validate_settings(settings: Any, owner: str | None = None) -> Any:
                  and not (kind is float and isinstance(value, int)))
         if wrong or (kind in (int, float) and isinstance(value, bool)):
             raise MetaloraError(f"setting '{name}' must be {kind.__name__}, got {value!r}")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise MetaloraError(f"setting '{name}' got {value!r}; valid choices: "
-                                + ", ".join(choices))
+        check_choice(name, value, f.metadata.get("choices"))
         check_value(name, value, f.metadata.get("bounds") or {})
     return settings
 
@@ -211,10 +215,7 @@ def coerce(info: SettingInfo, value: Any) -> Any:
         kind_name = (f"a comma-separated list of {info.item_type.__name__}" if kind is list
                      else info.type.__name__)
         raise MetaloraError(f"setting '{info.name}' must be {kind_name}, got {value!r}") from None
-    if info.choices and converted not in info.choices:
-        raise MetaloraError(
-            f"setting '{info.name}' got {converted!r}; valid choices: {', '.join(info.choices)}"
-        )
+    check_choice(info.name, converted, info.choices)
     if "run" in info.owners:  # a plugin's are checked with its own bounds when built
         check_value(info.name, converted, info.bounds)
     return converted

@@ -108,6 +108,14 @@ def test_a_plugin_that_fails_to_import_is_a_warning_and_the_rest_still_load(monk
     assert set(pm.registry("learner").names()) >= BUILTIN_LEARNERS
 
 
+def assert_pretrained_runs(runner, app, out) -> None:
+    """A short zero-shot run through ``app`` still succeeds (what no clash touches)."""
+    ok = runner.invoke(app, ["run", "--learner", "pretrained", "--tasks", "demo", "--model",
+                             "tiny", "--max-eval-tasks", "1", "--query-cap", "2", "--no-plots",
+                             "--output-dir", str(out)])
+    assert ok.exit_code == 0, ok.output
+
+
 class Broken:
     """A plugin whose register hook raises after registering one learner."""
 
@@ -145,10 +153,7 @@ def test_the_cli_works_with_a_broken_or_colliding_plugin(tmp_path):
     assert listing.exit_code == 0
     assert "broken-hook' failed in register_learners" in listing.output
     assert "learner 'lora' is registered twice" in listing.output
-    ok = runner.invoke(app, ["run", "--learner", "pretrained", "--tasks", "demo", "--model",
-                             "tiny", "--max-eval-tasks", "1", "--query-cap", "2", "--no-plots",
-                             "--output-dir", str(tmp_path)])
-    assert ok.exit_code == 0, ok.output
+    assert_pretrained_runs(runner, app, tmp_path)
     clash = runner.invoke(app, ["run", "--learner", "lora", "--tasks", "demo", "--model", "tiny",
                                 "--output-dir", str(tmp_path / "clash")])
     assert clash.exit_code == 1
@@ -182,10 +187,7 @@ def test_a_setting_that_clashes_in_type_disables_only_its_owner(tmp_path):
     pm.register(ClashPlugin(), name="clash-plugin", provider="clash-dist")
     runner = CliRunner()
     app = build_app(pm)
-    ok = runner.invoke(app, ["run", "--learner", "pretrained", "--tasks", "demo", "--model",
-                             "tiny", "--max-eval-tasks", "1", "--query-cap", "2", "--no-plots",
-                             "--output-dir", str(tmp_path)])
-    assert ok.exit_code == 0, ok.output
+    assert_pretrained_runs(runner, app, tmp_path)
     bad = runner.invoke(app, ["run", "--learner", "clash", "--tasks", "demo", "--model", "tiny",
                               "--output-dir", str(tmp_path / "clash")])
     assert bad.exit_code == 1

@@ -71,7 +71,7 @@ def change_settings(setup: RunSetup, values: Mapping[str, Any]) -> dict[str, Any
                 learner_values[name] = value
         if "run" in info.owners:
             setup.change_run(**{name: value})
-    setup._validate_settings()
+    setup.validate_settings()
     return changed
 
 

@@ -95,7 +95,7 @@ class RunSetup:
         self.distributed = Distributed()
         """This process's rank (a single process unless joined to a torchrun group)."""
         self._validate_names()
-        self._validate_settings()
+        self.validate_settings()
         self.suite: Suite | None = None
         self.loaded: LoadedModel | None = None
         self.episodes: EpisodeSampler | None = None
@@ -162,7 +162,7 @@ class RunSetup:
             raise MetaloraError(
                 f"eval_every must be 0 (never) or a number of epochs, got {self.run.eval_every}")
 
-    def _validate_settings(self) -> None:
+    def validate_settings(self) -> None:
         """Build, and so check, every setting of every selected learner, of every prior (a
         learner may choose any) and of the suite, before anything is loaded: a bad value
         for the second learner stops the run before the first one trains."""
