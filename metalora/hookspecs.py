@@ -18,9 +18,14 @@ class can provide several suites). ``register`` also takes an explicit name:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pluggy
 import typer
+
+if TYPE_CHECKING:
+    from metalora.interfaces import TaskSampler
 
 PROJECT = "metalora"
 
@@ -44,6 +49,12 @@ def register_priors(register: Register) -> None:
 @hookspec
 def register_task_samplers(register: Register) -> None:
     """Register :class:`metalora.interfaces.TaskSampler` instances (one per suite)."""
+
+
+@hookspec(firstresult=True)
+def suite_from_path(path: Path) -> TaskSampler | None:
+    """A suite read from ``path``, a folder or suite file given as ``--tasks PATH``, or
+    ``None`` when this plugin does not read such a path (the first answer is used)."""
 
 
 @hookspec

@@ -18,13 +18,14 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from metalora import hookspecs
-from metalora.errors import PluginError, unknown_choice
+from metalora.errors import MetaloraError, PluginError, unknown_choice
 
 ENTRY_POINT_GROUP = "metalora"
 ALLOW_LIST_ENV = "METALORA_PLUGINS"
@@ -108,6 +109,7 @@ class PluginManager:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._providers: dict[str, str] = {}
+        self._path_suites: dict[Path, Any] = {}
         self._registries: dict[str, Registry] | None = None
         self.failures: dict[str, str] = {}
         """Plugins that failed to load, with the reason."""
@@ -154,6 +156,7 @@ class PluginManager:
             raise PluginError(f"plugin '{name}' is already registered")
         self._providers[registered] = provider or registered
         self._registries = None
+        self._path_suites.clear()
         return registered
 
     def unregister(self, name: str) -> None:
@@ -164,6 +167,7 @@ class PluginManager:
         self._pm.unregister(plugin)
         self._providers.pop(name, None)
         self._registries = None
+        self._path_suites.clear()
 
     def plugin_names(self) -> list[str]:
         """Names of the registered plugins."""
@@ -181,6 +185,25 @@ class PluginManager:
         if kind not in self._registries:
             raise unknown_choice("registry kind", kind, self._registries)
         return self._registries[kind]
+
+    def suite(self, tasks: str) -> Any:
+        """The task sampler ``tasks`` names: a registered suite, or else an existing folder or
+        suite file, read by the first plugin whose ``suite_from_path`` hook answers (the
+        answer is kept, so a path is read once). Anything else is one error line."""
+        registry = self.registry("suite")
+        if tasks in registry or tasks in registry.conflicts:
+            return registry.get(tasks)
+        if not tasks or not Path(tasks).expanduser().exists():
+            raise MetaloraError(f"{unknown_choice('suite', tasks, registry.names())}, or the "
+                                "path of a task folder or suite file")
+        path = Path(tasks).expanduser().resolve()
+        if path not in self._path_suites:
+            sampler = self._pm.hook.suite_from_path(path=path)
+            if sampler is None:
+                raise MetaloraError(f"no plugin reads {tasks!r} as a suite (a folder of "
+                                    "train/ and test/ task files or a suite file)")
+            self._path_suites[path] = sampler
+        return self._path_suites[path]
 
     def _collect(self) -> dict[str, Registry]:
         """Call every ``register_*`` hook; a plugin whose hook raises is skipped, whole."""

@@ -80,7 +80,7 @@ QUICK_RUN = ("--model", "tiny", "--epochs", "1", "--query-cap", "4", "--no-plots
 # -- meta-tests ---------------------------------------------------------------------------
 def test_the_hookspecs_are_the_ones_the_registries_use():
     specs = hookspec_functions()
-    assert set(hookspecs.HOOK_KINDS) | {"register_commands"} == set(specs)
+    assert set(hookspecs.HOOK_KINDS) | {"register_commands", "suite_from_path"} == set(specs)
 
 
 def test_every_hookspec_has_a_test():

@@ -14,7 +14,8 @@ def make_tasks_command(plugins: PluginManager):
     """The ``tasks`` command."""
 
     def list_tasks(
-        suite: str | None = typer.Argument(None, help="A suite to list the tasks of."),
+        suite: str | None = typer.Argument(
+            None, help="A suite, or a task folder or suite file, to list the tasks of."),
     ) -> None:
         """List the task suites, or the tasks of one suite with their roles."""
         registry = plugins.registry("suite")
@@ -28,7 +29,7 @@ def make_tasks_command(plugins: PluginManager):
                               reg.provider, reg.implementation.description)
             console.print(table)
             return
-        roles = registry.get(suite).roles()
+        roles = plugins.suite(suite).roles()
         table = Table(title=f"Tasks of '{suite}'")
         table.add_column("task")
         table.add_column("role")

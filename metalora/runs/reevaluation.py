@@ -89,7 +89,7 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
     require_writable_directory(run_dir / EVAL_DIR, "evaluation directory")
     changes: dict[str, Any] = {}
     if tasks is not None:
-        plugins.registry("suite").get(tasks)
+        plugins.suite(tasks)
         changes["tasks"] = tasks
     if data_dir is not None:
         if not Path(data_dir).is_dir():

@@ -76,6 +76,14 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def with_absolute_task_path(run: RunSettings, plugins: PluginManager) -> RunSettings:
+    """``run`` with ``tasks`` made absolute when it is the path of a task folder or suite
+    file (not a registered suite), so that the run can be resumed from anywhere."""
+    if run.tasks in plugins.registry("suite") or not Path(run.tasks).expanduser().exists():
+        return run
+    return dataclasses.replace(run, tasks=str(Path(run.tasks).expanduser().resolve()))
+
+
 class RunSetup:
     """A run's settings and what they name: suite, model, metrics, learners. See the module."""
 
@@ -84,12 +92,14 @@ class RunSetup:
         self.config = config
         self.plugins = plugins
         self.console = console or Console(stderr=True)
-        tasks = config.run.tasks
-        suite = plugins.registry("suite").get(tasks) if tasks in plugins.registry("suite") else None
+        try:
+            suite = plugins.suite(config.run.tasks)
+        except MetaloraError:
+            suite = None  # said by _validate_names, after the learner names
         self.recommended = apply_recommended(config, getattr(suite, "recommended", {}) or {},
                                              plugins.registry("learner").names())
         """The suite's recommended settings that were used (none was given for them)."""
-        self.run: RunSettings = config.run
+        self.run: RunSettings = with_absolute_task_path(config.run, plugins)
         self.resume_dir: Path | None = None
         """Set by :meth:`from_run_dir`: the run directory the settings were read from."""
         self.distributed = Distributed()
@@ -124,7 +134,8 @@ class RunSetup:
         anything is loaded."""
         if "device" in changes:
             resolve_device(changes["device"])
-        self.run = dataclasses.replace(self.run, **changes)
+        self.run = with_absolute_task_path(dataclasses.replace(self.run, **changes),
+                                           self.plugins)
 
     def _validate_names(self) -> None:
         """Fail fast, before loading anything, on unknown plugin names and bad settings."""
@@ -135,7 +146,7 @@ class RunSetup:
             self.plugins.registry("learner").get(name)
         if len(set(self.run.learner)) != len(self.run.learner):
             raise MetaloraError(f"learner given twice in {','.join(self.run.learner)!r}")
-        self.plugins.registry("suite").get(self.run.tasks)
+        self.plugins.suite(self.run.tasks)
         clashes = setting_conflicts(self.plugins)
         for name in (*self.run.learner, self.run.tasks):
             if name in clashes:
@@ -170,7 +181,7 @@ class RunSetup:
             self.learner_settings(name)
         for reg in self.plugins.registry("prior"):
             build_settings(reg.implementation.Settings, self.config.values, owner=reg.name)
-        suite_settings = getattr(self.plugins.registry("suite").get(self.run.tasks),
+        suite_settings = getattr(self.plugins.suite(self.run.tasks),
                                  "Settings", None)
         if suite_settings is not None:
             build_settings(suite_settings, self.config.values, owner=self.run.tasks)
@@ -184,7 +195,7 @@ class RunSetup:
     def load_suite(self) -> Suite:
         """Load (once) the suite named by ``tasks``."""
         if self.suite is None:
-            sampler = self.plugins.registry("suite").get(self.run.tasks)
+            sampler = self.plugins.suite(self.run.tasks)
             data_dir = Path(self.run.data_dir) if self.run.data_dir else None
             settings_cls = getattr(sampler, "Settings", None)
             settings = (build_settings(settings_cls, self.config.values, owner=self.run.tasks)
@@ -278,7 +289,8 @@ class RunSetup:
         """Create a fresh run directory (never reusing an existing one)."""
         base = Path(self.run.output_dir)
         stem = self.run.run_name or (
-            f"{datetime.now():%Y%m%d-%H%M%S}-{self.run.tasks}-{'+'.join(self.run.learner)}")
+            f"{datetime.now():%Y%m%d-%H%M%S}-{self.plugins.suite(self.run.tasks).name}-"
+            f"{'+'.join(self.run.learner)}")
         path = base / stem
         suffix = 1
         while path.exists():
