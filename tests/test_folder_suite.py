@@ -150,4 +150,4 @@ def test_the_suites_page_complete_example_makes_a_folder_suite(tmp_path, monkeyp
     exec(compile(script, "suites.md", "exec"), {})
     suite = folder_suite(Path("my-tasks")).load(DataOptions())
     assert [t.name for t in suite.train] == ["mood", "weather"]
-    assert [t.name for t in suite.test] == ["food"] and len(suite.test[0]) == 40
+    assert [t.name for t in suite.test] == ["food"] and 30 < len(suite.test[0]) <= 40
