@@ -19,6 +19,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from metalora import __version__
+from metalora.cli.adapt import ADAPT_HELP, make_adapt_command
 from metalora.cli.eval import EVAL_HELP, make_eval_command
 from metalora.cli.export import EXPORT_HELP, make_export_command
 from metalora.cli.plugins import make_plugins_command
@@ -80,5 +81,6 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
     app.command("prune", help=PRUNE_HELP)(make_prune_command(plugins))
     app.command("export", help=EXPORT_HELP)(make_export_command(plugins))
     app.command("eval", help=EVAL_HELP)(make_eval_command(plugins))
+    app.command("adapt", help=ADAPT_HELP)(make_adapt_command(plugins))
     plugins.add_commands(app)
     return app

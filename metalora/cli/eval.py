@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from metalora.cli.options import parse_set_values
 from metalora.cli.render import err_console, print_results
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginManager
@@ -52,14 +53,9 @@ def make_eval_command(plugins: PluginManager):
                                     ) from None
         if device:
             overrides["device"] = device
-        settings: dict[str, str] = {}
-        for item in set_values or []:
-            name, sep, value = item.partition("=")
-            if not sep or not name.strip():
-                raise MetaloraError(f"--set takes NAME=VALUE, got {item!r}")
-            settings[name.strip().replace("-", "_")] = value.strip()
         summary = evaluate_run(run_dir, plugins, tasks=tasks, data_dir=data_dir,
-                               overrides=overrides, split=split, settings=settings,
+                               overrides=overrides, split=split,
+                               settings=parse_set_values(set_values),
                                console=err_console)
         print_results(summary, per_task=per_task)
 

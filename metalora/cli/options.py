@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from metalora.errors import MetaloraError
 from metalora.settings import SettingInfo, describe_bounds
 
 OPTION_TYPES: dict[type, Any] = {
@@ -80,3 +81,15 @@ def with_parameters(command: Callable[..., None], params: list[inspect.Parameter
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
+
+
+def parse_set_values(items: list[str] | None) -> dict[str, str]:
+    """``--set NAME=VALUE`` items as ``{name: raw value}`` (dashes in names read as
+    underscores); an item without ``=`` is one error line."""
+    settings: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise MetaloraError(f"--set takes NAME=VALUE, got {item!r}")
+        settings[name.strip().replace("-", "_")] = value.strip()
+    return settings

@@ -132,6 +132,12 @@ class Learner(ABC):
     def predict_proba(self, batch: Batch) -> Tensor:
         """``(B, O)`` option probabilities, renormalised over each example's options."""
 
+    def predict_samples(self, batch: Batch) -> Tensor | None:
+        """``(S, B, O)``: the option probabilities under each of ``S`` weight samples, for a
+        learner whose :meth:`predict_proba` averages samples (Bayesian model averaging);
+        ``None``, the default, for one that predicts with one set of weights."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond the adapter tensors needed to resume (optimiser states)."""
         return {}

@@ -355,6 +355,14 @@ class ABMLLLearner(Learner):
             probs = probs + option_probs(self.context.model, batch)
         return probs / n
 
+    def predict_samples(self, batch: Batch) -> Tensor | None:
+        """The ``eval_samples`` predictions :meth:`predict_proba` averages, stacked (the same
+        draws for the same torch seed); ``None`` with one sample or mean sampling."""
+        if self.settings.sampling == "mean" or self.settings.eval_samples == 1:
+            return None
+        return torch.stack([option_probs(self.context.model, batch)
+                            for _ in range(self.settings.eval_samples)])
+
     def state_dict(self) -> dict[str, Any]:
         return {"outer_optimizer": self.outer_optimizer.state_dict()}
 

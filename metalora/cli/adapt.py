@@ -1,0 +1,76 @@
+"""``metalora adapt RUN_DIR``: a trained run applied to your own few-shot task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from metalora.cli.options import parse_set_values
+from metalora.cli.render import console, err_console
+from metalora.plugins import PluginManager
+from metalora.runs.adaptation import Adaptation, adapt_run
+
+ADAPT_HELP = ("Adapt a finished run's tested adapters to your own task on a few labelled "
+              "support records (--support), then predict each query record (--query; "
+              "'output' optional): the chosen option, every option's probability and, for a "
+              "learner that averages weight samples, their spread. Metrics over the labelled "
+              "queries. JSON lines with --out. The run is only read.")
+
+
+def make_adapt_command(plugins: PluginManager):
+    """The ``adapt`` command."""
+
+    def adapt(
+        run_dir: Path = typer.Argument(..., metavar="RUN_DIR", show_default=False,
+                                       help="A run directory written by `metalora run`."),
+        support: Path = typer.Option(..., "--support", metavar="FILE", show_default=False,
+                                     help="Labelled support records (MetaICL jsonl)."),
+        query: Path = typer.Option(..., "--query", metavar="FILE", show_default=False,
+                                   help="Query records (MetaICL jsonl; 'output' optional)."),
+        learner: str | None = typer.Option(
+            None, "--learner", help="One of the run's learners (default: its first trained "
+                                    "one)."),
+        seed: int | None = typer.Option(None, "--seed", help="One of the run's seeds "
+                                        "(default: its first); also seeds the adaptation."),
+        out: Path | None = typer.Option(None, "--out", metavar="FILE",
+                                        help="Write the predictions here as JSON lines."),
+        device: str | None = typer.Option(None, "--device", help="Device to adapt on."),
+        set_values: list[str] | None = typer.Option(
+            None, "--set", metavar="NAME=VALUE",
+            help="Change an evaluation-time setting (repeatable), e.g. eval_samples=8."),
+    ) -> None:
+        result = adapt_run(run_dir, support, query, learner=learner, seed=seed,
+                           settings=parse_set_values(set_values), device=device,
+                           plugins=plugins)
+        console.print(predictions_table(result))
+        if result.metrics:
+            console.print(f"over the {result.labelled} labelled query records: " + ", ".join(
+                f"{name} {value:.4g}" for name, value in sorted(result.metrics.items())))
+        if out is not None:
+            result.write_jsonl(out)
+            err_console.print(f"predictions written to {out}")
+
+    return adapt
+
+
+def predictions_table(result: Adaptation) -> Table:
+    """One row per query record: the chosen option, its probability, and the options'."""
+    title = (f"{result.learner} seed {result.seed}, adapted on {result.support} support "
+             f"records" + (f", {result.samples} weight samples" if result.samples > 1 else ""))
+    table = Table(title=title)
+    for column in ("#", "input", "chosen", "p", "options (probability)"):
+        table.add_column(column, overflow="fold")
+    if any(p.label is not None for p in result.predictions):
+        table.add_column("label", overflow="fold")
+    for p in result.predictions:
+        best = p.options.index(p.chosen)
+        shown = "  ".join(
+            f"{o} {v:.3f}" + (f"±{p.spread[i]:.3f}" if p.spread is not None else "")
+            for i, (o, v) in enumerate(zip(p.options, p.probs, strict=True)))
+        row = [str(p.index), p.input, p.chosen, f"{p.probs[best]:.3f}", shown]
+        if p.label is not None:
+            row.append(p.label + ("" if p.label == p.chosen else " ✗"))
+        table.add_row(*row)
+    return table

@@ -1,0 +1,222 @@
+"""A trained run applied to your own few-shot task: ``metalora adapt`` and :func:`adapt_run`.
+
+The tested adapters of one learner and seed of a finished run are adapted on
+the support records exactly as the evaluation protocol adapts them on an
+unseen task (the learner's own ``adapt``, with the run's ``adapt_steps`` and
+``adapt_lr``, the support in file order in batches of ``batch_size``), and
+then every query record is scored: the chosen option, every option's
+probability, and, for a learner that averages weight samples (ABMLL with
+``eval_samples`` > 1), the standard deviation of each option's probability
+over the samples. Query records may leave out ``output``; over those that
+have it, the run's metrics (accuracy, ECE, NLL, ...) are computed too.
+
+Records are MetaICL lines ``{"task", "input", "output", "options"}`` (``task``
+optional). The run directory is only read; the randomness of adaptation and
+sampling is seeded by ``seed``, so the same call gives the same predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metalora.errors import MetaloraError
+from metalora.evaluation import compute_metrics, preserved_rng
+from metalora.plugins import PluginManager, get_plugin_manager
+from metalora.records import TaskRecord
+from metalora.runs.reevaluation import change_settings
+from metalora.runs.setup import RunSetup, load_tested_learner, open_run
+
+ADAPT_TASK = "adapt"
+"""The task name records without one are given."""
+
+
+@dataclass
+class QueryRecord:
+    """A query record; ``labelled`` is False when its file gave no ``output``."""
+
+    record: TaskRecord
+    labelled: bool
+
+
+@dataclass
+class Prediction:
+    """What the adapted learner says about one query record."""
+
+    index: int
+    input: str
+    options: list[str]
+    probs: list[float]
+    chosen: str
+    label: str | None = None
+    spread: list[float] | None = None
+    """Per option, the standard deviation of its probability over weight samples."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """One JSON line of the output."""
+        data: dict[str, Any] = {"index": self.index, "input": self.input,
+                                "options": self.options, "probs": self.probs,
+                                "chosen": self.chosen}
+        if self.label is not None:
+            data["label"] = self.label
+            data["correct"] = self.chosen == self.label
+        if self.spread is not None:
+            data["spread"] = self.spread
+        return data
+
+
+@dataclass
+class Adaptation:
+    """The result of :func:`adapt_run`."""
+
+    learner: str
+    seed: int
+    support: int
+    predictions: list[Prediction] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The run's metrics over the query records that have a label (empty when none has)."""
+    labelled: int = 0
+    """How many query records have a label."""
+    samples: int = 1
+    """Weight samples averaged per prediction (1: a single set of weights)."""
+
+    def write_jsonl(self, path: Path | str) -> None:
+        """Every prediction as one JSON line."""
+        lines = [json.dumps(p.to_dict()) for p in self.predictions]
+        Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def read_records(path: Path | str, *, labelled: bool = True) -> list[QueryRecord]:
+    """The records of a jsonl file; with ``labelled`` every record must have an ``output``.
+    A bad line is one error naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MetaloraError(f"records file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MetaloraError(f"cannot read records file {str(path)!r}: {exc}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(_record(json.loads(line), labelled))
+        except (ValueError, MetaloraError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise MetaloraError(f"{path}, line {number}: {reason}") from None
+    if not records:
+        raise MetaloraError(f"records file {str(path)!r} has no records")
+    return records
+
+
+def _record(data: Any, labelled: bool) -> QueryRecord:
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object {\"input\", \"output\", \"options\"}")
+    options = data.get("options")
+    if not isinstance(options, list) or not options or not all(isinstance(o, str)
+                                                               for o in options):
+        raise ValueError("'options' must be a non-empty list of strings")
+    if not isinstance(data.get("input"), str):
+        raise ValueError("'input' must be a string")
+    has_output = data.get("output") is not None
+    if labelled and not has_output:
+        raise ValueError("record has no 'output' (support records must be labelled)")
+    output = str(data["output"]) if has_output else options[0]
+    task = str(data.get("task") or ADAPT_TASK)
+    return QueryRecord(TaskRecord(task=task, input=data["input"], output=output,
+                                  options=tuple(options)), labelled=has_output)
+
+
+def adapt_run(run_dir: Path | str, support: Path | str | Sequence[QueryRecord],
+              query: Path | str | Sequence[QueryRecord], *, learner: str | None = None,
+              seed: int | None = None, settings: Mapping[str, Any] | None = None,
+              device: str | None = None, plugins: PluginManager | None = None) -> Adaptation:
+    """Adapt a finished run's tested adapters on ``support`` and score ``query`` (see the
+    module). ``learner`` and ``seed`` default to the run's only (else first trained) learner
+    and its first seed; ``settings`` changes evaluation-time settings (``eval_samples``)."""
+    plugins = plugins or get_plugin_manager()
+    support_records = read_records(support) if isinstance(support, str | Path) else support
+    query_records = (read_records(query, labelled=False) if isinstance(query, str | Path)
+                     else query)
+    setup = open_run(run_dir, plugins, overrides={"device": device} if device else None)
+    name = learner or _default_learner(setup)
+    chosen_seed = setup.run.seeds[0] if seed is None else seed
+    setup = open_run(run_dir, plugins, overrides={
+        "learner": [name], "seeds": [chosen_seed], **({"device": device} if device else {})})
+    change_settings(setup, settings or {})
+    setup.load_model()
+    fitted = load_tested_learner(setup, Path(run_dir), name, chosen_seed)
+    try:
+        return _adapt_and_predict(setup, fitted, name, chosen_seed, support_records,
+                                  query_records)
+    finally:
+        fitted.adapters.remove()
+
+
+def _default_learner(setup: RunSetup) -> str:
+    names = setup.run.learner
+    trained = [n for n in names if n != "pretrained"]
+    return (trained or names)[0]
+
+
+def _adapt_and_predict(setup: RunSetup, learner: Any, name: str, seed: int,
+                       support: Sequence[QueryRecord],
+                       query: Sequence[QueryRecord]) -> Adaptation:
+    episodes = setup.episodes
+    size, eval_size = setup.run.batch_size, setup.run.eval_batch_size
+    support_batches = [episodes.encode([r.record for r in support[i: i + size]])
+                       for i in range(0, len(support), size)]
+    result = Adaptation(learner=name, seed=seed, support=len(support))
+    model = learner.context.model
+    model.eval()
+    all_probs, all_targets, all_masks = [], [], []
+    with preserved_rng(learner.context.rng, learner.context.device):
+        torch.manual_seed(seed)
+        with setup.precision():
+            learner.adapt(support_batches)
+        with torch.no_grad(), setup.precision():
+            for start in range(0, len(query), eval_size):
+                chunk = query[start: start + eval_size]
+                batch = episodes.encode([r.record for r in chunk])
+                samples = learner.predict_samples(batch)
+                probs = (samples.mean(0) if samples is not None
+                         else learner.predict_proba(batch)).float().cpu()
+                spread = samples.float().std(0).cpu() if samples is not None else None
+                if samples is not None:
+                    result.samples = int(samples.shape[0])
+                for row, item in enumerate(chunk):
+                    result.predictions.append(_prediction(start + row, item, probs[row],
+                                                          None if spread is None
+                                                          else spread[row]))
+                all_probs.append(probs)
+                all_targets.append(batch.targets.cpu())
+                all_masks.append(batch.option_mask.cpu())
+    labelled = torch.tensor([item.labelled for item in query])
+    result.labelled = int(labelled.sum())
+    if result.labelled:
+        result.metrics = compute_metrics(setup.metrics(), torch.cat(all_probs)[labelled],
+                                         torch.cat(all_targets)[labelled],
+                                         torch.cat(all_masks)[labelled])
+    return result
+
+
+def _prediction(index: int, item: QueryRecord, probs: torch.Tensor,
+                spread: torch.Tensor | None) -> Prediction:
+    options = list(item.record.options)
+    values = [round(float(p), 6) for p in probs[: len(options)]]
+    best = max(range(len(options)), key=lambda i: values[i])
+    return Prediction(
+        index=index, input=item.record.input, options=options, probs=values,
+        chosen=options[best], label=item.record.output if item.labelled else None,
+        spread=None if spread is None else [round(float(s), 6) for s in
+                                            spread[: len(options)]])
+
+
+__all__ = ["Adaptation", "Prediction", "QueryRecord", "adapt_run", "read_records"]
+
