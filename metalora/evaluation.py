@@ -117,6 +117,18 @@ class EvalResult:
             tensors, metadata={"tasks": json.dumps([t.task for t in self.tasks])})
         atomic_write_bytes(path, data)
 
+    def write_predictions_jsonl(self, path: Path) -> None:
+        """Atomically write one JSON line per query example: ``{"task", "index", "probs"
+        (one per option), "label" (the correct option's index)}``, in query-set order."""
+        lines = []
+        for t in self.tasks:
+            for index in range(t.size):
+                count = int(t.option_mask[index].sum())
+                probs = [round(float(p), 6) for p in t.probs[index, :count]]
+                lines.append(json.dumps({"task": t.task, "index": index, "probs": probs,
+                                         "label": int(t.targets[index])}))
+        atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
+
     @classmethod
     def load(cls, metrics: Mapping[str, Any], predictions: Path) -> EvalResult:
         """Rebuild a result from its :meth:`to_dict` form and :meth:`save_predictions` file."""

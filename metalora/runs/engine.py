@@ -65,8 +65,9 @@ from metalora.records import Task
 from metalora.runs import logging_sinks
 from metalora.runs.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng
 from metalora.runs.logging_sinks import RunLogger
-from metalora.runs.progress import ProgressLog, format_metrics, progress_bars
-from metalora.runs.reporting import format_mean_se, write_results
+from metalora.runs.progress import ProgressLog, epoch_description, format_metrics, progress_bars
+from metalora.runs.provenance import RunRecord, model_record, session_record
+from metalora.runs.reporting import write_results
 from metalora.runs.results import (
     SELECTION_BEST,
     SELECTION_LAST,
@@ -80,6 +81,7 @@ from metalora.runs.rundir import (
     LOG_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    PREDICTIONS_JSONL_FILE,
     PROGRESS_FILE,
     TENSORBOARD_DIR,
     file_size,
@@ -200,6 +202,9 @@ class Engine(RunSetup):
         validation = [self.episodes.episode(t) for t in suite.validation] if validated else []
         test = [self.episodes.episode(t) for t in suite.test]
         run_dir = self._open_run_dir()
+        self.record = RunRecord(run_dir)
+        self.record.start_session(session_record(self.plugins, self.device(), self.run.dtype),
+                                  model_record(self.run.model, self.loaded.model))
         self._state.update(pid=os.getpid(), host=socket.gethostname(),
                            resume=resume_command(run_dir))
         write_state(run_dir, self._state, "running")
@@ -290,6 +295,7 @@ class Engine(RunSetup):
         if self.resume_dir is not None and (out / METRICS_FILE).exists():
             self.console.print(f"[dim]{name} seed {seed}: finished earlier, kept[/dim]")
             return SeedResult.load(name, seed, out)
+        self.record.start_seed(key, self.device())
         log_path = run_dir / LOG_FILE
         store = CheckpointStore(out / CHECKPOINT_DIR)
         resumed = store.load("latest") if self.resume_dir is not None else None
@@ -336,6 +342,7 @@ class Engine(RunSetup):
             save_adapters(out / ADAPTERS_FILE, learner.adapters.snapshot(),
                           metadata={"epoch": str(tested)})
             result.save_predictions(out / PREDICTIONS_FILE)
+            result.write_predictions_jsonl(out / PREDICTIONS_JSONL_FILE)
             seed_result = SeedResult(name, seed, result, out, tested_epoch=tested,
                                      selection=selection, history=list(training.history))
             write_json(out / METRICS_FILE, seed_result.to_dict())
@@ -344,6 +351,7 @@ class Engine(RunSetup):
             return seed_result
         finally:
             learner.adapters.remove()
+            self.record.end_seed(key, self.device(), finished=(out / METRICS_FILE).exists())
 
     def _progress(self) -> contextlib.AbstractContextManager[Progress]:
         """Progress bars in a terminal; elsewhere none (:meth:`_progress_line` reports)."""
@@ -442,7 +450,7 @@ class Engine(RunSetup):
             f"{training.best_epoch}")
         record = {"epoch": training.epoch, **metrics}
         training.history.append(record)
-        logger.validation(training.epoch, metrics, best=improved)
+        logger.validation(training.epoch, metrics, improved, training.global_step)
         return {**record, "best": improved}
 
     def _checkpoint(self, learner: Learner, training: TrainingState, store: CheckpointStore,
@@ -455,14 +463,9 @@ class Engine(RunSetup):
 
     def _describe(self, progress: Progress, bar: Any, name: str, seed: int,
                   training: TrainingState, record: dict[str, Any] | None) -> None:
-        text = f"{name} seed {seed}: epoch {training.epoch}/{self.run.epochs}"
-        select = self.run.select_metric
-        if record is not None:
-            percent = select == "accuracy"
-            label = "acc" if percent else select
-            text += (f", val {label} {format_mean_se(record[select], 0.0, percent, 1)}"
-                     f", best @{training.best_epoch}")
-        progress.update(bar, description=text)
+        progress.update(bar, description=epoch_description(
+            f"{name} seed {seed}", training.epoch, self.run.epochs, self.run.select_metric,
+            record, training.best_epoch))
 
     def test(self, learner: Learner, name: str, seed: int, episodes: list[Episode],
              metrics: dict[str, Metric]) -> EvalResult:
@@ -491,8 +494,6 @@ class Engine(RunSetup):
 
     def write_plots(self, summary: RunSummary) -> list[Path]:
         """Validation curves and reliability diagrams (skipped with a note without matplotlib)."""
-        if not self.run.plots:
-            return []
         from metalora.runs.plots import plot_run
 
-        return plot_run(summary, self.console)
+        return plot_run(summary, self.console) if self.run.plots else []

@@ -2,11 +2,17 @@
 
 ``log.jsonl`` gets one JSON object per line:
 
-* a step: ``{"kind": "step", "learner", "seed", "epoch" (0-based, the learner's),
-  "task", "step", "phase", "loss", <loss components>...}``;
-* a validation: ``{"kind": "validation", "learner", "seed", "epoch" (epochs
-  finished, 1-based; 0 for a learner that does not train), <metrics>...,
-  "best": bool}``.
+* a step: ``{"learner", "seed", "time", "global_step", "kind": "step", "epoch"
+  (0-based, the learner's), "task", "step", "phase", "loss", <loss
+  components>...}``;
+* a validation: ``{"learner", "seed", "time", "global_step", "kind":
+  "validation", "epoch" (epochs finished, 1-based; 0 for a learner that does
+  not train), <metrics>..., "best": bool}``.
+
+``time`` is the local wall-clock time of the line (ISO 8601, milliseconds);
+``global_step`` counts this learner and seed's optimisation steps from 1
+across epochs (the x axis of the TensorBoard curves; a validation carries the
+count of steps before it).
 
 TensorBoard (``torch.utils.tensorboard``, which needs the optional
 ``tensorboard`` package) gets one event directory per learner and seed,
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -56,22 +63,25 @@ class RunLogger:
         """Whether TensorBoard event files are written."""
         return self._writer is not None
 
-    def _write(self, record: dict[str, Any]) -> None:
-        self._log.write(json.dumps({"learner": self.learner, "seed": self.seed, **record}) + "\n")
+    def _write(self, record: dict[str, Any], global_step: int) -> None:
+        now = datetime.now().isoformat(timespec="milliseconds")
+        self._log.write(json.dumps({"learner": self.learner, "seed": self.seed, "time": now,
+                                    "global_step": global_step, **record}) + "\n")
 
     def step(self, step: StepLog, global_step: int) -> None:
         """Log one optimisation step."""
-        record = step.to_dict()
-        self._write({"kind": "step", **record})
+        self._write({"kind": "step", **step.to_dict()}, global_step)
         if self._writer is not None:
             self._writer.add_scalar(f"{step.phase}/loss", step.loss, global_step)
             for name, value in step.components.items():
                 if isinstance(value, int | float) and math.isfinite(value):
                     self._writer.add_scalar(f"{step.phase}/{name}", value, global_step)
 
-    def validation(self, epoch: int, metrics: dict[str, float], best: bool) -> None:
+    def validation(self, epoch: int, metrics: dict[str, float], best: bool,
+                   global_step: int = 0) -> None:
         """Log one validation (macro-averaged metrics over the validation tasks)."""
-        self._write({"kind": "validation", "epoch": epoch, **metrics, "best": best})
+        self._write({"kind": "validation", "epoch": epoch, **metrics, "best": best},
+                    global_step)
         if self._writer is not None:
             for name, value in metrics.items():
                 self._writer.add_scalar(f"validation/{name}", value, epoch)

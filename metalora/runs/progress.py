@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -28,6 +28,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from metalora.runs.reporting import format_mean_se
+
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """``accuracy 45.0%, ece 0.123``: accuracy as a percentage, the rest with 4 digits."""
@@ -35,6 +37,19 @@ def format_metrics(metrics: dict[str, float]) -> str:
     for name, value in metrics.items():
         parts.append(f"{name} {100 * value:.1f}%" if name == "accuracy" else f"{name} {value:.4g}")
     return ", ".join(parts)
+
+
+def epoch_description(who: str, epoch: int, epochs: int, select: str,
+                      record: dict[str, Any] | None, best_epoch: int | None) -> str:
+    """A training bar's text after an epoch: ``lora seed 0: epoch 2/3, val acc 61.0%, best
+    @2`` (the validation part only when the epoch was validated)."""
+    text = f"{who}: epoch {epoch}/{epochs}"
+    if record is not None:
+        percent = select == "accuracy"
+        label = "acc" if percent else select
+        text += (f", val {label} {format_mean_se(record[select], 0.0, percent, 1)}, "
+                 f"best @{best_epoch}")
+    return text
 
 
 class ProgressLog:

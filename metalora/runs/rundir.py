@@ -4,6 +4,8 @@
 
     RUN_DIR/
       config.json                 resolved settings (usable with --config; --resume reads it)
+      run.json                    versions, git commit, plugins, model identity, command
+                                  line; wall time and peak memory per learner and seed
       state.json                  progress: run status, which learner/seed pairs are done
       metrics.json                test metrics per learner and seed, validation history, mean ± SE
       results.csv, results.json   the paper's Table 1 layout: one row per learner, mean ± SE
@@ -16,6 +18,7 @@
         adapters.safetensors      the tested adapters (best-validation epoch, else last epoch)
         metrics.json              test metrics of this seed, best epoch, validation history
         predictions.safetensors   test probabilities, targets and option masks per task
+        predictions.jsonl         the same, readable: one line per test query
         checkpoints/
           checkpoints.json        which files are the latest and the best checkpoint
           epoch-<e>.safetensors   adapter tensors after <e> epochs
@@ -51,6 +54,7 @@ LOG_FILE = "log.jsonl"
 PROGRESS_FILE = "progress.log"
 ADAPTERS_FILE = "adapters.safetensors"
 PREDICTIONS_FILE = "predictions.safetensors"
+PREDICTIONS_JSONL_FILE = "predictions.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 PLOTS_DIR = "plots"
