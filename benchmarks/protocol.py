@@ -35,7 +35,9 @@ The protocol, the same for every learner:
 Stage ``ablation`` (the paper's Table 3 at this protocol, one seed as in the
 paper): abmll at its kept learning rate for beta in {1, 1e-5, 1e-8, 1e-16}
 under both readings of the outer step at c = -20; then, for the reading with
-the higher validation accuracy at beta = 1e-8, c in {-12, -9}. Stage
+the higher validation accuracy at beta = 1e-8, c in {-12, -9} (run before the
+other beta cells, and evaluated with 8 samples first, since weight noise can
+only matter at a larger variance). Stage
 ``samples``: every finished ablation run evaluated again on the validation
 tasks with 8 weight samples (``metalora eval RUN --split validation --set
 eval_samples=8``: Bayesian model averaging, no retraining); with 1 sample that
@@ -198,6 +200,7 @@ class Protocol:
                 if self.finished(j.name)]
 
     def jobs(self) -> list[Job]:
+        """Every job of the selected stages, in the order they are started (see priority)."""
         jobs = []
         if "protocol" in self.args.stages:
             jobs += self.selection_jobs() + self.seed_jobs()
@@ -206,7 +209,20 @@ class Protocol:
         if "samples" in self.args.stages:
             jobs += self.samples_jobs()
         unique = {job.key: job for job in jobs}
-        return list(unique.values())
+        return sorted(unique.values(), key=self.priority)
+
+    def priority(self, job: Job) -> int:
+        """Start order: the protocol; the two beta = 1e-8 cells (they choose the reading);
+        the larger-variance cells and their 8-sample evaluations (where weight noise can
+        matter); the other beta cells; the remaining 8-sample evaluations."""
+        if not job.name.startswith("abmll") or job in self.selection_jobs() + self.seed_jobs():
+            return 0 if job.kind == "run" else 5
+        larger_variance = "-c-" in job.name
+        if job.kind == "samples":
+            return 3 if larger_variance else 5
+        if larger_variance:
+            return 2
+        return 1 if f"beta{DEFAULT_BETA}" in job.name else 4
 
     # -- running -------------------------------------------------------------
     def command(self, job: Job) -> list[str]:

@@ -40,7 +40,8 @@ class RunSettings:
 
     learner: list[str] = setting(
         ["lora"], "Learner(s) to run, comma-separated (see `metalora plugins`).")
-    tasks: str = setting("demo", "Task suite (see `metalora tasks`).")
+    tasks: str = setting("demo", "Task suite (see `metalora tasks`), or the path of a folder or "
+                               "suite file of your own task files.")
     model: str = setting(
         "smollm2-135m", "Hugging Face id, local path, or alias: tiny, smollm2-135m.")
     data_dir: str | None = setting(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
 
 from metalora.cli import build_app
+from metalora.cli.options import option_help
+from metalora.config import all_setting_infos
 from metalora.errors import MetaloraError
 
 runner = CliRunner()
@@ -32,12 +35,53 @@ def test_help_everywhere(app):
         assert option in run_help
 
 
-def test_plugins_lists_implementations_with_their_package(app):
+def test_run_help_fits_80_columns_and_never_cuts_a_name_or_a_default(app, plugins,
+                                                                       monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    text = invoke(app, "run", "--help").output
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    infos = all_setting_infos(plugins)
+    for info in infos.values():
+        flag = info.name.replace("_", "-")
+        assert (f"--{flag} / --no-{flag}" if info.type is bool else f"--{flag} ") in text
+        default = re.search(r"\[default: [^\]]*\]", option_help(info).replace("\\[", "["))
+        assert default[0] in " ".join(text.split()), f"the default of {info.name} is cut"
+    panels = [line for line in text.splitlines() if line.endswith(":") and
+              not line.startswith(" ")]
+    assert panels[0] == "Run:" and panels[-1] == "Options:"
+    assert {p.removeprefix("Settings of ").rstrip(":") for p in panels[1:-1]} == {
+        ", ".join(i.owners) for i in infos.values() if "run" not in i.owners}
+    assert "structured-lora" in invoke(app, "settings").output  # no name split at a hyphen
+
+
+def test_settings_describes_one_plugins_settings_in_full(app, plugins):
+    text = invoke(app, "settings", "abmll").output
+    for info in all_setting_infos(plugins).values():
+        assert (f"--{info.name.replace('_', '-')} " in text) == ("abmll" in info.owners)
+    assert "ABMLL c, the initial log-variance" in text and "[default: -20.0]" in text
+    assert "(also a setting of maml, reptile" in text  # inner_steps is shared
+    core = invoke(app, "settings", "run").output
+    assert "--adapt-lr <float>" in core and "--beta" not in core
+    listing = invoke(app, "settings").output
+    assert "normal-gamma" in listing and "a0, b0, prior_jacobian" in listing
+    bad = runner.invoke(app, ["settings", "abml"], color=False)
+    assert bad.exit_code == 1
+    assert "unknown plugin with settings 'abml'; valid choices: abmll," in bad.output
+
+
+def test_plugins_lists_implementations_with_their_package(app, plugins, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
     result = invoke(app, "plugins")
     assert result.exit_code == 0
-    for name in ("lora", "pretrained", "demo", "accuracy", "ece"):
-        assert name in result.output
-    assert "metalora" in result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    sections = [line for line in result.output.splitlines() if line.endswith("):")]
+    assert sections == [f"{kind.capitalize()}s ({len(plugins.registry(kind).names())}):"
+                        for kind in ("learner", "prior", "suite", "metric", "pruner")]
+    for reg in plugins.registrations():
+        assert f"\n  {reg.name} " in result.output
+    assert "Amortized Bayesian Meta-Learning for LoRA" in result.output
+    assert "[package metalora, plugin crossfit]" in result.output
 
 
 def test_tasks_lists_suites_and_the_tasks_of_one(app):

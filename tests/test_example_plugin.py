@@ -63,9 +63,9 @@ def test_the_entry_point_belongs_to_the_example_package():
 def test_metalora_plugins_lists_it_with_its_own_package():
     result = _metalora("plugins")
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if " metasgd " in line]
-    assert rows, result.stdout
-    assert "learner" in rows[0] and DISTRIBUTION in rows[0]
+    learners = result.stdout.split("Learners (", 1)[1].split("\n\n", 1)[0]
+    entry = learners.split("\n  metasgd ", 1)[1].split("]", 1)[0]  # its text to [package ..]
+    assert " ".join(entry.split()).endswith(f"[package {DISTRIBUTION}"), result.stdout
     assert "failed" not in result.stderr
 
 

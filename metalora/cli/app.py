@@ -22,10 +22,12 @@ from metalora import __version__
 from metalora.cli.adapt import ADAPT_HELP, make_adapt_command
 from metalora.cli.eval import EVAL_HELP, make_eval_command
 from metalora.cli.export import EXPORT_HELP, make_export_command
+from metalora.cli.help import PanelledCommand
 from metalora.cli.plugins import make_plugins_command
 from metalora.cli.prune import PRUNE_HELP, make_prune_command
 from metalora.cli.render import console, err_console, install_warning_format
 from metalora.cli.run import RUN_HELP, make_run_command
+from metalora.cli.settings import make_settings_command
 from metalora.cli.tasks import make_tasks_command
 from metalora.distributed import refuse_multi_process
 from metalora.errors import MetaloraError
@@ -75,12 +77,13 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
         if ctx.invoked_subcommand not in (None, "run"):
             refuse_multi_process(f"metalora {ctx.invoked_subcommand}")
 
-    app.command("run", help=RUN_HELP)(make_run_command(plugins))
-    app.command("plugins")(make_plugins_command(plugins))
-    app.command("tasks")(make_tasks_command(plugins))
-    app.command("prune", help=PRUNE_HELP)(make_prune_command(plugins))
-    app.command("export", help=EXPORT_HELP)(make_export_command(plugins))
-    app.command("eval", help=EVAL_HELP)(make_eval_command(plugins))
-    app.command("adapt", help=ADAPT_HELP)(make_adapt_command(plugins))
+    app.command("run", help=RUN_HELP, cls=PanelledCommand)(make_run_command(plugins))
+    app.command("plugins", cls=PanelledCommand)(make_plugins_command(plugins))
+    app.command("tasks", cls=PanelledCommand)(make_tasks_command(plugins))
+    app.command("prune", help=PRUNE_HELP, cls=PanelledCommand)(make_prune_command(plugins))
+    app.command("export", help=EXPORT_HELP, cls=PanelledCommand)(make_export_command(plugins))
+    app.command("eval", help=EVAL_HELP, cls=PanelledCommand)(make_eval_command(plugins))
+    app.command("adapt", help=ADAPT_HELP, cls=PanelledCommand)(make_adapt_command(plugins))
+    app.command("settings", cls=PanelledCommand)(make_settings_command(plugins))
     plugins.add_commands(app)
     return app

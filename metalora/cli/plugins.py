@@ -1,13 +1,16 @@
-"""``metalora plugins``: every registered implementation and who provides it."""
+"""``metalora plugins``: every registered implementation and who provides it, one section
+per kind; descriptions wrap to the terminal and nothing is cut."""
 
 from __future__ import annotations
 
-from rich.table import Table
+import typer
+from typer import _click as click
 
-from metalora.cli.render import console, err_console
+from metalora.cli.help import breakable, unbreakable
+from metalora.cli.render import err_console
 from metalora.config import setting_conflicts
 from metalora.hookspecs import HOOK_KINDS
-from metalora.plugins import PluginManager
+from metalora.plugins import PluginManager, Registration
 
 
 def make_plugins_command(plugins: PluginManager):
@@ -15,13 +18,24 @@ def make_plugins_command(plugins: PluginManager):
 
     def list_plugins() -> None:
         """List every registered learner, prior, suite, metric and pruner with its provider."""
-        table = Table(title="Registered implementations")
-        for column in ("kind", "name", "package", "plugin", "description"):
-            table.add_column(column)
+        formatter = click.HelpFormatter()
+        by_kind: dict[str, list[Registration]] = {kind: [] for kind in HOOK_KINDS.values()}
         for reg in plugins.registrations():
-            description = getattr(reg.implementation, "description", "") or ""
-            table.add_row(reg.kind, reg.name, reg.provider, reg.plugin, description)
-        console.print(table)
+            by_kind[reg.kind].append(reg)
+        for kind, registrations in by_kind.items():
+            rows = []
+            for reg in registrations:
+                description = getattr(reg.implementation, "description", "") or ""
+                origin = (f"package {reg.provider}" if reg.plugin == reg.name
+                          else f"package {reg.provider}, plugin {reg.plugin}")
+                rows.append((reg.name, unbreakable(f"{description} [{origin}]".strip())))
+            with formatter.section(f"{kind.capitalize()}s ({len(rows)})"):
+                formatter.write_dl(rows or [("(none)", "")])
+        formatter.write_paragraph()
+        formatter.write_text("`metalora settings NAME` describes a plugin's settings, "
+                             "`metalora tasks NAME` a suite's tasks.")
+        breakable(formatter)
+        typer.echo(formatter.getvalue(), nl=False)
         for plugin, reason in plugins.failures.items():
             err_console.print(f"[yellow]Warning:[/yellow] plugin '{plugin}' {reason}")
         for kind in HOOK_KINDS.values():
