@@ -278,9 +278,15 @@ def test_plots_are_written_when_matplotlib_is_present(plugins, tmp_path) -> None
     summary = run(plugins, tmp_path, learner="stub,pretrained", epochs=4, seeds="0,1",
                   plots=True)
     figures = sorted(p.name for p in (summary.run_dir / "plots").iterdir())
-    assert figures == ["reliability-pretrained.png", "reliability-stub.png", "validation.png"]
-    for name in figures:
-        assert (summary.run_dir / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stems = ["reliability", "reliability-pretrained", "reliability-stub", "training",
+             "validation"]
+    assert figures == sorted(f"{stem}.{kind}" for stem in stems for kind in ("pdf", "png"))
+    for stem in stems:
+        png = (summary.run_dir / "plots" / f"{stem}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width = int.from_bytes(png[16:20], "big")  # the IHDR chunk: at least 200 dpi
+        assert width >= 4 * 200, f"{stem}.png is {width} px wide"
+        assert (summary.run_dir / "plots" / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_plots_are_skipped_with_a_note_without_matplotlib(plugins, tmp_path,
@@ -302,6 +308,30 @@ def test_moving_average_and_validation_curve() -> None:
     epochs, curve = plots.validation_curve(histories, "accuracy")
     assert epochs == [1, 2, 3]
     assert [round(v, 6) for v in curve] == [0.15, 0.225, 0.3]
+
+
+def test_bands_are_the_mean_and_standard_error_over_seeds() -> None:
+    series = [[(1, 1.0), (2, 3.0), (3, 5.0)], [(1, 3.0), (2, 3.0), (3, 3.0)], [(2, 9.0)]]
+    xs, means, errors = plots.band(series[:2], window=1)
+    assert xs == [1, 2, 3] and means == [2.0, 3.0, 4.0]
+    reference = torch.tensor([[1.0, 3.0], [3.0, 3.0], [5.0, 3.0]], dtype=torch.float64)
+    expected = (reference.std(dim=1) / 2 ** 0.5).tolist()
+    assert errors == pytest.approx(expected)
+    assert plots.band(series, window=1)[0] == [2]  # only steps every seed has
+    assert plots.band(series[:1], window=2)[1:] == ([1.0, 2.0, 4.0], [0.0, 0.0, 0.0])
+
+
+def test_training_series_reads_the_nll_of_every_logged_step(tmp_path) -> None:
+    log = tmp_path / "log.jsonl"
+    rows = [{"learner": "abmll", "seed": 0, "kind": "step", "global_step": 1, "loss": 9e9,
+             "nll": 2.5},
+            {"learner": "abmll", "seed": 0, "kind": "validation", "global_step": 1},
+            {"learner": "lora", "seed": 1, "kind": "step", "global_step": 1, "loss": 1.5},
+            {"learner": "abmll", "seed": 0, "kind": "step", "global_step": 2, "loss": 9e9,
+             "nll": 2.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plots.training_series(log) == {"abmll": [[(1, 2.5), (2, 2.0)]],
+                                          "lora": [[(1, 1.5)]]}
 
 
 def test_reliability_bins_match_the_ece_metric() -> None:

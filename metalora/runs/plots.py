@@ -1,4 +1,4 @@
-"""Figures of a run: validation curves (paper Figure 2) and reliability diagrams.
+"""Figures of a run: training and validation curves (paper Figure 2), reliability diagrams.
 
 matplotlib is optional (``pip install 'metalora[plots]'``): without it
 :func:`write_plots` raises :class:`PlotsUnavailable` and the engine prints a
@@ -6,22 +6,33 @@ one-line note. Figures are drawn on matplotlib's Agg canvas directly (no
 ``pyplot``, no global backend change), so plotting is headless and safe
 inside other applications.
 
-* ``validation.png`` — validation accuracy and ECE over epochs, one line per
+Every figure is written twice, as PNG (200 dpi) and as PDF (vector, for a
+paper), under ``RUN_DIR/plots/``:
+
+* ``training`` — the training NLL of every learner over its optimisation
+  steps (the ``nll`` of each ``log.jsonl`` step, its loss where it logs no
+  NLL: ABMLL's loss adds the KL and prior terms, whose scale would hide the
+  data term), smoothed by a trailing moving average over a twentieth of the
+  steps, mean over seeds with a band of one standard error over seeds.
+* ``validation`` — validation accuracy and ECE over epochs, one line per
   learner: at each validated epoch, the mean over seeds of the moving average
   of the (up to) three most recent validations (the paper's sliding window
   over the three most recent epochs; with ``eval_every > 1`` the window
-  spans three validations). A learner that does not train (``pretrained``)
-  is validated once and drawn as a dashed horizontal line.
-* ``reliability-<learner>.png`` — top-label reliability diagram of the test
-  predictions, pooled over test tasks and seeds: per confidence bin (15
-  equal-width bins, as the ECE metric), the accuracy against the mean
-  confidence, with the pooled ECE in the title.
+  spans three validations), with a band of one standard error over seeds. A
+  learner that does not train (``pretrained``) is validated once and drawn as
+  a dashed horizontal line.
+* ``reliability`` — every learner's top-label reliability curve on the test
+  predictions, pooled over test tasks and seeds (per confidence bin, 15
+  equal-width bins as the ECE metric: accuracy against mean confidence), with
+  the pooled ECE in the legend, over the number of predictions in each bin.
+* ``reliability-<learner>`` — one learner's diagram as bars.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +50,10 @@ if TYPE_CHECKING:
 ECE_BINS = 15
 WINDOW = 3
 VALIDATION_FIGURE = "validation.png"
+TRAINING_FIGURE = "training.png"
+RELIABILITY_FIGURE = "reliability.png"
+DPI = 200
+"""Resolution of the PNG figures (the PDFs are vector graphics)."""
 
 
 class PlotsUnavailable(RuntimeError):
@@ -67,15 +82,52 @@ def validation_curve(histories: Sequence[Sequence[Mapping[str, Any]]], metric: s
     Only epochs validated in every seed are kept (they are the same epochs
     unless a run was cut short).
     """
-    per_seed: list[dict[int, float]] = []
-    for history in histories:
-        records = [r for r in history if metric in r]
-        smoothed = moving_average([float(r[metric]) for r in records], window)
-        per_seed.append({int(r["epoch"]): v for r, v in zip(records, smoothed, strict=True)})
+    epochs, mean, _ = validation_band(histories, metric, window)
+    return epochs, mean
+
+
+def validation_band(histories: Sequence[Sequence[Mapping[str, Any]]], metric: str,
+                    window: int = WINDOW) -> tuple[list[int], list[float], list[float]]:
+    """:func:`validation_curve` with the standard error over seeds at each epoch."""
+    series = [[(int(r["epoch"]), float(r[metric])) for r in history if metric in r]
+              for history in histories]
+    return band(series, window)
+
+
+def band(series: Sequence[Sequence[tuple[int, float]]], window: int
+         ) -> tuple[list[int], list[float], list[float]]:
+    """x values present in every seed's ``(x, y)`` series, and at each the mean over seeds
+    of the moving-averaged y with its standard error over seeds (0 with one seed)."""
+    per_seed = []
+    for points in series:
+        smoothed = moving_average([y for _, y in points], window)
+        per_seed.append({x: v for (x, _), v in zip(points, smoothed, strict=True)})
     if not per_seed:
-        return [], []
-    epochs = sorted(set.intersection(*(set(s) for s in per_seed)))
-    return epochs, [sum(s[e] for s in per_seed) / len(per_seed) for e in epochs]
+        return [], [], []
+    xs = sorted(set.intersection(*(set(s) for s in per_seed)))
+    means, errors = [], []
+    for x in xs:
+        values = torch.tensor([s[x] for s in per_seed], dtype=torch.float64)
+        means.append(float(values.mean()))
+        errors.append(float(values.std() / len(values) ** 0.5) if len(values) > 1 else 0.0)
+    return xs, means, errors
+
+
+def training_series(log_path: Path) -> dict[str, list[list[tuple[int, float]]]]:
+    """Per learner, per seed: ``(global step, NLL)`` of every logged optimisation step (the
+    loss where a step logs no ``nll``), read from ``log.jsonl``."""
+    per_pair: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    if log_path.exists():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.get("kind") == "step":
+                points = per_pair.setdefault((record["learner"], record["seed"]), [])
+                step = int(record.get("global_step", len(points) + 1))  # older logs: position
+                points.append((step, float(record.get("nll", record["loss"]))))
+    out: dict[str, list[list[tuple[int, float]]]] = {}
+    for (learner, _), points in per_pair.items():
+        out.setdefault(learner, []).append(points)
+    return out
 
 
 def reliability_bins(probs: Tensor, targets: Tensor, n_bins: int = ECE_BINS) -> dict[str, Any]:
@@ -102,7 +154,9 @@ def reliability_bins(probs: Tensor, targets: Tensor, n_bins: int = ECE_BINS) -> 
 
 
 # -- figures ------------------------------------------------------------------------------
-def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any]:
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1,
+            **grid: Any) -> tuple[Any, Any]:
+    """A headless figure and its axes: one row of ``ncols``, or one column of ``nrows``."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -110,15 +164,47 @@ def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any]:
         raise PlotsUnavailable("matplotlib is not installed") from exc
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, axes
+    axes = fig.subplots(nrows, ncols, squeeze=False, **grid)
+    return fig, axes[0] if nrows == 1 else axes[:, 0]
 
 
 def _save(fig: Any, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
+    """Write ``path`` (PNG, :data:`DPI`) and the same figure as PDF beside it."""
+    for target, form in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=form, dpi=DPI)
+        atomic_write_bytes(target, buffer.getvalue())
     return path
+
+
+def _band(ax: Any, xs: Sequence[int], means: Sequence[float], errors: Sequence[float],
+          color: str, label: str, marker: str | None = None) -> None:
+    ax.plot(xs, means, color=color, marker=marker, markersize=3, label=label)
+    if any(errors):
+        ax.fill_between(xs, [m - e for m, e in zip(means, errors, strict=True)],
+                        [m + e for m, e in zip(means, errors, strict=True)],
+                        color=color, alpha=0.2, linewidth=0)
+
+
+def plot_training(series: Mapping[str, Sequence[Sequence[tuple[int, float]]]], path: Path,
+                  title: str = "") -> Path | None:
+    """Training curves of every learner (see the module docstring); ``None`` if no steps."""
+    if not any(any(seeds) for seeds in series.values()):
+        return None
+    fig, axes = _figure(6.0, 3.8)
+    ax = axes[0]
+    for index, (name, seeds) in enumerate(series.items()):
+        steps = max((len(points) for points in seeds), default=0)
+        if not steps:
+            continue
+        xs, means, errors = band(seeds, max(1, steps // 20))
+        _band(ax, xs, means, errors, f"C{index % 10}", name)
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("training NLL (smoothed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.suptitle(title or "Training NLL (mean over seeds, band: ± 1 SE)", fontsize="medium")
+    return _save(fig, path)
 
 
 def plot_validation(histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path: Path,
@@ -130,28 +216,29 @@ def plot_validation(histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]
         return None
     fig, axes = _figure(5.0 * len(metrics), 3.8, ncols=len(metrics))
     from matplotlib.ticker import MaxNLocator
-    curves = {name: {m: validation_curve(seeds, m) for m, _ in metrics}
+    curves = {name: {m: validation_band(seeds, m) for m, _ in metrics}
               for name, seeds in histories.items()}
     last = max((max(c[m][0], default=0) for c in curves.values() for m, _ in metrics),
                default=0)
     for ax, (metric, label) in zip(axes, metrics, strict=True):
         for index, (name, curve) in enumerate(curves.items()):
-            epochs, values = curve[metric]
+            epochs, values, errors = curve[metric]
             if not epochs:
                 continue
             color = f"C{index % 10}"
             if len(epochs) == 1 and epochs[0] == 0:
                 ax.axhline(values[0], color=color, linestyle="--", label=name)
             else:
-                ax.plot(epochs, values, color=color, marker="o" if len(epochs) < 30 else None,
-                        markersize=3, label=name)
+                _band(ax, epochs, values, errors, color, name,
+                      marker="o" if len(epochs) < 30 else None)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {label}")
         ax.set_xlim(0, max(last, 1))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.suptitle(title or f"Validation over epochs (moving average of the last {WINDOW})")
+    fig.suptitle(title or f"Validation over epochs (moving average of the last {WINDOW}; "
+                          "band: ± 1 SE over seeds)", fontsize="medium")
     return _save(fig, path)
 
 
@@ -183,46 +270,86 @@ def plot_reliability(probs: Tensor, targets: Tensor, path: Path, title: str) -> 
     return _save(fig, path)
 
 
+def plot_reliability_combined(pooled: Mapping[str, tuple[Tensor, Tensor]], path: Path,
+                              title: str) -> Path | None:
+    """Every learner's reliability curve over the per-bin counts (see the module)."""
+    if not pooled:
+        return None
+    fig, (top, bottom) = _figure(5.0, 5.6, nrows=2, sharex=True, height_ratios=(3, 1))
+    width = 1 / ECE_BINS
+    for index, (name, (probs, targets)) in enumerate(pooled.items()):
+        stats = reliability_bins(probs, targets)
+        color = f"C{index % 10}"
+        kept = [i for i, c in enumerate(stats["count"]) if c > 0]
+        top.plot([stats["confidence"][i] for i in kept], [stats["accuracy"][i] for i in kept],
+                 color=color, marker="o", markersize=3,
+                 label=f"{name} (ECE {stats['ece']:.3f}, n = {stats['n']})")
+        shift = (index - (len(pooled) - 1) / 2) * width / max(len(pooled), 1)
+        bottom.bar([stats["edges"][i] + width / 2 + shift for i in range(ECE_BINS)],
+                   stats["count"], width=width / max(len(pooled), 1), color=color)
+    top.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.set_xlabel("confidence (top option), 15 bins")
+    bottom.set_ylabel("predictions")
+    fig.suptitle(title, fontsize="medium")
+    return _save(fig, path)
+
+
 def write_plots(histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
                 predictions: Mapping[str, Sequence[tuple[Tensor, Tensor]]], out_dir: Path,
-                suite: str = "") -> list[Path]:
-    """Write ``validation.png`` and one reliability diagram per learner into ``out_dir``.
+                suite: str = "",
+                training: Mapping[str, Sequence[Sequence[tuple[int, float]]]] | None = None,
+                ) -> list[Path]:
+    """Write the figures of the module into ``out_dir``; return the PNG paths (each has its
+    PDF beside it).
 
     ``histories``: learner -> one validation history per seed.
     ``predictions``: learner -> ``(probs, targets)`` per seed and test task.
+    ``training``: learner -> ``(global step, NLL)`` per seed (:func:`training_series`).
     Raises :class:`PlotsUnavailable` without matplotlib.
     """
     if not matplotlib_available():
         raise PlotsUnavailable("matplotlib is not installed")
-    written: list[Path] = []
-    curves = plot_validation(histories, out_dir / VALIDATION_FIGURE,
-                             title=f"Validation on '{suite}' (moving average of the last "
-                                   f"{WINDOW}, mean over seeds)" if suite else "")
-    if curves is not None:
-        written.append(curves)
+    on = f" on '{suite}'" if suite else ""
+    figures = [
+        plot_training(training or {}, out_dir / TRAINING_FIGURE,
+                      title=f"Training NLL{on} (mean over seeds, band: ± 1 SE)"),
+        plot_validation(histories, out_dir / VALIDATION_FIGURE,
+                        title=f"Validation{on} (moving average of the last {WINDOW}, mean over "
+                              "seeds, band: ± 1 SE)"),
+    ]
+    pooled = {}
     for learner, parts in predictions.items():
         if not parts:
             continue
         width = max(p.shape[-1] for p, _ in parts)
         probs = torch.cat([torch.nn.functional.pad(p.float(), (0, width - p.shape[-1]))
                            for p, _ in parts])
-        targets = torch.cat([t for _, t in parts])
-        written.append(plot_reliability(probs, targets, out_dir / f"reliability-{learner}.png",
-                                        title=f"{learner} on '{suite}' (test)"))
-    return written
+        pooled[learner] = (probs, torch.cat([t for _, t in parts]))
+        figures.append(plot_reliability(*pooled[learner], out_dir / f"reliability-{learner}.png",
+                                        title=f"{learner}{on} (test)"))
+    figures.append(plot_reliability_combined(pooled, out_dir / RELIABILITY_FIGURE,
+                                             title=f"Reliability{on} (test, pooled over tasks "
+                                                   "and seeds)"))
+    return [f for f in figures if f is not None]
 
 
 def plot_run(summary: RunSummary, console: Console) -> list[Path]:
     """The figures of a run, into ``RUN_DIR/plots``; a note on ``console`` instead when
     matplotlib is missing or a figure fails (a figure never costs a run its results)."""
-    from metalora.runs.rundir import PLOTS_DIR
+    from metalora.runs.rundir import LOG_FILE, PLOTS_DIR
 
     histories = {n: [r.history for r in seeds] for n, seeds in summary.results.items()}
     predictions = {n: [(t.probs, t.targets) for r in seeds for t in r.test.tasks]
                    for n, seeds in summary.results.items()}
     try:
         return write_plots(histories, predictions, summary.run_dir / PLOTS_DIR,
-                           suite=summary.suite)
+                           suite=summary.suite,
+                           training=training_series(summary.run_dir / LOG_FILE))
     except PlotsUnavailable:
         console.print("[dim]matplotlib is not installed: plots skipped "
                       "(pip install 'metalora\\[plots]')[/dim]")
