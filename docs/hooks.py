@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PROG = "metalora"
 BUILTIN_DISTRIBUTION = "metalora"
-KINDS = ("learner", "prior", "suite", "metric", "pruner")
+KINDS = ("learner", "prior", "suite", "metric", "pruner", "logger")
+"""The registry kinds (``metalora.hookspecs.HOOK_KINDS``), each with a registry directive."""
 
 DIRECTIVE = re.compile(r"^<!-- metalora:(?P<name>[\w-]+)(?: +(?P<arg>[^>]*?))? *-->[ \t]*$",
                        re.MULTILINE)

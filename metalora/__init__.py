@@ -6,9 +6,9 @@ The rest (``metalora.runs``, ``metalora.cli`` and the other submodules) is
 internal and may change between versions.
 
 * registering: :data:`hookimpl`, :class:`Register`;
-* the five interfaces: :class:`Learner` (with :class:`LearnerContext` and
+* the six interfaces: :class:`Learner` (with :class:`LearnerContext` and
   :class:`StepLog`), :class:`Prior`, :class:`TaskSampler` (with
-  :class:`DataOptions`), :class:`Metric`, :class:`Pruner`;
+  :class:`DataOptions`), :class:`Metric`, :class:`Pruner`, :class:`Logger`;
 * settings: :func:`setting`, :class:`NoSettings`;
 * data: :class:`Task`, :class:`TaskRecord`, :class:`TaskRole`,
   :class:`Suite`, :data:`MAX_OPTIONS`, :func:`filter_by_options`,
@@ -36,6 +36,7 @@ _SOURCES: dict[str, str] = {
     "hookimpl": "metalora.hookspecs",
     "Register": "metalora.hookspecs",
     "Learner": "metalora.interfaces.learner",
+    "Logger": "metalora.interfaces.logger",
     "LearnerContext": "metalora.interfaces.learner",
     "StepLog": "metalora.interfaces.learner",
     "Prior": "metalora.interfaces.prior",
@@ -72,6 +73,7 @@ __all__ = [
     "hookimpl",
     "Register",
     "Learner",
+    "Logger",
     "LearnerContext",
     "StepLog",
     "Prior",
@@ -111,6 +113,7 @@ if TYPE_CHECKING:
     from metalora.hookspecs import Register, hookimpl
     from metalora.hub import hub_reachable, offline_hub
     from metalora.interfaces.learner import Learner, LearnerContext, StepLog
+    from metalora.interfaces.logger import Logger
     from metalora.interfaces.metric import Metric
     from metalora.interfaces.prior import Prior
     from metalora.interfaces.pruner import Pruner

@@ -30,7 +30,7 @@ from metalora.plugins import PluginManager
 from metalora.precision import AUTOCAST_DTYPES
 from metalora.settings import SettingInfo, coerce, field_infos, merge_infos, setting
 
-SETTINGS_KINDS = ("learner", "prior", "suite", "pruner")
+SETTINGS_KINDS = ("learner", "prior", "suite", "pruner", "logger")
 """Registry kinds whose implementations may declare a ``Settings`` dataclass."""
 
 
@@ -55,8 +55,13 @@ class RunSettings:
     select_metric: str = setting(
         "accuracy", "Validation metric that picks the tested epoch (higher or lower is better "
                     "as the metric declares).")
+    logger: list[str] = setting(
+        ["tensorboard"], "Where training curves go besides log.jsonl (always written): "
+                         "comma-separated loggers (see `metalora plugins`), e.g. "
+                         "tensorboard,wandb; '' for none. A logger named here whose package "
+                         "is missing is an error; the default is skipped with no word.")
     tensorboard: bool = setting(
-        True, "Write TensorBoard event files when the tensorboard package is installed.")
+        True, "Shorthand: --no-tensorboard leaves tensorboard out of the default --logger.")
     plots: bool = setting(
         True, "Write PNG figures into the run directory (needs matplotlib: "
               "pip install 'metalora[plots]').")

@@ -9,7 +9,7 @@ once per implementation, in the manner of simonw/llm's ``register_models``::
     def register_learners(register):
         register(MyLearner)
 
-Learners, priors, metrics and pruners are registered as classes (with a
+Learners, priors, metrics, pruners and loggers are registered as classes (with a
 ``name`` class attribute); task samplers as instances (one per suite, so one
 class can provide several suites). ``register`` also takes an explicit name:
 ``register(obj, name="alias")``.
@@ -68,6 +68,11 @@ def register_pruners(register: Register) -> None:
 
 
 @hookspec
+def register_loggers(register: Register) -> None:
+    """Register :class:`metalora.interfaces.Logger` subclasses (``--logger NAME``)."""
+
+
+@hookspec
 def register_commands(app: typer.Typer) -> None:
     """Add commands to the ``metalora`` CLI (``@app.command()``)."""
 
@@ -78,6 +83,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_task_samplers": "suite",
     "register_metrics": "metric",
     "register_pruners": "pruner",
+    "register_loggers": "logger",
 }
 """Each registration hook and the kind of implementation it registers."""
 

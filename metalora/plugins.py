@@ -179,7 +179,7 @@ class PluginManager:
 
     # -- registries -------------------------------------------------------------
     def registry(self, kind: str) -> Registry:
-        """The registry of ``kind``: learner, prior, suite, metric or pruner."""
+        """The registry of ``kind``: learner, prior, suite, metric, pruner or logger."""
         if self._registries is None:
             self._registries = self._collect()
         if kind not in self._registries:

@@ -118,7 +118,7 @@ def test_every_cli_command_and_option_appears_in_the_cli_reference():
 def test_every_builtin_implementation_and_setting_is_on_its_plugin_page():
     manager = docs_hooks.builtin_plugin_manager()
     for kind, page in [("learner", "learners"), ("prior", "priors"), ("suite", "suites"),
-                       ("metric", "metrics"), ("pruner", "pruners")]:
+                       ("metric", "metrics"), ("pruner", "pruners"), ("logger", "loggers")]:
         source = (DOCS / f"{page}.md").read_text(encoding="utf-8")
         assert f"<!-- metalora:registry {kind} -->" in source
         generated = docs_hooks.expand(source)

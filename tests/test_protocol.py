@@ -27,8 +27,8 @@ from rich.console import Console
 from torch import Tensor
 from typer.testing import CliRunner
 
-import metalora.runs.logging_sinks as logging_sinks
 import metalora.runs.plots as plots
+import metalora_plugins.loggers.tensorboard as tensorboard_logger
 from metalora import hookimpl
 from metalora.adapters import AdapterHandle, attach_adapters
 from metalora.batching import Batch
@@ -368,7 +368,9 @@ class FakeWriter:
 
 def test_tensorboard_scalars_when_available(plugins, tmp_path, monkeypatch) -> None:
     FakeWriter.instances = []
-    monkeypatch.setattr(logging_sinks, "tensorboard_writer_class", lambda: FakeWriter)
+    monkeypatch.setattr(tensorboard_logger, "writer_class", lambda: FakeWriter)
+    monkeypatch.setattr(tensorboard_logger.TensorBoardLogger, "missing", classmethod(
+        lambda cls: None))
     summary = run(plugins, tmp_path, learner="stub", epochs=2, seeds="0", tensorboard=True)
     (writer,) = FakeWriter.instances
     assert Path(writer.log_dir) == summary.run_dir / "tensorboard" / "stub" / "seed-0"
@@ -376,20 +378,33 @@ def test_tensorboard_scalars_when_available(plugins, tmp_path, monkeypatch) -> N
     assert ("validation/accuracy", SCHEDULE[2], 2) in writer.scalars
 
 
-def test_tensorboard_missing_is_one_note(plugins, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(logging_sinks, "tensorboard_writer_class", lambda: None)
-    out = io.StringIO()
-    run(plugins, tmp_path, console=Console(file=out, width=200), learner="stub", epochs=1,
-        seeds="0", tensorboard=True)
-    assert out.getvalue().count("tensorboard is not installed") == 1
+def without_tensorboard(monkeypatch) -> None:
+    monkeypatch.setattr(tensorboard_logger.TensorBoardLogger, "missing", classmethod(
+        lambda cls: "needs the tensorboard package: pip install tensorboard"))
+
+
+def test_tensorboard_asked_for_but_missing_is_one_note(plugins, tmp_path, monkeypatch) -> None:
+    without_tensorboard(monkeypatch)
+    for index, given in enumerate(({"tensorboard": True}, {"logger": ["tensorboard"]})):
+        out = io.StringIO()
+        run(plugins, tmp_path / str(index), console=Console(file=out, width=200),
+            learner="stub", epochs=1, seeds="0,1", **given)
+        assert out.getvalue().count("logger 'tensorboard' skipped: it needs the tensorboard "
+                                    "package: pip install tensorboard") == 1
 
 
 def test_tensorboard_missing_is_said_only_when_asked_for(plugins, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(logging_sinks, "tensorboard_writer_class", lambda: None)
+    without_tensorboard(monkeypatch)
+    FakeWriter.instances = []
+    monkeypatch.setattr(tensorboard_logger, "writer_class", lambda: FakeWriter)
+    values = {k: v for k, v in small(learner="stub", epochs=1, seeds="0").items()
+              if k != "tensorboard"}  # the default logger, not asked for
+    config = resolve_config(all_setting_infos(plugins), {}, {"output_dir": str(tmp_path),
+                                                             **values})
     out = io.StringIO()
-    run(plugins, tmp_path, console=Console(file=out, width=200), learner="stub", epochs=1,
-        seeds="0")
-    assert "tensorboard is not installed" not in out.getvalue()
+    Engine(config, plugins, console=Console(file=out, width=200)).execute()
+    assert "tensorboard package" not in out.getvalue() and "pip install" not in out.getvalue()
+    assert FakeWriter.instances == []  # left out, not made
 
 
 # -- progress a person can follow ---------------------------------------------------------

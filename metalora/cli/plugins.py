@@ -17,7 +17,8 @@ def make_plugins_command(plugins: PluginManager):
     """The ``plugins`` command."""
 
     def list_plugins() -> None:
-        """List every registered learner, prior, suite, metric and pruner with its provider."""
+        """List every registered learner, prior, suite, metric, pruner and logger with its
+        provider."""
         formatter = click.HelpFormatter()
         by_kind: dict[str, list[Registration]] = {kind: [] for kind in HOOK_KINDS.values()}
         for reg in plugins.registrations():

@@ -1,4 +1,4 @@
-"""The five plug-in interfaces of metalora.
+"""The six plug-in interfaces of metalora.
 
 Every built-in implementation in ``plugins/`` and every third-party package
 implements one of these and registers it through a hook in
@@ -6,6 +6,7 @@ implements one of these and registers it through a hook in
 """
 
 from metalora.interfaces.learner import Learner, LearnerContext, StepLog
+from metalora.interfaces.logger import Logger
 from metalora.interfaces.metric import Metric
 from metalora.interfaces.prior import Prior
 from metalora.interfaces.pruner import Pruner
@@ -15,6 +16,7 @@ __all__ = [
     "DataOptions",
     "Learner",
     "LearnerContext",
+    "Logger",
     "Metric",
     "Prior",
     "Pruner",

@@ -62,7 +62,6 @@ from metalora.files import remove_stale_temporaries, require_writable_directory
 from metalora.interfaces import Learner, Metric, StepLog
 from metalora.plugins import PluginManager
 from metalora.records import Task
-from metalora.runs import logging_sinks
 from metalora.runs.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng
 from metalora.runs.logging_sinks import RunLogger
 from metalora.runs.progress import ProgressLog, epoch_description, format_metrics, progress_bars
@@ -83,7 +82,6 @@ from metalora.runs.rundir import (
     PREDICTIONS_FILE,
     PREDICTIONS_JSONL_FILE,
     PROGRESS_FILE,
-    TENSORBOARD_DIR,
     file_size,
     save_adapters,
     seed_dir,
@@ -190,10 +188,6 @@ class Engine(RunSetup):
         if self.run.eval_every > 0 and not suite.validation:
             self.console.print(f"[dim]{suite.name} has no validation tasks: test metrics are "
                                "taken at the last epoch[/dim]")
-        if (self.config.values.get("tensorboard") and
-                logging_sinks.tensorboard_writer_class() is None):  # said only when asked for
-            self.console.print("[dim]tensorboard is not installed: TensorBoard logging "
-                               "skipped (pip install tensorboard)[/dim]")
         validation_metrics = dict(metrics)
         select = self.run.select_metric
         if select not in validation_metrics:
@@ -314,8 +308,6 @@ class Engine(RunSetup):
                 if pair is not None:  # started before, interrupted before its first checkpoint
                     truncate_file(log_path, int(pair.get("log_offset", file_size(log_path))))
                 shutil.rmtree(out, ignore_errors=True)
-                shutil.rmtree(run_dir / TENSORBOARD_DIR / name / f"seed-{seed}",
-                              ignore_errors=True)
                 training = TrainingState(log_offset=file_size(log_path))
                 purge_step = None
             if not self.distributed.is_main:
@@ -325,8 +317,9 @@ class Engine(RunSetup):
                 torch.manual_seed(random.Random(rank_seed).getrandbits(63))
             self._state["pairs"][key] = {"status": "running", "log_offset": training.log_offset}
             write_state(run_dir, self._state)
-            with RunLogger(run_dir, log_path, name, seed, tensorboard=self.run.tensorboard,
-                           purge_step=purge_step) as logger, self._progress() as progress, \
+            loggers = self.make_loggers(run_dir, name, seed, purge_step)
+            with RunLogger(log_path, name, seed, loggers) as logger, \
+                    self._progress() as progress, \
                     self.precision():
                 self.train(learner, name, seed, protocol, training, store, logger, progress)
             if training.best_epoch is not None:

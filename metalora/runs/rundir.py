@@ -56,7 +56,6 @@ ADAPTERS_FILE = "adapters.safetensors"
 PREDICTIONS_FILE = "predictions.safetensors"
 PREDICTIONS_JSONL_FILE = "predictions.jsonl"
 CHECKPOINT_DIR = "checkpoints"
-TENSORBOARD_DIR = "tensorboard"
 PLOTS_DIR = "plots"
 
 

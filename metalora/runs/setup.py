@@ -35,7 +35,7 @@ from metalora.config import (
 from metalora.distributed import Distributed
 from metalora.episodes import Episode, EpisodeSampler
 from metalora.errors import MetaloraError
-from metalora.interfaces import DataOptions, Learner, LearnerContext, Metric, Prior
+from metalora.interfaces import DataOptions, Learner, LearnerContext, Logger, Metric, Prior
 from metalora.models import LoadedModel, load_model
 from metalora.models.checkpointing import enable_gradient_checkpointing
 from metalora.plugins import PluginManager
@@ -102,6 +102,7 @@ class RunSetup:
         self.run: RunSettings = with_absolute_task_path(config.run, plugins)
         self.resume_dir: Path | None = None
         """Set by :meth:`from_run_dir`: the run directory the settings were read from."""
+        self._noted: set[str] = set()
         self.distributed = Distributed()
         """This process's rank (a single process unless joined to a torchrun group)."""
         self._validate_names()
@@ -153,6 +154,7 @@ class RunSetup:
                 raise MetaloraError(f"{name!r} cannot run: {clashes[name]}")
         for name in self.run.metrics:
             self.plugins.registry("metric").get(name)
+        self.logger_classes()
         self.plugins.registry("metric").get(self.run.select_metric)
         if self.run.data_dir is not None and not Path(self.run.data_dir).is_dir():
             raise MetaloraError(f"data directory {self.run.data_dir!r} does not exist")
@@ -185,6 +187,41 @@ class RunSetup:
                                  "Settings", None)
         if suite_settings is not None:
             build_settings(suite_settings, self.config.values, owner=self.run.tasks)
+
+    def logger_classes(self, note: bool = False) -> list[type[Logger]]:
+        """The loggers this run writes to: ``logger`` (its default less ``tensorboard`` with
+        ``--no-tensorboard``). An unknown name is one error line, and so is a logger whose
+        package is missing, except a default one (``tensorboard``): it is left out, with
+        one note (with ``note``, when the loggers are made) if it was asked for
+        (``--tensorboard``, ``--logger``)."""
+        given = self.config.values
+        defaults = RunSettings().logger
+        classes = []
+        for name in self.run.logger:
+            registry = self.plugins.registry("logger")
+            if "logger" not in given and (name not in registry or (
+                    name == "tensorboard" and not self.run.tensorboard)):
+                continue  # a default logger left out, or not loaded (METALORA_PLUGINS)
+            cls = registry.get(name)
+            reason = cls.missing()
+            if reason is None:
+                classes.append(cls)
+            elif name not in defaults:
+                raise MetaloraError(f"logger {name!r} {reason}")
+            elif note and ("logger" in given or given.get(name)) and name not in self._noted:
+                self._noted.add(name)
+                self.note(f"logger {name!r} skipped: it {reason}")
+        return classes
+
+    def make_loggers(self, run_dir: Path, learner: str, seed: int,
+                     resume_step: int | None) -> list[Logger]:
+        """One logger of each of :meth:`logger_classes` for this learner and seed (none on a
+        torchrun rank other than 0: its records would repeat rank 0's)."""
+        if not self.distributed.is_main:
+            return []
+        return [cls(run_dir, learner, seed, build_settings(cls.Settings, self.config.values,
+                                                           owner=cls.name), resume_step)
+                for cls in self.logger_classes(note=True)]
 
     def metrics(self) -> dict[str, Metric]:
         """The metrics to report, instantiated."""
