@@ -11,8 +11,8 @@ Usage::
 
 A thin wrapper around ``metalora run``: it builds one invocation that runs
 ``pretrained``, ``lora``, ``structured-lora``, ``reptile`` and ``abmll`` on
-the ``cls45`` suite read from ``--data-dir`` (default
-``../shared/data/crossfit`` relative to the repository), prints it, runs it
+the ``cls45`` suite read from ``--data-dir`` (MetaICL-format CrossFit files;
+by default ``shared/data/crossfit`` in the repository's parent folder), prints it, runs it
 (the CLI prints its own per-task table and Table 1), then prints a compact
 comparison with each learner's validation accuracy, tested epoch and wall
 time, and where the results were written (``results.csv``/``results.json``

@@ -7,8 +7,8 @@ Usage::
                                       [--max-length 64] [--steps 1]
 
 Each (learner, task count) is one ``metalora run`` process on the real
-cls-45 suite (``--data-dir``, default ``../shared/data/crossfit`` beside the
-repository): one epoch over the first N training tasks, no validation, and a
+cls-45 suite (``--data-dir``, by default ``shared/data/crossfit`` in the
+repository's parent folder): one epoch over the first N training tasks, no validation, and a
 minimal test (one task, two queries) so that the epoch is what is measured.
 Every learner takes ``--steps`` steps per task (``steps_per_task`` /
 ``inner_steps``; what persists between steps does not depend on how many

@@ -6,7 +6,8 @@ Usage::
                                          [--eval-batch-size 8] [--repeats 1] [--threads 2]
 
 Builds the cls-45 test tasks' episodes (the k-shot files of the CrossFit
-data; default ``../shared/data/crossfit`` beside the repository) with
+data, ``--data-dir``; by default ``shared/data/crossfit`` in the
+repository's parent folder) with
 SmolLM2-135M's tokenizer twice: in source order and grouped by length within
 each task (metalora's default). It counts the token positions each way
 computes (real tokens plus padding), scores every query with the frozen

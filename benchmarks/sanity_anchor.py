@@ -3,7 +3,7 @@
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/sanity_anchor.py \\
-        [--data-dir ../shared/data/crossfit] [--model smollm2-135m] [--n 64]
+        [--data-dir DATA] [--model smollm2-135m] [--n 64]
 
 For each of the eight tasks below, every ``<task>_16_*_dev.jsonl`` file of
 ``--data-dir`` is read in sorted file-name order (plain string sort, so

@@ -238,3 +238,33 @@ def test_bad_settings_are_one_clear_error(build):
         build(inner_steps=-1)
     with pytest.raises(MetaloraError, match="metasgd_test_adapt"):
         build(metasgd_test_adapt="sgd")
+
+
+# -- the tutorial's minimal plugin ---------------------------------------------------------
+def test_the_tutorials_minimal_plugin_registers_trains_and_learns(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "examples" / "minimal" / "minimal_plugin.py"
+    spec = importlib.util.spec_from_file_location("minimal_plugin", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "minimal_plugin", module)  # as an installed module is
+    spec.loader.exec_module(module)
+    plugins = PluginManager()
+    plugins.register(module, name="first-steps")
+    result = CliRunner().invoke(build_app(plugins), [
+        "run", "--learner", "first-steps", "--tasks", "demo", "--model", "tiny", "--epochs", "2",
+        "--first-steps-lr", "1e-2", "--max-train-tasks", "3", "--max-eval-tasks", "1",
+        "--query-cap", "8", "--no-plots", "--output-dir", str(tmp_path), "--run-name", "m"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["learner_settings"]["first-steps"] == {"first_steps_lr": 0.01,
+                                                         "first_steps_per_task": 3}
+    steps = [json.loads(x) for x in (tmp_path / "m" / "log.jsonl").read_text().splitlines()
+             if '"step"' in x and json.loads(x)["kind"] == "step"]
+    assert len(steps) == 2 * 3 * 3
+    first, last = steps[:9], steps[-9:]  # learning happens: epoch 2's loss is lower
+    assert sum(s["loss"] for s in last) < sum(s["loss"] for s in first)
+    tutorial = (root / "docs" / "writing-a-plugin.md").read_text(encoding="utf-8")
+    assert '--8<-- "examples/minimal/minimal_plugin.py"' in tutorial

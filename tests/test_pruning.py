@@ -4,6 +4,7 @@ learner's model, the sweep over a real run directory, and ``metalora prune``."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import shutil
@@ -256,6 +257,9 @@ def test_prune_sweep_prints_table_2_and_never_touches_the_run(app, run_dir):
     assert data["ratios"] == [0.0, 0.01, 0.2] and data["scope"] == "adapted"
     assert data["source"] == "run" and data["pruner"] == "magnitude"
     assert data["baseline_matches_run"] is True  # 0% reproduces the run's own test results
+    if importlib.util.find_spec("matplotlib") is not None:  # the pruning curve, for a paper
+        assert (out / "pruning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "pruning.pdf").read_bytes()[:5] == b"%PDF-"
     recorded = json.loads((run_dir / "metrics.json").read_text())["learners"]
     for row in data["rows"]:
         assert row["n_seeds"] == 2 and row["seeds"] == [0, 1]

@@ -56,8 +56,12 @@ class LearnerContext:
     model: nn.Module
     """The causal LM with frozen base weights (adapters are attached by the learner)."""
     encoder: PromptEncoder
+    """Turns records into prompt token ids and batches (``encoder.encode(records)``)."""
     episodes: EpisodeSampler
+    """Draws batches on the run's device: ``train_batch(task, rng)``,
+    ``shuffled_batches(records, rng)``, ``encode(records)``."""
     run: RunSettings
+    """The run's core settings (``batch_size``, ``adapt_steps``, ``adapt_lr``, ``rank``, ...)."""
     settings: Any
     """The learner's own ``Settings`` instance."""
     rng: random.Random

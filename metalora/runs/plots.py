@@ -26,6 +26,10 @@ paper), under ``RUN_DIR/plots/``:
   equal-width bins as the ECE metric: accuracy against mean confidence), with
   the pooled ECE in the legend, over the number of predictions in each bin.
 * ``reliability-<learner>`` — one learner's diagram as bars.
+
+``metalora prune`` adds ``pruning`` to each sweep's directory: test accuracy
+and ECE against the pruning ratio, mean over seeds with ± 1 SE bars (paper
+Table 2 as a figure).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ WINDOW = 3
 VALIDATION_FIGURE = "validation.png"
 TRAINING_FIGURE = "training.png"
 RELIABILITY_FIGURE = "reliability.png"
+PRUNING_FIGURE = "pruning.png"
 DPI = 200
 """Resolution of the PNG figures (the PDFs are vector graphics)."""
 
@@ -295,6 +300,29 @@ def plot_reliability_combined(pooled: Mapping[str, tuple[Tensor, Tensor]], path:
     top.grid(alpha=0.3)
     bottom.set_xlabel("confidence (top option), 15 bins")
     bottom.set_ylabel("predictions")
+    fig.suptitle(title, fontsize="medium")
+    return _save(fig, path)
+
+
+def plot_pruning(curves: Mapping[str, Mapping[float, Mapping[str, tuple[float, float]]]],
+                 path: Path, title: str,
+                 metrics: Sequence[tuple[str, str]] = (("accuracy", "Accuracy"),
+                                                       ("ece", "ECE"))) -> Path:
+    """Test metrics against the pruning ratio, one line per learner with ± 1 SE bars over
+    seeds; ``curves``: learner -> ratio -> metric -> (mean, SE)."""
+    if not matplotlib_available():
+        raise PlotsUnavailable("matplotlib is not installed")
+    fig, axes = _figure(5.0 * len(metrics), 3.6, ncols=len(metrics))
+    for ax, (metric, label) in zip(axes, metrics, strict=True):
+        for index, (learner, by_ratio) in enumerate(curves.items()):
+            ratios = sorted(by_ratio)
+            ax.errorbar([100 * r for r in ratios], [by_ratio[r][metric][0] for r in ratios],
+                        yerr=[by_ratio[r][metric][1] for r in ratios], color=f"C{index % 10}",
+                        marker="o", markersize=3, capsize=3, label=learner)
+        ax.set_xlabel("output neurons pruned per layer (%)")
+        ax.set_ylabel(f"test {label}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
     fig.suptitle(title, fontsize="medium")
     return _save(fig, path)
 

@@ -40,6 +40,7 @@ from metalora.pruning import (
     prune_targets,
     ratio_label,
 )
+from metalora.runs.plots import PRUNING_FIGURE, matplotlib_available, plot_pruning
 from metalora.runs.progress import progress_bars
 from metalora.runs.reporting import format_mean_se, headline_columns, ordered_metrics
 from metalora.runs.rundir import (
@@ -191,11 +192,16 @@ class PruneSummary:
         }
 
     def write(self) -> tuple[Path, Path]:
-        """Write ``results.csv`` and ``results.json`` into :attr:`out_dir`."""
+        """Write ``results.csv`` and ``results.json`` into :attr:`out_dir`, and the pruning
+        curve (``pruning.png`` and ``.pdf``) when matplotlib is installed."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         csv_path, json_path = self.out_dir / RESULTS_CSV, self.out_dir / RESULTS_JSON
         atomic_write_bytes(csv_path, self.to_csv().encode("utf-8"))
         write_json(json_path, self.to_dict())
+        if matplotlib_available():
+            plot_pruning(self.summary(), self.out_dir / PRUNING_FIGURE,
+                         title=f"Pruning on '{self.suite}' ({self.pruner}, {self.scope} "
+                               f"layers; mean over seeds, bars: ± 1 SE)")
         return csv_path, json_path
 
 
