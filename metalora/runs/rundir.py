@@ -11,9 +11,13 @@
       results.csv, results.json   the paper's Table 1 layout: one row per learner, mean ± SE
       log.jsonl                   one line per optimisation step and per validation
       progress.log                one plain line per finished epoch, validation and test
-      tensorboard/<learner>/seed-<s>/   TensorBoard event files (when tensorboard is installed)
+      tensorboard/<learner>/seed-<s>/   TensorBoard events (logger tensorboard, the default)
+      wandb/                      Weights & Biases offline runs (--logger wandb)
+      plots/training.png          training NLL over steps, mean ± SE over seeds (and .pdf)
       plots/validation.png        validation accuracy and ECE over epochs (paper Figure 2)
-      plots/reliability-<learner>.png   reliability diagram of the test predictions
+      plots/reliability.png       every learner's test reliability over per-bin counts
+      plots/reliability-<learner>.png   one learner's reliability diagram
+      prune/<sweep>/              metalora prune: results.csv/json, pruning.png
       <learner>/seed-<s>/
         adapters.safetensors      the tested adapters (best-validation epoch, else last epoch)
         metrics.json              test metrics of this seed, best epoch, validation history
