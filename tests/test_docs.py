@@ -434,3 +434,16 @@ def test_hook_register_commands():
     reference = docs_hooks.cli_reference(app)
     assert "## `metalora hello`" in reference and "Say hello to NAME." in reference
     assert "--name" in reference
+
+
+def test_every_picture_exists_and_its_page_names_the_script_that_draws_it():
+    pictures = 0
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for alt, target in re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", text):
+            pictures += 1
+            assert alt.strip(), f"{page.name}: {target} has no alt text"
+            assert (DOCS / target).is_file(), f"{page.name}: {target} does not exist"
+            assert "benchmarks/docs_figures.py" in text, f"{page.name} does not name its script"
+            assert Path(target).stem in (ROOT / "benchmarks" / "docs_figures.py").read_text()
+    assert pictures >= 6  # the diagram, the quickstart's three, the benchmarks page's two

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from metalora.cli.options import parse_set_values
+from metalora.cli.options import parse_set_values, run_dir_argument, set_option
 from metalora.cli.render import console, err_console
 from metalora.plugins import PluginManager
 from metalora.runs.adaptation import Adaptation, adapt_run
@@ -23,8 +23,7 @@ def make_adapt_command(plugins: PluginManager):
     """The ``adapt`` command."""
 
     def adapt(
-        run_dir: Path = typer.Argument(..., metavar="RUN_DIR", show_default=False,
-                                       help="A run directory written by `metalora run`."),
+        run_dir: Path = run_dir_argument(),
         support: Path = typer.Option(..., "--support", metavar="FILE", show_default=False,
                                      help="Labelled support records (MetaICL jsonl)."),
         query: Path = typer.Option(..., "--query", metavar="FILE", show_default=False,
@@ -37,9 +36,8 @@ def make_adapt_command(plugins: PluginManager):
         out: Path | None = typer.Option(None, "--out", metavar="FILE",
                                         help="Write the predictions here as JSON lines."),
         device: str | None = typer.Option(None, "--device", help="Device to adapt on."),
-        set_values: list[str] | None = typer.Option(
-            None, "--set", metavar="NAME=VALUE",
-            help="Change an evaluation-time setting (repeatable), e.g. eval_samples=8."),
+        set_values: list[str] | None = set_option(
+            "Change an evaluation-time setting (repeatable), e.g. eval_samples=8."),
     ) -> None:
         result = adapt_run(run_dir, support, query, learner=learner, seed=seed,
                            settings=parse_set_values(set_values), device=device,

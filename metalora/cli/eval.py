@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from metalora.cli.options import parse_set_values
+from metalora.cli.options import parse_set_values, run_dir_argument, set_option
 from metalora.cli.render import err_console, print_results
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginManager
@@ -23,8 +23,7 @@ def make_eval_command(plugins: PluginManager):
     """The ``eval`` command."""
 
     def eval_run(
-        run_dir: Path = typer.Argument(..., metavar="RUN_DIR", show_default=False,
-                                       help="A run directory written by `metalora run`."),
+        run_dir: Path = run_dir_argument(),
         tasks: str | None = typer.Option(None, "--tasks", help="Evaluate on this suite's test "
                                          "tasks instead of the run's (see `metalora tasks`)."),
         data_dir: str | None = typer.Option(None, "--data-dir", help="Data directory for "
@@ -37,10 +36,9 @@ def make_eval_command(plugins: PluginManager):
         per_task: bool = typer.Option(True, "--per-task/--no-per-task",
                                       help="Print the per-task table too."),
         split: str = typer.Option("test", "--split", help="Which tasks: test or validation."),
-        set_values: list[str] | None = typer.Option(
-            None, "--set", metavar="NAME=VALUE",
-            help="Change a setting for this evaluation (repeatable), e.g. eval_samples=8 or "
-                 "adapt_lr=2e-4; the adapters stay the run's."),
+        set_values: list[str] | None = set_option(
+            "Change a setting for this evaluation (repeatable), e.g. eval_samples=8 or "
+            "adapt_lr=2e-4; the adapters stay the run's."),
     ) -> None:
         overrides: dict[str, Any] = {}
         if learner:

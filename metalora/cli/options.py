@@ -93,3 +93,14 @@ def parse_set_values(items: list[str] | None) -> dict[str, str]:
             raise MetaloraError(f"--set takes NAME=VALUE, got {item!r}")
         settings[name.strip().replace("-", "_")] = value.strip()
     return settings
+
+
+def run_dir_argument() -> Any:
+    """The ``RUN_DIR`` argument of the commands that read a finished run."""
+    return typer.Argument(..., metavar="RUN_DIR", show_default=False,
+                          help="A run directory written by `metalora run`.")
+
+
+def set_option(help_text: str) -> Any:
+    """The repeatable ``--set NAME=VALUE`` option (read by :func:`parse_set_values`)."""
+    return typer.Option(None, "--set", metavar="NAME=VALUE", help=help_text)
