@@ -120,6 +120,11 @@ def test_the_command_prints_a_table_and_writes_json_lines(plugins, finished_run,
          "learner 'reptile' is not in run"),
         (["--support", str(s), "--query", str(q), "--seed", "3"], "seed 3 is not in run"),
         (["--support", str(tmp_path / "none.jsonl"), "--query", str(q)], "does not exist"),
+        (["--support", str(s), "--query", str(write_jsonl(tmp_path / "six.jsonl", [
+            {"input": "x", "options": list("abcdef")}]))],
+         "six.jsonl, line 1: record has 6 options; at most 4 are supported"),
+        (["--support", str(s), "--query", str(q), "--out", str(bad / "p.jsonl")],
+         "is a file, not a directory"),
     ]:
         failed = runner.invoke(app, ["adapt", str(finished_run), *args], color=False)
         assert failed.exit_code == 1 and message in failed.output, failed.output

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from metalora.cli.options import parse_set_values, run_dir_argument, set_option
 from metalora.cli.render import console, err_console
+from metalora.files import require_writable_directory
 from metalora.plugins import PluginManager
 from metalora.runs.adaptation import Adaptation, adapt_run
 
@@ -39,6 +40,8 @@ def make_adapt_command(plugins: PluginManager):
         set_values: list[str] | None = set_option(
             "Change an evaluation-time setting (repeatable), e.g. eval_samples=8."),
     ) -> None:
+        if out is not None:
+            require_writable_directory(out.resolve().parent, "--out directory")
         result = adapt_run(run_dir, support, query, learner=learner, seed=seed,
                            settings=parse_set_values(set_values), device=device,
                            plugins=plugins)

@@ -27,8 +27,9 @@ import torch
 
 from metalora.errors import MetaloraError
 from metalora.evaluation import compute_metrics, preserved_rng
+from metalora.files import atomic_write_bytes
 from metalora.plugins import PluginManager, get_plugin_manager
-from metalora.records import TaskRecord
+from metalora.records import MAX_OPTIONS, TaskRecord
 from metalora.runs.reevaluation import change_settings
 from metalora.runs.setup import RunSetup, load_tested_learner, open_run
 
@@ -86,9 +87,9 @@ class Adaptation:
     """Weight samples averaged per prediction (1: a single set of weights)."""
 
     def write_jsonl(self, path: Path | str) -> None:
-        """Every prediction as one JSON line."""
+        """Every prediction as one JSON line (written atomically)."""
         lines = [json.dumps(p.to_dict()) for p in self.predictions]
-        Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        atomic_write_bytes(Path(path), "".join(line + "\n" for line in lines).encode())
 
 
 def read_records(path: Path | str, *, labelled: bool = True) -> list[QueryRecord]:
@@ -127,6 +128,9 @@ def _record(data: Any, labelled: bool) -> QueryRecord:
     has_output = data.get("output") is not None
     if labelled and not has_output:
         raise ValueError("record has no 'output' (support records must be labelled)")
+    if len(options) > MAX_OPTIONS:
+        raise ValueError(f"record has {len(options)} options; at most {MAX_OPTIONS} are "
+                         "supported")
     output = str(data["output"]) if has_output else options[0]
     task = str(data.get("task") or ADAPT_TASK)
     return QueryRecord(TaskRecord(task=task, input=data["input"], output=output,
