@@ -159,12 +159,15 @@ def protocol_figures(protocol_dir: Path, images: Path) -> list[Path]:
                     targets.append(task.targets)
         if probs:
             pooled[learner] = (torch.cat(probs), torch.cat(targets))
-    return [plot_validation(histories, images / "benchmarks-validation.png",
-                            title="cls-45 protocol: validation (moving average of the last 3, "
-                                  "mean over 3 seeds, band: ± 1 SE)"),
-            plot_reliability_combined(pooled, images / "benchmarks-reliability.png",
-                                      title="cls-45 protocol: test reliability (pooled over "
-                                            "15 tasks and 3 seeds)")]
+    written = [plot_validation(histories, images / "benchmarks-validation.png",
+                               title="cls-45 protocol: validation (moving average of the last "
+                                     "3, mean over 3 seeds, band: ± 1 SE)"),
+               plot_reliability_combined(pooled, images / "benchmarks-reliability.png",
+                                         title="cls-45 protocol: test reliability (pooled over "
+                                               "15 tasks and 3 seeds)")]
+    for path in written:
+        path.with_suffix(".pdf").unlink(missing_ok=True)  # the site shows the PNGs
+    return written
 
 
 def _kept(run: Path, learner: str) -> bool:

@@ -349,8 +349,8 @@ class Protocol:
                  f"epoch with 1 and {SAMPLES} weight samples; test for reference)", "",
                  "| reading | beta | c | val acc | val ECE | val NLL | epoch | "
                  f"val acc, {SAMPLES} samples | val ECE, {SAMPLES} | val NLL, {SAMPLES} | "
-                 "test acc | test ECE |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                 "test acc | test ECE | max sigma_theta |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         cells = [(r, b, "-20") for b in BETAS for r in READINGS]
         reading = self.better_reading()
         if reading is not None:
@@ -368,8 +368,33 @@ class Protocol:
                     f"{sampled['macro']['nll']:.3f} ")
             lines.append(f"| {reading} | {beta} | {c} | {pct(best['accuracy'])} | "
                          f"{best['ece']:.3f} | {best['nll']:.3f} | {best['epoch']} {many}| "
-                         f"{pct(macro['accuracy'])} | {macro['ece']:.3f} |")
+                         f"{pct(macro['accuracy'])} | {macro['ece']:.3f} | "
+                         f"{largest_sigma(self.out / name):.1e} |")
+        lines += ["", "max sigma_theta: the largest standard deviation sqrt(exp(logv_theta)) "
+                  "of any adapted weight in the tested global pairs (the weights' own rms is "
+                  "about 0.19)."]
         return lines
+
+
+def largest_sigma(run_dir: Path) -> float:
+    """The largest sigma_theta = exp(logv_theta / 2) over every adapted weight of the run's
+    tested abmll adapters, logv_theta = s B_v A_v + c clamped as the learner clamps it."""
+    import torch
+    from safetensors.torch import load_file
+
+    config = json.loads((run_dir / "config.json").read_text())
+    settings = config["learner_settings"]["abmll"]
+    scale = config["alpha"] / config["rank"]
+    tensors = load_file(str(run_dir / "abmll" / "seed-0" / "adapters.safetensors"))
+    largest = -math.inf
+    for key in tensors:
+        if key.endswith("logv_theta.A"):
+            stem = key[:-1]
+            logv = scale * tensors[stem + "B"].double() @ tensors[stem + "A"].double()
+            logv = (logv + settings["log_var_init"]).clamp(settings["log_var_min"],
+                                                           settings["log_var_max"])
+            largest = max(largest, float(logv.max()))
+    return float(torch.tensor(largest / 2).exp())
 
 
 def pct(x: float) -> str:

@@ -196,9 +196,9 @@ class RunSetup:
         (``--tensorboard``, ``--logger``)."""
         given = self.config.values
         defaults = RunSettings().logger
+        registry = self.plugins.registry("logger")
         classes = []
         for name in self.run.logger:
-            registry = self.plugins.registry("logger")
             if "logger" not in given and (name not in registry or (
                     name == "tensorboard" and not self.run.tensorboard)):
                 continue  # a default logger left out, or not loaded (METALORA_PLUGINS)
