@@ -447,3 +447,20 @@ def test_every_picture_exists_and_its_page_names_the_script_that_draws_it():
             assert "benchmarks/docs_figures.py" in text, f"{page.name} does not name its script"
             assert Path(target).stem in (ROOT / "benchmarks" / "docs_figures.py").read_text()
     assert pictures >= 6  # the diagram, the quickstart's three, the benchmarks page's two
+
+
+def test_katex_is_shipped_from_an_integrity_checked_npm_tarball(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("katex_assets", DOCS / "katex_assets.py")
+    katex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(katex)
+    monkeypatch.setenv("METALORA_DOCS_CACHE", str(tmp_path))
+    (tmp_path / f"katex-{katex.VERSION}.tgz").write_bytes(b"not katex")
+    with pytest.raises(RuntimeError, match="SHA-512 differs from the npm registry's"):
+        katex.install(tmp_path / "site")
+    assert not (tmp_path / "site").exists()
+    site = ROOT / "mkdocs.yml"
+    config = site.read_text(encoding="utf-8")
+    for asset in ("katex.min.js", "contrib/auto-render.min.js", "katex.min.css"):
+        assert f"assets/katex/{asset}" in config and asset in katex.SHIPPED
