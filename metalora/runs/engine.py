@@ -6,7 +6,7 @@ The protocol (paper section 5.1), identical for every learner:
   adapters, and train for ``epochs`` epochs (one pass of
   ``Learner.train_epoch`` over the training tasks each, in an order the
   learner shuffles with its seeded ``context.rng``). Every step is logged to
-  ``log.jsonl`` (and TensorBoard when installed); a NaN/inf loss stops the
+  ``log.jsonl`` (and every ``--logger``); a NaN/inf loss stops the
   run with a clear message.
 * Every ``eval_every`` epochs the learner is validated on the validation
   tasks with the shared test-time adaptation protocol
