@@ -34,10 +34,11 @@ The protocol, the same for every learner:
 
 Stage ``ablation`` (the paper's Table 3 at this protocol, one seed as in the
 paper): abmll at its kept learning rate for beta in {1, 1e-5, 1e-8, 1e-16}
-under both readings of the outer step at c = -20; then, for the reading with
-the higher validation accuracy at beta = 1e-8, c in {-12, -9} (run before the
-other beta cells, and evaluated with 8 samples first, since weight noise can
-only matter at a larger variance). Stage
+under both readings of the outer step at c = -20; then, at beta = 1e-8, c in
+{-12, -9}, first for the reading with the higher validation accuracy at
+beta = 1e-8, then for the other (run before the other beta cells, and
+evaluated with 8 samples first, since weight noise can only matter at a
+larger variance). Stage
 ``samples``: every finished ablation run evaluated again on the validation
 tasks with 8 weight samples (``metalora eval RUN --split validation --set
 eval_samples=8``: Bayesian model averaging, no retraining); with 1 sample that
@@ -185,13 +186,13 @@ class Protocol:
             for reading in READINGS:
                 options = (*lr_options("abmll", lr), "--beta", beta, "--meta-gradient", reading)
                 jobs.append(Job(self.ablation_name(reading, beta), "abmll", 0, options))
-        reading = self.better_reading()
-        if reading is not None:
-            for c in ("-12", "-9"):
-                options = (*lr_options("abmll", lr), "--beta", DEFAULT_BETA,
-                           "--meta-gradient", reading, "--log-var-init", c)
-                jobs.append(Job(self.ablation_name(reading, DEFAULT_BETA, c), "abmll", 0,
-                                options))
+        if self.better_reading() is not None:
+            for reading in READINGS:
+                for c in ("-12", "-9"):
+                    options = (*lr_options("abmll", lr), "--beta", DEFAULT_BETA,
+                               "--meta-gradient", reading, "--log-var-init", c)
+                    jobs.append(Job(self.ablation_name(reading, DEFAULT_BETA, c), "abmll", 0,
+                                    options))
         return jobs
 
     def samples_jobs(self) -> list[Job]:
@@ -352,9 +353,7 @@ class Protocol:
                  "test acc | test ECE | max sigma_theta |",
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         cells = [(r, b, "-20") for b in BETAS for r in READINGS]
-        reading = self.better_reading()
-        if reading is not None:
-            cells += [(reading, DEFAULT_BETA, c) for c in ("-12", "-9")]
+        cells += [(r, DEFAULT_BETA, c) for r in READINGS for c in ("-12", "-9")]
         for reading, beta, c in cells:
             name = self.ablation_name(reading, beta, c)
             if not self.finished(name):

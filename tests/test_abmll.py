@@ -185,7 +185,7 @@ def test_registered_with_the_papers_defaults(plugins: PluginManager) -> None:
     s = ABMLLSettings()
     assert (s.inner_lr, s.outer_lr, s.inner_steps, s.beta, s.gamma) == (1e-5, 5e-5, 5, 1e-8, None)
     assert (s.log_var_init, s.train_samples, s.eval_samples) == (-20.0, 1, 1)
-    assert (s.sampling, s.meta_gradient, s.prior) == ("weight", "first-order", "normal-gamma")
+    assert (s.sampling, s.meta_gradient, s.prior) == ("weight", "literal", "normal-gamma")
     result = CliRunner().invoke(build_app(plugins), ["run", "--help"], env={"COLUMNS": "250"})
     assert result.exit_code == 0
     for option in ("--inner-lr", "--outer-lr", "--inner-steps", "--beta", "--gamma",
@@ -427,7 +427,7 @@ def test_kl_fused_into_the_sampled_layers_matches_autograd(build, monkeypatch,
     second time by the layer-by-layer path.
     """
     beta, gamma = 0.05, 0.01
-    values = {"beta": beta, "gamma": gamma, "log_var_init": -3.0}
+    values = {"beta": beta, "gamma": gamma, "log_var_init": -3.0, "meta_gradient": "first-order"}
     if clamped:
         values["log_var_min"] = -3.2
     learner, suite = build(**values)
@@ -641,7 +641,8 @@ def test_reset_inner_and_outer_steps_touch_only_their_pairs(build) -> None:
 
 
 def test_outer_gradient_is_first_order_maml_without_kl_and_prior(build) -> None:
-    learner, suite = build(beta=0.0, gamma=0.0, sampling="mean", inner_lr=1e-2, inner_steps=3)
+    learner, suite = build(beta=0.0, gamma=0.0, sampling="mean", inner_lr=1e-2, inner_steps=3,
+                           meta_gradient="first-order")
     model, handle = learner.context.model, learner.adapters
     rng = random.Random(0)
     task = suite.train[0]
@@ -670,7 +671,8 @@ def test_outer_gradient_is_first_order_maml_without_kl_and_prior(build) -> None:
 def test_outer_gradient_with_kl_and_prior_matches_autograd_reference(build) -> None:
     """grad_theta = dNLL/dphi + beta (dKL/dphi + dKL/dtheta) + gamma d(-log p)/dtheta."""
     beta, gamma = 1e-3, 1e-4
-    learner, suite = build(beta=beta, gamma=gamma, sampling="mean", log_var_init=-3.0)
+    learner, suite = build(beta=beta, gamma=gamma, sampling="mean", log_var_init=-3.0,
+                           meta_gradient="first-order")
     randomise(learner, scale=0.05)
     handle = learner.adapters
     batch = first_batch(learner, suite)
