@@ -131,3 +131,17 @@ def test_the_command_prints_a_table_and_writes_json_lines(plugins, finished_run,
     with pytest.raises(MetaloraError, match="'options' must be a non-empty list"):
         adapt_run(finished_run, s, write_jsonl(tmp_path / "o.jsonl", [{"input": "x"}]),
                   plugins=plugins)
+
+
+def test_a_finished_learner_of_a_partly_finished_run_can_be_adapted(plugins, finished_run,
+                                                                   tmp_path):
+    import shutil
+
+    run = tmp_path / "partly"
+    shutil.copytree(finished_run, run)
+    (seed_dir(run, "abmll", 0) / "metrics.json").unlink()  # abmll did not finish
+    _, support, query = first_test_split(plugins, finished_run)
+    s, q = write_jsonl(tmp_path / "s.jsonl", support), write_jsonl(tmp_path / "q.jsonl", query)
+    assert len(adapt_run(run, s, q, learner="lora", plugins=plugins).predictions) == len(query)
+    with pytest.raises(MetaloraError, match="abmll"):
+        adapt_run(run, s, q, learner="abmll", plugins=plugins)

@@ -31,6 +31,7 @@ from metalora.files import atomic_write_bytes
 from metalora.plugins import PluginManager, get_plugin_manager
 from metalora.records import MAX_OPTIONS, TaskRecord
 from metalora.runs.reevaluation import change_settings
+from metalora.runs.rundir import read_config
 from metalora.runs.setup import RunSetup, load_tested_learner, open_run
 
 ADAPT_TASK = "adapt"
@@ -148,9 +149,9 @@ def adapt_run(run_dir: Path | str, support: Path | str | Sequence[QueryRecord],
     support_records = read_records(support) if isinstance(support, str | Path) else support
     query_records = (read_records(query, labelled=False) if isinstance(query, str | Path)
                      else query)
-    setup = open_run(run_dir, plugins, overrides={"device": device} if device else None)
-    name = learner or _default_learner(setup)
-    chosen_seed = setup.run.seeds[0] if seed is None else seed
+    recorded = read_config(Path(run_dir))  # the defaults, without setting the run up twice
+    name = learner or _default_learner(list(recorded.get("learner") or []))
+    chosen_seed = (recorded.get("seeds") or [0])[0] if seed is None else seed
     setup = open_run(run_dir, plugins, overrides={
         "learner": [name], "seeds": [chosen_seed], **({"device": device} if device else {})})
     change_settings(setup, settings or {})
@@ -163,10 +164,9 @@ def adapt_run(run_dir: Path | str, support: Path | str | Sequence[QueryRecord],
         fitted.adapters.remove()
 
 
-def _default_learner(setup: RunSetup) -> str:
-    names = setup.run.learner
+def _default_learner(names: Sequence[str]) -> str:
     trained = [n for n in names if n != "pretrained"]
-    return (trained or names)[0]
+    return (trained or names or ["pretrained"])[0]
 
 
 def _adapt_and_predict(setup: RunSetup, learner: Any, name: str, seed: int,
