@@ -186,6 +186,15 @@ class PluginManager:
             raise unknown_choice("registry kind", kind, self._registries)
         return self._registries[kind]
 
+    def suite_path(self, tasks: str) -> Path | None:
+        """The absolute path ``tasks`` names, or ``None`` when it names a registered suite
+        (or one registered twice) or no existing file or folder."""
+        registry = self.registry("suite")
+        if not tasks or tasks in registry or tasks in registry.conflicts:
+            return None
+        path = Path(tasks).expanduser()
+        return path.resolve() if path.exists() else None
+
     def suite(self, tasks: str) -> Any:
         """The task sampler ``tasks`` names: a registered suite, or else an existing folder or
         suite file, read by the first plugin whose ``suite_from_path`` hook answers (the
@@ -193,10 +202,10 @@ class PluginManager:
         registry = self.registry("suite")
         if tasks in registry or tasks in registry.conflicts:
             return registry.get(tasks)
-        if not tasks or not Path(tasks).expanduser().exists():
+        path = self.suite_path(tasks)
+        if path is None:
             raise MetaloraError(f"{unknown_choice('suite', tasks, registry.names())}, or the "
                                 "path of a task folder or suite file")
-        path = Path(tasks).expanduser().resolve()
         if path not in self._path_suites:
             sampler = self._pm.hook.suite_from_path(path=path)
             if sampler is None:

@@ -79,9 +79,8 @@ def resolve_device(name: str) -> str:
 def with_absolute_task_path(run: RunSettings, plugins: PluginManager) -> RunSettings:
     """``run`` with ``tasks`` made absolute when it is the path of a task folder or suite
     file (not a registered suite), so that the run can be resumed from anywhere."""
-    if run.tasks in plugins.registry("suite") or not Path(run.tasks).expanduser().exists():
-        return run
-    return dataclasses.replace(run, tasks=str(Path(run.tasks).expanduser().resolve()))
+    path = plugins.suite_path(run.tasks)
+    return run if path is None else dataclasses.replace(run, tasks=str(path))
 
 
 class RunSetup:
