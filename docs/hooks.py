@@ -10,7 +10,7 @@ a line, which this hook replaces before the page is converted:
     ``typer.main.get_command(build_app())``.
 ``<!-- metalora:registry KIND -->``
     Every built-in implementation of ``KIND`` (learner, prior, suite, metric,
-    pruner) with its description and the table of its ``Settings``
+    pruner, logger) with its description and the table of its ``Settings``
     dataclass (:func:`metalora.settings.field_infos`).
 ``<!-- metalora:settings MODULE:CLASS OWNER -->``
     The settings table of one ``Settings`` dataclass (e.g. the example
@@ -47,8 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PROG = "metalora"
 BUILTIN_DISTRIBUTION = "metalora"
-KINDS = ("learner", "prior", "suite", "metric", "pruner", "logger")
-"""The registry kinds (``metalora.hookspecs.HOOK_KINDS``), each with a registry directive."""
 
 DIRECTIVE = re.compile(r"^<!-- metalora:(?P<name>[\w-]+)(?: +(?P<arg>[^>]*?))? *-->[ \t]*$",
                        re.MULTILINE)
@@ -221,9 +219,11 @@ def _implementation_facts(kind: str, reg, cls: type) -> list[str]:
 def registry_reference(manager, kind: str) -> str:
     """Every implementation of ``kind`` in ``manager``: description, facts, settings."""
     from metalora.config import all_setting_infos
+    from metalora.hookspecs import HOOK_KINDS
 
-    if kind not in KINDS:
-        raise DocsError(f"unknown registry kind {kind!r}; valid choices: {', '.join(KINDS)}")
+    kinds = tuple(HOOK_KINDS.values())
+    if kind not in kinds:
+        raise DocsError(f"unknown registry kind {kind!r}; valid choices: {', '.join(kinds)}")
     merged = all_setting_infos(manager)
     sections = []
     for reg in manager.registry(kind):

@@ -310,8 +310,6 @@ def plot_pruning(curves: Mapping[str, Mapping[float, Mapping[str, tuple[float, f
                                                        ("ece", "ECE"))) -> Path:
     """Test metrics against the pruning ratio, one line per learner with ± 1 SE bars over
     seeds; ``curves``: learner -> ratio -> metric -> (mean, SE)."""
-    if not matplotlib_available():
-        raise PlotsUnavailable("matplotlib is not installed")
     fig, axes = _figure(5.0 * len(metrics), 3.6, ncols=len(metrics))
     for ax, (metric, label) in zip(axes, metrics, strict=True):
         for index, (learner, by_ratio) in enumerate(curves.items()):
