@@ -356,11 +356,8 @@ class ABMLLLearner(Learner):
 
     def predict_proba(self, batch: Batch) -> Tensor:
         """Option probabilities under the task pairs, averaged over ``eval_samples`` samples."""
-        n = 1 if self.settings.sampling == "mean" else self.settings.eval_samples
-        probs = option_probs(self.context.model, batch)
-        for _ in range(n - 1):
-            probs = probs + option_probs(self.context.model, batch)
-        return probs / n
+        samples = self.predict_samples(batch)
+        return option_probs(self.context.model, batch) if samples is None else samples.mean(0)
 
     def predict_samples(self, batch: Batch) -> Tensor | None:
         """The ``eval_samples`` predictions :meth:`predict_proba` averages, stacked (the same
