@@ -96,6 +96,7 @@ from metalora.runs.state import (
     terminate_as_interrupt,
     write_state,
 )
+from metalora.stats import improves
 
 INITIAL_ADAPTERS_FILE = "adapters-initial.safetensors"
 """Written when training diverges before the first checkpoint: the last good adapters."""
@@ -433,7 +434,7 @@ class Engine(RunSetup):
         metrics = result.macro
         value = metrics[protocol.select_metric]
         best = training.best_value
-        improved = best is None or (value > best if protocol.higher_is_better else value < best)
+        improved = best is None or improves(value, best, protocol.higher_is_better)
         if improved:
             training.best_epoch, training.best_value = training.epoch, value
         self._progress_line(
@@ -490,3 +491,4 @@ class Engine(RunSetup):
         from metalora.runs.plots import plot_run
 
         return plot_run(summary, self.console) if self.run.plots else []
+
