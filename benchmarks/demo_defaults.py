@@ -15,7 +15,8 @@ suite's two validation families; the three test families play no part:
    ``--max-epochs`` epochs, validating after every epoch (test-time adaptation
    at ``--adapt-lr``, seed 0);
 2. each learner keeps the learning rate with the highest best-epoch
-   validation accuracy (ties: lower ECE); the epochs are the best epoch of
+   validation accuracy (ties, equal to 6 decimals as in ``protocol.py``: lower
+   ECE); the epochs are the best epoch of
    the mean validation accuracy of the two learners at their kept rates
    (epochs are one setting for the whole run);
 3. the kept runs are evaluated again on the validation tasks with each
@@ -34,6 +35,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from protocol import TIE_DECIMALS, selection_key
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNERS = ("lora", "abmll")
@@ -75,7 +78,7 @@ def history(path: Path, learner: str) -> list[dict]:
 
 
 def best(records: list[dict]) -> dict:
-    return max(records, key=lambda r: (r["accuracy"], -r["ece"]))
+    return max(records, key=selection_key)
 
 
 def adapted(path: Path, adapt_lr: str) -> dict[str, float] | None:
@@ -115,12 +118,11 @@ def main() -> None:
     if len(done) < len(grid):
         print(f"\n{len(grid) - len(done)} learning rate(s) not finished")
         return
-    kept = {n: max(grid, key=lambda lr, n=n: (best(history(run_dir(args, lr), n))["accuracy"],
-                                             -best(history(run_dir(args, lr), n))["ece"]))
+    kept = {n: max(grid, key=lambda lr, n=n: selection_key(best(history(run_dir(args, lr), n))))
             for n in LEARNERS}
     curves = [[r["accuracy"] for r in history(run_dir(args, kept[n]), n)] for n in LEARNERS]
     mean = [sum(c[e] for c in curves) / len(curves) for e in range(args.max_epochs)]
-    epochs = 1 + max(range(args.max_epochs), key=lambda e: mean[e])
+    epochs = 1 + max(range(args.max_epochs), key=lambda e: round(mean[e], TIE_DECIMALS))
     print(f"\nkept learning rates: {kept}; mean validation accuracy per epoch "
           f"{', '.join(f'{100 * m:.1f}%' for m in mean)}: epochs = {epochs}")
     scores = {args.adapt_lr: {n: best(history(run_dir(args, kept[n]), n))["accuracy"]
@@ -140,7 +142,7 @@ def main() -> None:
         mean_acc = sum(got.values()) / len(got)
         print(f"| {adapt_lr} | " + " | ".join(f"{100 * got[n]:.1f}%" for n in LEARNERS)
               + f" | {100 * mean_acc:.1f}% |")
-    choice = max(scores, key=lambda a: sum(scores[a].values()))
+    choice = max(scores, key=lambda a: round(sum(scores[a].values()), TIE_DECIMALS))
     print(f"\nchosen on validation: epochs {epochs}, lora lr {kept['lora']}, abmll inner/outer "
           f"lr {kept['abmll']}, adapt_lr {choice}")
 

@@ -16,15 +16,14 @@ Writes PNG files (200 dpi) into ``docs/images/``:
   it; the figures every run and sweep writes into its own ``plots/``.
 * ``benchmarks-validation.png``, ``benchmarks-reliability.png``
   (``protocol``): the validation curves (3 seeds) and the pooled test
-  reliability of the five learners of the cls-45 protocol
-  (``benchmarks/protocol.py``), read from its run directories
-  (``--protocol-dir``).
+  reliability of the learners of the cls-45 protocol (abmll under both
+  readings of its outer step), read from the test runs that
+  ``benchmarks/protocol.py`` reports (``--protocol-dir``).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "docs" / "images"
-PROTOCOL_LEARNERS = ("pretrained", "lora", "structured-lora", "reptile", "abmll")
 
 LAYERS = (
     ("metalora.cli",
@@ -132,7 +130,8 @@ def demo_figures(images: Path) -> list[Path]:
 
 
 def protocol_figures(protocol_dir: Path, images: Path) -> list[Path]:
-    """The five learners of the protocol's test runs: validation curves and reliability."""
+    """The protocol's test runs (each learner at its kept learning rate, every seed):
+    validation curves and pooled test reliability, one series per row of its report."""
     import json
 
     import torch
@@ -141,16 +140,19 @@ def protocol_figures(protocol_dir: Path, images: Path) -> list[Path]:
     from metalora.runs.plots import plot_reliability_combined, plot_validation
     from metalora.runs.rundir import PREDICTIONS_FILE
 
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import protocol
+
+    runs_of = protocol.Protocol(protocol.parse_args(["--output-dir", str(protocol_dir)]))
     histories: dict[str, list] = {}
     pooled: dict[str, tuple] = {}
-    for learner in PROTOCOL_LEARNERS:
-        runs = sorted(p for p in protocol_dir.glob(f"{learner}-*seed*")
-                      if p.is_dir() and (p / "metrics.json").exists() and _kept(p, learner))
+    for variant in protocol.VARIANTS:
         probs, targets = [], []
-        for run in runs:
+        for name in runs_of.test_runs(variant):
+            run, learner = protocol_dir / name, variant.learner
             seeds = json.loads((run / "metrics.json").read_text())["learners"][learner]["seeds"]
             for seed, record in seeds.items():
-                histories.setdefault(learner, []).append(record["validation"])
+                histories.setdefault(variant.label, []).append(record["validation"])
                 result = EvalResult.load(record, run / learner / f"seed-{seed}" /
                                          PREDICTIONS_FILE)
                 for task in result.tasks:
@@ -158,7 +160,7 @@ def protocol_figures(protocol_dir: Path, images: Path) -> list[Path]:
                                                          (0, 4 - task.probs.shape[1])))
                     targets.append(task.targets)
         if probs:
-            pooled[learner] = (torch.cat(probs), torch.cat(targets))
+            pooled[variant.label] = (torch.cat(probs), torch.cat(targets))
     written = [plot_validation(histories, images / "benchmarks-validation.png",
                                title="cls-45 protocol: validation (moving average of the last "
                                      "3, mean over 3 seeds, band: ± 1 SE)"),
@@ -168,15 +170,6 @@ def protocol_figures(protocol_dir: Path, images: Path) -> list[Path]:
     for path in written:
         path.with_suffix(".pdf").unlink(missing_ok=True)  # the site shows the PNGs
     return written
-
-
-def _kept(run: Path, learner: str) -> bool:
-    """A test run of the protocol: pretrained's, or one at a learner's kept learning rate
-    (the only one run again with seed 1; the ablation's runs have longer names)."""
-    if learner == "pretrained":
-        return True
-    found = re.fullmatch(rf"{re.escape(learner)}-lr(\S+?)-seed\d+", run.name)
-    return found is not None and (run.parent / f"{learner}-lr{found[1]}-seed1").exists()
 
 
 def main() -> None:

@@ -24,6 +24,9 @@ The protocol, the same for every learner:
   test tasks, 22 queries each; test-time adaptation of every learner but
   pretrained (zero-shot): 5 AdamW steps at ``--adapt-lr`` (2e-4: at the
   paper's 1e-5 adaptation changes no prediction of SmolLM2-135M);
+* abmll runs under both readings of its outer step (``--meta-gradient
+  literal``, its default, and ``first-order``), each a learner of its own
+  here, with its own learning rate and seeds;
 * learning rate: one rule for every trained learner. Each of its training
   learning rates (lora, structured-lora, reptile: ``lr``; abmll: ``inner_lr``
   and ``outer_lr``) is set to each value of ``--lr-grid`` (3e-4, 1e-3) for
@@ -33,7 +36,9 @@ The protocol, the same for every learner:
   selection run); pretrained does not depend on the seed and runs once.
 
 Stage ``ablation`` (the paper's Table 3 at this protocol, one seed as in the
-paper): abmll at its kept learning rate for beta in {1, 1e-5, 1e-8, 1e-16}
+paper): abmll at one learning rate, the one kept for its ``first-order``
+reading (the reading the ablation was designed under; both readings' cells
+run at it, so they differ in nothing else), for beta in {1, 1e-5, 1e-8, 1e-16}
 under both readings of the outer step at c = -20; then, at beta = 1e-8, c in
 {-12, -9}, first for the reading with the higher validation accuracy at
 beta = 1e-8, then for the other (run before the other beta cells, and
@@ -46,7 +51,7 @@ evaluation equals the run's own validation at its tested epoch.
 
 The report prints, per learner, test accuracy, ECE, NLL and Brier as mean
 +- standard error over seeds, and each learner's paired difference to
-abmll over the (seed, task) cells, beside the always-first-option and
+abmll at its default reading over the (seed, task) cells, beside the always-first-option and
 majority-answer references on the same queries; it is also written to
 ``OUTPUT_DIR/report.md``.
 """
@@ -65,13 +70,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
-TRAINED = ("lora", "structured-lora", "reptile", "abmll")
-LEARNERS = ("pretrained", *TRAINED)
 METRICS = ("accuracy", "ece", "nll", "brier")
 BETAS = ("1", "1e-5", "1e-8", "1e-16")
-READINGS = ("first-order", "literal")
+READINGS = ("literal", "first-order")
+"""The two readings of abmll's outer step; the first is the learner's default."""
 DEFAULT_BETA = "1e-8"
-DEFAULT_READING = "first-order"
+ABLATION_LR_READING = "first-order"
+"""The reading whose kept learning rate every ablation cell runs at (see ablation_lr)."""
+TIE_DECIMALS = 6
+"""Validation accuracies equal to this many decimals are a tie (see selection_key)."""
 SAMPLES = 8
 """Weight samples of the Bayesian-model-averaging evaluation (stage ``samples``)."""
 
@@ -92,14 +99,35 @@ class Job:
         return self.name if self.kind == "run" else f"{self.name}:samples"
 
 
-def lr_options(learner: str, lr: str) -> tuple[str, ...]:
-    if learner == "abmll":
-        return ("--inner-lr", lr, "--outer-lr", lr)
-    return ("--lr", lr)
+@dataclass(frozen=True)
+class Variant:
+    """One row of the protocol: a learner, and for abmll the reading of its outer step
+    (abmll runs under both, each with its own learning-rate selection and seeds)."""
+
+    learner: str
+    reading: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.learner if self.reading is None else f"{self.learner} ({self.reading})"
+
+    def options(self, lr: str) -> tuple[str, ...]:
+        """The ``metalora run`` options that set this variant's training learning rates."""
+        if self.reading is None:
+            return ("--lr", lr)
+        return ("--inner-lr", lr, "--outer-lr", lr, "--meta-gradient", self.reading)
+
+    def run_name(self, lr: str, seed: int) -> str:
+        reading = "" if self.reading is None else f"-{self.reading}"
+        return f"{self.learner}-lr{lr}{reading}-seed{seed}"
 
 
-def run_name(learner: str, lr: str, seed: int) -> str:
-    return f"{learner}-lr{lr}-seed{seed}"
+PRETRAINED = Variant("pretrained")
+ABMLL = Variant("abmll", READINGS[0])
+"""abmll at its default reading: the reference of the paired differences."""
+TRAINED = (Variant("lora"), Variant("structured-lora"), Variant("reptile"),
+           *(Variant("abmll", r) for r in READINGS))
+VARIANTS = (PRETRAINED, *TRAINED)
 
 
 class Protocol:
@@ -134,38 +162,44 @@ class Protocol:
 
     def best_validation(self, name: str, learner: str) -> dict:
         history = self.seed_record(name, learner)["validation"]
-        return max(history, key=lambda r: (r["accuracy"], -r["ece"]))
+        return max(history, key=selection_key)
 
     # -- the jobs ------------------------------------------------------------
     def selection_jobs(self) -> list[Job]:
         jobs = [Job("pretrained-seed0", "pretrained", 0)]
-        for learner in TRAINED:
-            jobs += [Job(run_name(learner, lr, 0), learner, 0, lr_options(learner, lr))
+        for variant in TRAINED:
+            jobs += [Job(variant.run_name(lr, 0), variant.learner, 0, variant.options(lr))
                      for lr in self.grid]
         return jobs
 
-    def chosen_lr(self, learner: str) -> str | None:
-        """The grid value kept for ``learner``, or None while a selection run is unfinished."""
-        names = [run_name(learner, lr, 0) for lr in self.grid]
+    def chosen_lr(self, variant: Variant) -> str | None:
+        """The grid value kept for ``variant``, or None while a selection run is unfinished."""
+        names = [variant.run_name(lr, 0) for lr in self.grid]
         if not all(self.finished(n) for n in names):
             return None
-        scores = [self.best_validation(n, learner) for n in names]
-        best = max(range(len(names)), key=lambda i: (scores[i]["accuracy"], -scores[i]["ece"]))
+        scores = [self.best_validation(n, variant.learner) for n in names]
+        best = max(range(len(names)), key=lambda i: selection_key(scores[i]))
         return self.grid[best]
 
     def seed_jobs(self) -> list[Job]:
         jobs = []
-        for learner in TRAINED:
-            lr = self.chosen_lr(learner)
+        for variant in TRAINED:
+            lr = self.chosen_lr(variant)
             if lr is not None:
-                jobs += [Job(run_name(learner, lr, s), learner, s, lr_options(learner, lr))
+                jobs += [Job(variant.run_name(lr, s), variant.learner, s, variant.options(lr))
                          for s in self.args.more_seeds]
         return jobs
 
+    def ablation_lr(self) -> str | None:
+        """The one learning rate of every ablation cell: the value kept for abmll under
+        ABLATION_LR_READING (both readings' cells run at it, so they differ in nothing
+        else)."""
+        return self.chosen_lr(Variant("abmll", ABLATION_LR_READING))
+
     def ablation_name(self, reading: str, beta: str, c: str = "-20") -> str:
-        lr = self.chosen_lr("abmll")
-        if reading == DEFAULT_READING and beta == DEFAULT_BETA and c == "-20":
-            return run_name("abmll", lr, 0)  # the selection run is this cell
+        lr = self.ablation_lr()
+        if beta == DEFAULT_BETA and c == "-20":
+            return Variant("abmll", reading).run_name(lr, 0)  # that reading's selection run
         suffix = "" if c == "-20" else f"-c{c}"
         return f"abmll-lr{lr}-{reading}-beta{beta}{suffix}-seed0"
 
@@ -175,22 +209,22 @@ class Protocol:
             return None
         scores = [self.best_validation(n, "abmll") for n in names]
         pairs = zip(READINGS, scores, strict=True)
-        return max(pairs, key=lambda p: (p[1]["accuracy"], -p[1]["ece"]))[0]
+        return max(pairs, key=lambda p: selection_key(p[1]))[0]
 
     def ablation_jobs(self) -> list[Job]:
-        lr = self.chosen_lr("abmll")
+        lr = self.ablation_lr()
         if lr is None:
             return []
         jobs = []
         for beta in (DEFAULT_BETA, *[b for b in BETAS if b != DEFAULT_BETA]):
             for reading in READINGS:
-                options = (*lr_options("abmll", lr), "--beta", beta, "--meta-gradient", reading)
+                options = (*Variant("abmll", reading).options(lr), "--beta", beta)
                 jobs.append(Job(self.ablation_name(reading, beta), "abmll", 0, options))
         if self.better_reading() is not None:
             for reading in READINGS:
                 for c in ("-12", "-9"):
-                    options = (*lr_options("abmll", lr), "--beta", DEFAULT_BETA,
-                               "--meta-gradient", reading, "--log-var-init", c)
+                    options = (*Variant("abmll", reading).options(lr), "--beta", DEFAULT_BETA,
+                               "--log-var-init", c)
                     jobs.append(Job(self.ablation_name(reading, DEFAULT_BETA, c), "abmll", 0,
                                     options))
         return jobs
@@ -275,52 +309,64 @@ class Protocol:
             print(f"failed: {', '.join(sorted(failed))} (see their console logs)", flush=True)
 
     # -- the report ----------------------------------------------------------
-    def test_runs(self, learner: str) -> list[str]:
-        """The finished runs, one per seed, of ``learner`` at its kept learning rate."""
-        if learner == "pretrained":
+    def test_runs(self, variant: Variant) -> list[str]:
+        """The finished runs, one per seed, of ``variant`` at its kept learning rate."""
+        if variant == PRETRAINED:
             return ["pretrained-seed0"] if self.finished("pretrained-seed0") else []
-        lr = self.chosen_lr(learner)
+        lr = self.chosen_lr(variant)
         if lr is None:
             return []
-        names = [run_name(learner, lr, s) for s in (0, *self.args.more_seeds)]
+        names = [variant.run_name(lr, s) for s in (0, *self.args.more_seeds)]
         return [n for n in names if self.finished(n)]
 
     def report(self) -> str:
         lines = ["## Learning-rate selection (seed 0, validation)", "",
                  "| learner | lr | best val acc | val ECE | epoch | kept |",
                  "| --- | --- | --- | --- | --- | --- |"]
-        for learner in TRAINED:
-            kept = self.chosen_lr(learner)
+        for variant in TRAINED:
+            kept = self.chosen_lr(variant)
             for lr in self.grid:
-                name = run_name(learner, lr, 0)
+                name = variant.run_name(lr, 0)
                 if not self.finished(name):
-                    lines.append(f"| {learner} | {lr} | (not finished) | | | |")
+                    lines.append(f"| {variant.label} | {lr} | (not finished) | | | |")
                     continue
-                best = self.best_validation(name, learner)
-                lines.append(f"| {learner} | {lr} | {pct(best['accuracy'])} | "
+                best = self.best_validation(name, variant.learner)
+                lines.append(f"| {variant.label} | {lr} | {pct(best['accuracy'])} | "
                              f"{best['ece']:.3f} | {best['epoch']} | "
                              f"{'yes' if lr == kept else ''} |")
-        lines += ["", "## Test (mean +- SE over seeds; paired difference to abmll over "
-                  "(seed, task))", "",
+        lines += ["", "## Validation at the kept learning rates (best epoch, mean +- SE over "
+                  "seeds)", "", "| learner | lr | seeds | val acc | val ECE | val NLL |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for variant in VARIANTS:
+            runs = self.test_runs(variant)
+            if runs:
+                best = [self.best_validation(n, variant.learner) for n in runs]
+                acc, ece, nll = (mean_se([b[k] for b in best]) for k in ("accuracy", "ece", "nll"))
+                lr = "" if variant == PRETRAINED else self.chosen_lr(variant)
+                lines.append(f"| {variant.label} | {lr} | {len(runs)} | {pct(acc[0])} +- "
+                             f"{pct(acc[1])} | {ece[0]:.3f} +- {ece[1]:.3f} | "
+                             f"{nll[0]:.3f} +- {nll[1]:.3f} |")
+        lines += ["", "## Test (mean +- SE over seeds; paired difference to "
+                  f"{ABMLL.label}, the default, over (seed, task))", "",
                   "| learner | lr | seeds | Acc | ECE | NLL | Brier | Acc - abmll | "
                   "ECE - abmll |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        cells = {learner: self.task_cells(learner) for learner in LEARNERS}
-        for learner in LEARNERS:
-            runs = self.test_runs(learner)
+        cells = {variant: self.task_cells(variant) for variant in VARIANTS}
+        for variant in VARIANTS:
+            runs = self.test_runs(variant)
             if not runs:
-                lines.append(f"| {learner} | | 0 | | | | | | |")
+                lines.append(f"| {variant.label} | | 0 | | | | | | |")
                 continue
-            macros = [self.seed_record(n, learner)["macro"] for n in runs]
+            macros = [self.seed_record(n, variant.learner)["macro"] for n in runs]
             row = [mean_se([m[k] for m in macros]) for k in METRICS]
             text = [f"{pct(m)} +- {pct(s)}" if k == "accuracy" else f"{m:.3f} +- {s:.3f}"
                     for k, (m, s) in zip(METRICS, row, strict=True)]
-            diffs = [paired(cells[learner], cells["abmll"], k) for k in ("accuracy", "ece")]
+            diffs = [paired(cells[variant], cells[ABMLL], k) for k in ("accuracy", "ece")]
             diff_text = ["" if d is None else
                          (f"{100 * d[0]:+.1f} +- {100 * d[1]:.1f} (n={d[2]})" if k == "accuracy"
                           else f"{d[0]:+.3f} +- {d[1]:.3f}")
                          for k, d in zip(("accuracy", "ece"), diffs, strict=True)]
-            lr = "" if learner == "pretrained" else self.chosen_lr(learner)
-            lines.append(f"| {learner} | {lr} | {len(runs)} | " + " | ".join(text + diff_text)
+            lr = "" if variant == PRETRAINED else self.chosen_lr(variant)
+            lines.append(f"| {variant.label} | {lr} | {len(runs)} | " + " | ".join(text + diff_text)
                          + " |")
         if self.args.references:
             refs = references(self.args.data_dir, self.args.query_cap)
@@ -331,12 +377,12 @@ class Protocol:
         lines += ["", *self.ablation_report()]
         return "\n".join(lines) + "\n"
 
-    def task_cells(self, learner: str) -> dict[tuple[int, str], dict]:
+    def task_cells(self, variant: Variant) -> dict[tuple[int, str], dict]:
         """Per (seed, task) test metrics; pretrained's one run stands for every seed."""
         out = {}
-        for name in self.test_runs(learner):
-            record = self.seed_record(name, learner)
-            seeds = (0, *self.args.more_seeds) if learner == "pretrained" else (
+        for name in self.test_runs(variant):
+            record = self.seed_record(name, variant.learner)
+            seeds = (0, *self.args.more_seeds) if variant == PRETRAINED else (
                 int(name.rsplit("seed", 1)[1]),)
             for seed in seeds:
                 for task, metrics in record["tasks"].items():
@@ -344,7 +390,7 @@ class Protocol:
         return out
 
     def ablation_report(self) -> list[str]:
-        if self.chosen_lr("abmll") is None:
+        if self.ablation_lr() is None:
             return []
         lines = ["## Beta ablation at this protocol (abmll, seed 0, validation at the best "
                  f"epoch with 1 and {SAMPLES} weight samples; test for reference)", "",
@@ -373,6 +419,14 @@ class Protocol:
                   "of any adapted weight in the tested global pairs (the weights' own rms is "
                   "about 0.19)."]
         return lines
+
+
+def selection_key(record: dict) -> tuple[float, float]:
+    """What every choice here maximises: validation accuracy, then (a tie) the lower ECE.
+    The accuracy is rounded to TIE_DECIMALS decimals, so that the same number of correct answers
+    counts as a tie: a float32 macro-average of equal counts can differ in the 9th digit
+    (0.5636363685 and 0.5636363626 for 186 of 330 each)."""
+    return round(record["accuracy"], TIE_DECIMALS), -record["ece"]
 
 
 def largest_sigma(run_dir: Path) -> float:
@@ -446,7 +500,8 @@ def references(data_dir: Path, query_cap: int) -> dict[str, tuple[float, float]]
     return out
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The protocol's settings from ``argv`` (the command line when None)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--output-dir", type=Path,
@@ -464,8 +519,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--no-references", dest="references", action="store_false")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.stages = set(args.stages.split(","))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     protocol = Protocol(args)
     if not args.report_only:
         protocol.run()
