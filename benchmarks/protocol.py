@@ -49,11 +49,11 @@ tasks with 8 weight samples (``metalora eval RUN --split validation --set
 eval_samples=8``: Bayesian model averaging, no retraining); with 1 sample that
 evaluation equals the run's own validation at its tested epoch.
 
-The report prints, per learner, test accuracy, ECE, NLL and Brier as mean
-+- standard error over seeds, and each learner's paired difference to
-abmll at its default reading over the (seed, task) cells, beside the always-first-option and
-majority-answer references on the same queries; it is also written to
-``OUTPUT_DIR/report.md``.
+The report prints, per learner, validation and test accuracy, ECE and NLL
+(test: also Brier) as mean +- standard error over seeds, and each learner's
+paired difference to abmll at its default reading over the (seed, task)
+cells, beside the always-first-option and majority-answer references on the
+same queries; it is also written to ``OUTPUT_DIR/report.md``.
 """
 
 from __future__ import annotations
