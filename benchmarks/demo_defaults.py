@@ -15,10 +15,10 @@ suite's two validation families; the three test families play no part:
    ``--max-epochs`` epochs, validating after every epoch (test-time adaptation
    at ``--adapt-lr``, seed 0);
 2. each learner keeps the learning rate with the highest best-epoch
-   validation accuracy (ties, equal to 6 decimals as in ``protocol.py``: lower
-   ECE); the epochs are the best epoch of
-   the mean validation accuracy of the two learners at their kept rates
-   (epochs are one setting for the whole run);
+   validation accuracy (a tie, as in ``protocol.py``: the lower ECE); the
+   epochs are the best epoch of the mean validation accuracy of the two
+   learners at their kept rates (epochs are one setting for the whole run; a
+   tie: the earlier epoch);
 3. the kept runs are evaluated again on the validation tasks with each
    test-time adaptation rate of ``--adapt-grid`` (``metalora eval --split
    validation --set adapt_lr=...``), and the rate with the highest mean
@@ -36,7 +36,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from protocol import TIE_DECIMALS, selection_key
+from protocol import best_index, chosen
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNERS = ("lora", "abmll")
@@ -78,7 +78,7 @@ def history(path: Path, learner: str) -> list[dict]:
 
 
 def best(records: list[dict]) -> dict:
-    return max(records, key=selection_key)
+    return records[chosen(records)]
 
 
 def adapted(path: Path, adapt_lr: str) -> dict[str, float] | None:
@@ -118,11 +118,11 @@ def main() -> None:
     if len(done) < len(grid):
         print(f"\n{len(grid) - len(done)} learning rate(s) not finished")
         return
-    kept = {n: max(grid, key=lambda lr, n=n: selection_key(best(history(run_dir(args, lr), n))))
+    kept = {n: grid[chosen([best(history(run_dir(args, lr), n)) for lr in grid])]
             for n in LEARNERS}
     curves = [[r["accuracy"] for r in history(run_dir(args, kept[n]), n)] for n in LEARNERS]
     mean = [sum(c[e] for c in curves) / len(curves) for e in range(args.max_epochs)]
-    epochs = 1 + max(range(args.max_epochs), key=lambda e: round(mean[e], TIE_DECIMALS))
+    epochs = 1 + best_index(mean)
     print(f"\nkept learning rates: {kept}; mean validation accuracy per epoch "
           f"{', '.join(f'{100 * m:.1f}%' for m in mean)}: epochs = {epochs}")
     scores = {args.adapt_lr: {n: best(history(run_dir(args, kept[n]), n))["accuracy"]
@@ -142,7 +142,7 @@ def main() -> None:
         mean_acc = sum(got.values()) / len(got)
         print(f"| {adapt_lr} | " + " | ".join(f"{100 * got[n]:.1f}%" for n in LEARNERS)
               + f" | {100 * mean_acc:.1f}% |")
-    choice = max(scores, key=lambda a: round(sum(scores[a].values()), TIE_DECIMALS))
+    choice = list(scores)[best_index([sum(got.values()) for got in scores.values()])]
     print(f"\nchosen on validation: epochs {epochs}, lora lr {kept['lora']}, abmll inner/outer "
           f"lr {kept['abmll']}, adapt_lr {choice}")
 

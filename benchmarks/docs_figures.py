@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import protocol
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "docs" / "images"
 
@@ -139,9 +141,6 @@ def protocol_figures(protocol_dir: Path, images: Path) -> list[Path]:
     from metalora.evaluation import EvalResult
     from metalora.runs.plots import plot_reliability_combined, plot_validation
     from metalora.runs.rundir import PREDICTIONS_FILE
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import protocol
 
     runs_of = protocol.Protocol(protocol.parse_args(["--output-dir", str(protocol_dir)]))
     histories: dict[str, list] = {}

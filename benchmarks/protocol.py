@@ -65,8 +65,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from metalora.stats import improves, mean_se
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
@@ -77,8 +80,6 @@ READINGS = ("literal", "first-order")
 DEFAULT_BETA = "1e-8"
 ABLATION_LR_READING = "first-order"
 """The reading whose kept learning rate every ablation cell runs at (see ablation_lr)."""
-TIE_DECIMALS = 6
-"""Validation accuracies equal to this many decimals are a tie (see selection_key)."""
 SAMPLES = 8
 """Weight samples of the Bayesian-model-averaging evaluation (stage ``samples``)."""
 
@@ -162,7 +163,7 @@ class Protocol:
 
     def best_validation(self, name: str, learner: str) -> dict:
         history = self.seed_record(name, learner)["validation"]
-        return max(history, key=selection_key)
+        return history[chosen(history)]
 
     # -- the jobs ------------------------------------------------------------
     def selection_jobs(self) -> list[Job]:
@@ -178,8 +179,7 @@ class Protocol:
         if not all(self.finished(n) for n in names):
             return None
         scores = [self.best_validation(n, variant.learner) for n in names]
-        best = max(range(len(names)), key=lambda i: selection_key(scores[i]))
-        return self.grid[best]
+        return self.grid[chosen(scores)]
 
     def seed_jobs(self) -> list[Job]:
         jobs = []
@@ -208,8 +208,7 @@ class Protocol:
         if not all(self.finished(n) for n in names):
             return None
         scores = [self.best_validation(n, "abmll") for n in names]
-        pairs = zip(READINGS, scores, strict=True)
-        return max(pairs, key=lambda p: selection_key(p[1]))[0]
+        return READINGS[chosen(scores)]
 
     def ablation_jobs(self) -> list[Job]:
         lr = self.ablation_lr()
@@ -421,12 +420,24 @@ class Protocol:
         return lines
 
 
-def selection_key(record: dict) -> tuple[float, float]:
-    """What every choice here maximises: validation accuracy, then (a tie) the lower ECE.
-    The accuracy is rounded to TIE_DECIMALS decimals, so that the same number of correct answers
-    counts as a tie: a float32 macro-average of equal counts can differ in the 9th digit
-    (0.5636363685 and 0.5636363626 for 186 of 330 each)."""
-    return round(record["accuracy"], TIE_DECIMALS), -record["ece"]
+def best_index(values: Sequence[float], tie_break: Sequence[float] | None = None) -> int:
+    """The index of the highest value. Values that tie by the engine's rule
+    (:func:`metalora.stats.improves`: equal counts of correct answers, macro-averaged in float32,
+    differ in the 9th digit, e.g. 0.5636363685 and 0.5636363626 for 186 of 330) go to the lower
+    ``tie_break`` value, and then to the first."""
+    best = 0
+    for i, value in enumerate(values):
+        if improves(value, values[best], higher_is_better=True) or (
+                tie_break is not None and tie_break[i] < tie_break[best]
+                and not improves(values[best], value, higher_is_better=True)):
+            best = i
+    return best
+
+
+def chosen(records: Sequence[dict]) -> int:
+    """The validation record every choice here keeps: the highest accuracy, a tie going to
+    the lower ECE (see best_index)."""
+    return best_index([r["accuracy"] for r in records], [r["ece"] for r in records])
 
 
 def largest_sigma(run_dir: Path) -> float:
@@ -452,16 +463,6 @@ def largest_sigma(run_dir: Path) -> float:
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
 
 
 def paired(a: dict, b: dict, metric: str) -> tuple[float, float, int] | None:

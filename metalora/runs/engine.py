@@ -491,4 +491,3 @@ class Engine(RunSetup):
         from metalora.runs.plots import plot_run
 
         return plot_run(summary, self.console) if self.run.plots else []
-
