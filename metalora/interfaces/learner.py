@@ -71,6 +71,21 @@ class LearnerContext:
     distributed: Distributed = field(default_factory=Distributed)
     """This process's rank in a ``torchrun`` run (a single process by default); a learner
     that sets ``supports_distributed`` averages its global gradients with it."""
+    seed: int = 0
+    """The run's seed for this learner (``rng`` starts from it)."""
+
+    def stream(self, *keys: object) -> random.Random:
+        """A seeded random stream of its own for ``keys``, independent of :attr:`rng`.
+
+        Common random numbers: at one seed every task-structured learner draws
+        its task order and its ``inner_steps`` batches per task from ``rng`` in
+        the same order, so they all see the same batches. A draw that only
+        some learners make (ABMLL's outer batch, MAML's query batch) comes
+        from ``stream("outer", epoch, task)`` instead, which leaves ``rng``
+        where every other learner has it. The stream depends only on the seed
+        and the keys, so it needs no checkpointing.
+        """
+        return random.Random(":".join(str(k) for k in (self.seed, *keys)))
 
     @property
     def adapter_config(self) -> AdapterConfig:

@@ -308,7 +308,7 @@ class RunSetup:
         context = LearnerContext(
             model=loaded.model, encoder=self.episodes.encoder, episodes=self.episodes,
             run=self.run, settings=self.learner_settings(name), rng=rng,
-            make_prior=self.make_prior, distributed=self.distributed)
+            make_prior=self.make_prior, distributed=self.distributed, seed=seed)
         return cls(context)
 
     def resolved_config(self) -> dict[str, Any]:

@@ -172,7 +172,9 @@ class MamlLearner(SinglePairLearner):
         rng.shuffle(order)
         for task in order:
             support = [episodes.train_batch(task, rng) for _ in range(self.settings.inner_steps)]
-            query = episodes.train_batch(task, rng)
+            # the query batch from a stream of its own (common random numbers: rng stays
+            # where every task-structured learner has it)
+            query = episodes.train_batch(task, self.context.stream("query", epoch, task.name))
             log = self.meta_step(support, query)
             log.epoch, log.task = epoch, task.name
             yield log

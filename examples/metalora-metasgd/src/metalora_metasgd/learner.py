@@ -173,7 +173,8 @@ class MetaSGDLearner(Learner):
                     total.add_(grad)
                 yield StepLog(epoch=epoch, task=task.name, step=k, loss=loss, phase="inner",
                               components={"nll": loss})
-            query_loss, query_grads = self._loss_and_grads(episodes.train_batch(task, rng))
+            query = episodes.train_batch(task, self.context.stream("query", epoch, task.name))
+            query_loss, query_grads = self._loss_and_grads(query)
             self._adapters.restore(theta)
             for (t, alpha), g_q, total in zip(self.pairs, query_grads, grad_sums, strict=True):
                 t.grad = g_q
