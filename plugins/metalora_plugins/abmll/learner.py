@@ -77,7 +77,6 @@ from metalora import (
     Prior,
     StepLog,
     Task,
-    adamw,
     answer_loss,
     attach_adapters,
     option_probs,
@@ -90,13 +89,16 @@ from metalora_plugins.abmll.pairs import (
     PAIR_NAMES,
     TASK_OF,
     TASK_PAIRS,
+    LayerSpecs,
     LogVarSpec,
     global_factors,
+    relative_log_var,
     task_factors,
 )
 from metalora_plugins.abmll.sampling import SAMPLING_MODES, ABMLLDelta
 
 FIRST_ORDER, LITERAL = "first-order", "literal"
+VARIANCE_OPTIMIZERS: tuple[str, ...] = ("shared", "adamw", "sgd")
 META_GRADIENTS: tuple[str, ...] = (FIRST_ORDER, LITERAL)
 
 
@@ -145,6 +147,37 @@ class ABMLLSettings:
         choices=META_GRADIENTS)
     prior: str = setting(
         "normal-gamma", "ABMLL prior p(theta), by registered name (see `metalora plugins`).")
+    outer_eps: float = setting(
+        1e-8, "ABMLL epsilon of the outer AdamW (torch's default 1e-8). Under 'literal' AdamW "
+              "divides away the size of theta's gradient (beta*KL + gamma*prior) unless it falls "
+              "below this epsilon: at 1e-8, beta = 1e-16 freezes theta.", gt=0)
+    log_var_relative: float | None = setting(
+        None, "ABMLL kappa: c per adapted layer = log(kappa^2 * Var(W0 of that layer)), a noise "
+              "level relative to the layer's pretrained weights (e.g. 0.02); unset: the "
+              "absolute log_var_init for every layer.", gt=0)
+    prior_log_var: str = setting(
+        "absolute", "ABMLL: what the prior reads as the global log-variance: 'absolute' logv, or "
+                    "'relative' logv - c, its change since initialisation. With normal-gamma, "
+                    "a0 = b0 and prior_jacobian, 'relative' is the prior anchored at the initial "
+                    "variance (b0 = a0 * e^c in absolute terms).",
+        choices=("absolute", "relative"))
+    variance_optimizer: str = setting(
+        "shared", "ABMLL: how the log-variance pairs are stepped. 'shared': in the same AdamW as "
+                  "the means, at inner_lr/outer_lr, with their weight decay (the paper's "
+                  "reading). 'adamw': an AdamW of their own, at variance_lr (outer) and "
+                  "variance_inner_lr (inner loop and test-time adaptation), epsilon "
+                  "variance_eps, no weight decay. 'sgd': plain SGD (no momentum or weight "
+                  "decay) at those rates, so a step is proportional to its gradient, which "
+                  "carries beta.", choices=VARIANCE_OPTIMIZERS)
+    variance_lr: float = setting(
+        1e-3, "ABMLL learning rate of the global log-variance pair in the outer step "
+              "(variance_optimizer adamw or sgd).", ge=0)
+    variance_inner_lr: float = setting(
+        0.0, "ABMLL learning rate of the task log-variance pair in the inner loop and at test "
+             "time (variance_optimizer adamw or sgd; 0 keeps sigma_phi = sigma_theta).", ge=0)
+    variance_eps: float = setting(
+        1e-8, "ABMLL epsilon of the log-variance pairs' own AdamW (variance_optimizer = "
+              "adamw).", gt=0)
 
 
 class ABMLLLearner(Learner):
@@ -162,17 +195,41 @@ class ABMLLLearner(Learner):
         _validate(s)
         self.beta = float(s.beta)
         self.gamma = float(s.beta if s.gamma is None else s.gamma)
-        self.spec = LogVarSpec(offset=s.log_var_init, low=s.log_var_min, high=s.log_var_max)
+        relative = s.prior_log_var == "relative"
+        self.spec = LogVarSpec(offset=s.log_var_init, low=s.log_var_min, high=s.log_var_max,
+                               prior_origin=s.log_var_init if relative else 0.0)
+        """The log-variance spec shared by every layer (unless ``log_var_relative``)."""
+        self.specs = LayerSpecs(self.spec)
+        """Each adapted layer's spec (:attr:`spec` unless ``log_var_relative`` gives each
+        layer its own ``c``)."""
         self.prior: Prior | None = context.make_prior(s.prior)
         if self.prior is None and self.gamma != 0:
             raise MetaloraError(f"abmll needs the prior {s.prior!r} but no prior registry is "
                                 "available; set gamma = 0 to train without a prior")
-        self.delta = ABMLLDelta(s.sampling, self.spec)
+        self.delta = ABMLLDelta(s.sampling, self.specs)
         self._adapters = attach_adapters(context.model, context.adapter_config, PAIR_NAMES,
                                          delta=self.delta)
-        self.outer_optimizer = adamw(self._adapters.parameters(GLOBAL_PAIRS), s.outer_lr,
-                                     s.weight_decay)
+        if s.log_var_relative is not None:
+            try:
+                self._relative_specs(s.log_var_relative, relative)
+            except BaseException:
+                self._adapters.remove()
+                raise
+        self.outer_optimizer = self._optimizer(GLOBAL_PAIRS, s.outer_lr, s.variance_lr,
+                                               s.outer_eps)
         self.reset_task()
+
+    def _relative_specs(self, kappa: float, relative_prior: bool) -> None:
+        """``c_l = log(kappa^2 Var(W0_l))`` for every adapted layer (``log_var_relative``)."""
+        s: ABMLLSettings = self.settings
+        for name, layer in self._adapters.layers.items():
+            c = relative_log_var(layer.base.weight, kappa)
+            if not s.log_var_min <= c <= s.log_var_max:
+                raise MetaloraError(
+                    f"abmll: log_var_relative {kappa} gives layer {name!r} c = {c:.2f}, outside "
+                    f"[log_var_min, log_var_max] = [{s.log_var_min}, {s.log_var_max}]")
+            self.specs.set(layer, LogVarSpec(offset=c, low=s.log_var_min, high=s.log_var_max,
+                                            prior_origin=c if relative_prior else 0.0))
 
     # -- adapters -----------------------------------------------------------------
     @property
@@ -241,12 +298,12 @@ class ABMLLLearner(Learner):
         if outer:
             reg = backward_regularisers(
                 layers, lambda layer: task_factors(layer, straight_through=True),
-                global_factors, self.spec, self.beta, self.gamma, self.prior,
+                global_factors, self.specs, self.beta, self.gamma, self.prior,
                 self.delta.workspace, kl_done=request.done)
         else:
             reg = backward_regularisers(
                 layers, task_factors, lambda layer: global_factors(layer, detach=True),
-                self.spec, self.beta, 0.0, None, self.delta.workspace, kl_done=request.done)
+                self.specs, self.beta, 0.0, None, self.delta.workspace, kl_done=request.done)
         return nll, float(reg.kl) + float(request.total()), float(reg.prior)
 
     def _literal_outer_backward(self, batch: Batch) -> tuple[float, float, float]:
@@ -262,17 +319,17 @@ class ABMLLLearner(Learner):
                       for _ in range(n)) / n
         reg = backward_regularisers(
             self._adapters.layers.values(), lambda layer: task_factors(layer).detach(),
-            global_factors, self.spec, self.beta, self.gamma, self.prior, self.delta.workspace)
+            global_factors, self.specs, self.beta, self.gamma, self.prior, self.delta.workspace)
         return nll, float(reg.kl), float(reg.prior)
 
     def prior_value(self) -> float:
         """``-log p(theta)`` of the current global pairs (0 without a prior)."""
         if self.prior is None:
             return 0.0
-        return float(prior_terms(self._adapters.layers.values(), global_factors, self.spec,
+        return float(prior_terms(self._adapters.layers.values(), global_factors, self.specs,
                                  self.prior, self.delta.workspace))
 
-    def inner_step(self, batch: Batch, optimizer: torch.optim.Optimizer,
+    def inner_step(self, batch: Batch, optimizer: Optimizers,
                    prior_value: float | None = None) -> tuple[float, dict[str, float]]:
         """One step on ``NLL + beta * KL`` w.r.t. the task pairs only; returns (loss, terms).
 
@@ -310,8 +367,25 @@ class ABMLLLearner(Learner):
             self._no_step_since_reset = False
         return loss, {"nll": nll, "kl": kl, "prior": prior}
 
-    def _inner_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        return adamw(self._adapters.parameters(TASK_PAIRS), lr, self.settings.weight_decay)
+    def _optimizer(self, pairs: tuple[str, str], lr: float, variance_lr: float,
+                   eps: float = 1e-8) -> Optimizers:
+        """AdamW over a mean and a log-variance pair; unless ``variance_optimizer`` is
+        ``shared`` the log-variance pair gets an optimiser of its own at ``variance_lr``."""
+        s: ABMLLSettings = self.settings
+        mean, log_var = pairs
+        if s.variance_optimizer == "shared":
+            return Optimizers(torch.optim.AdamW(self._adapters.parameters(pairs), lr=lr,
+                                                weight_decay=s.weight_decay, eps=eps))
+        means = torch.optim.AdamW(self._adapters.parameters([mean]), lr=lr,
+                                  weight_decay=s.weight_decay, eps=eps)
+        variances = self._adapters.parameters([log_var])
+        if s.variance_optimizer == "adamw":
+            return Optimizers(means, torch.optim.AdamW(variances, lr=variance_lr,
+                                                       weight_decay=0.0, eps=s.variance_eps))
+        return Optimizers(means, torch.optim.SGD(variances, lr=variance_lr))
+
+    def _inner_optimizer(self, lr: float) -> Optimizers:
+        return self._optimizer(TASK_PAIRS, lr, self.settings.variance_inner_lr)
 
     # -- training ------------------------------------------------------------------
     def steps_per_epoch(self, tasks: Sequence[Task]) -> int:
@@ -332,7 +406,9 @@ class ABMLLLearner(Learner):
                               components=terms)
                 if not math.isfinite(loss):
                     return
-            loss, terms = self.outer_step(episodes.train_batch(task, rng))
+            # the outer batch from a stream of its own: rng stays where reptile's would be
+            outer_rng = self.context.stream("outer", epoch, task.name)
+            loss, terms = self.outer_step(episodes.train_batch(task, outer_rng))
             yield StepLog(epoch=epoch, task=task.name, step=k_steps, loss=loss, phase="outer",
                           components=terms)
             if not math.isfinite(loss):
@@ -372,6 +448,40 @@ class ABMLLLearner(Learner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+
+
+class Optimizers:
+    """One or two torch optimisers stepped together (the means', and the variances' own)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    @property
+    def state(self) -> dict[Any, Any]:
+        """Every optimiser's per-parameter state, together."""
+        return {k: v for o in self.optimizers for k, v in o.state.items()}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Every optimiser's parameter groups, in order."""
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def state_dict(self) -> Any:
+        """The first optimiser's state (a checkpoint's format when there is one), else all."""
+        states = [o.state_dict() for o in self.optimizers]
+        return states[0] if len(states) == 1 else {"optimizers": states}
+
+    def load_state_dict(self, state: Any) -> None:
+        states = state.get("optimizers", [state])
+        if len(states) != len(self.optimizers):
+            raise MetaloraError(f"abmll: the checkpoint holds {len(states)} outer optimiser(s), "
+                                f"these settings make {len(self.optimizers)}")
+        for optimizer, saved in zip(self.optimizers, states, strict=True):
+            optimizer.load_state_dict(saved)
 
 
 def _validate(s: ABMLLSettings) -> None:

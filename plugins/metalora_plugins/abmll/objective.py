@@ -54,7 +54,7 @@ from metalora_plugins.abmll.dense import (
     scaled_log_var,
     scratch,
 )
-from metalora_plugins.abmll.pairs import GaussianFactors, LogVarSpec
+from metalora_plugins.abmll.pairs import GaussianFactors, LogVarSpec, Specs, spec_of
 
 FactorsOf = Callable[[AdaptedLinear], GaussianFactors]
 """Picks a layer's factors of one distribution (e.g. :func:`~.pairs.global_factors`)."""
@@ -167,7 +167,8 @@ def layer_terms(q: GaussianFactors, p: GaussianFactors, scaling: float, spec: Lo
     kl = kl_diag_gaussians(_mean_diff(q, p, scaling), log_var_q, log_var_p)
     if prior is None:
         return kl, kl.new_zeros(())
-    return kl, prior.negative_log_density(scaling * (p.mu_B @ p.mu_A), log_var_p)
+    return kl, prior.negative_log_density(scaling * (p.mu_B @ p.mu_A),
+                                          log_var_p - spec.prior_origin)
 
 
 def _factor_grads(f: GaussianFactors, grad_mu: Tensor | None, mu_scale: float,
@@ -191,22 +192,24 @@ def _factor_grads(f: GaussianFactors, grad_mu: Tensor | None, mu_scale: float,
 
 
 def _prior_gradients(p: GaussianFactors, scaling: float, gamma: float, prior: Prior,
-                     need_grad: bool,
-                     neg_log_var: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                     need_grad: bool, neg_log_var: Tensor,
+                     origin: float = 0.0) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """One layer's ``-log p(theta)`` and the gradients of ``gamma * -log p(theta)``.
 
     Returns ``(value, d/dmu_theta, d/dlogv_theta)``, by autograd on the
     layer's dense tensors; ``neg_log_var`` is its dense ``-logv_theta``
-    (clamped). The gradients are ``None`` without ``need_grad``.
+    (clamped); the prior reads ``logv_theta - origin`` (see
+    :attr:`LogVarSpec.prior_origin`). The gradients are ``None`` without
+    ``need_grad``.
     """
     mu_p = torch.mm(p.mu_B, p.mu_A).mul_(scaling)
     lp = torch.neg(neg_log_var)
     if not need_grad:
-        return prior.negative_log_density(mu_p, lp).detach(), None, None
+        return prior.negative_log_density(mu_p, lp.sub_(origin)).detach(), None, None
     with torch.enable_grad():
         mu_p.requires_grad_(True)
         lp.requires_grad_(True)
-        nlp = prior.negative_log_density(mu_p, lp)
+        nlp = prior.negative_log_density(mu_p, lp - origin if origin else lp)
         grad_mu, grad_lp = torch.autograd.grad(gamma * nlp, [mu_p, lp])
     return nlp.detach(), grad_mu, grad_lp
 
@@ -240,7 +243,8 @@ def _layer_backward(q: GaussianFactors, p: GaussianFactors, scaling: float, spec
             # -log p(theta): autograd on this layer's dense tensors only
             neg_lp, inside_p = scaled_log_var(pd.v_A, pd.v_B, scaling, spec, -1.0, out=buffer(1))
             nlp, grad_mu_p, grad_log_var_p = _prior_gradients(pd, scaling, gamma, prior,
-                                                              need_prior_grad, neg_lp)
+                                                              need_prior_grad, neg_lp,
+                                                              spec.prior_origin)
             if grad_log_var_p is not None and inside_p is not None:
                 grad_log_var_p.masked_fill_(~inside_p, 0.0)
         pairs: list[tuple[Tensor, Tensor]] = []
@@ -266,7 +270,7 @@ def _layer_backward(q: GaussianFactors, p: GaussianFactors, scaling: float, spec
     return kl, nlp
 
 
-def prior_terms(layers: Iterable[AdaptedLinear], p_of: FactorsOf, spec: LogVarSpec,
+def prior_terms(layers: Iterable[AdaptedLinear], p_of: FactorsOf, specs: Specs,
                 prior: Prior, workspace: Workspace | None = None) -> Tensor:
     """``-log p(theta)`` summed over layers (evaluated only, no gradient), one layer at a time."""
     total: Tensor | float = 0.0
@@ -276,15 +280,16 @@ def prior_terms(layers: Iterable[AdaptedLinear], p_of: FactorsOf, spec: LogVarSp
             shape = (p.v_B.shape[0], p.v_A.shape[1])
             out = (None, None) if workspace is None else (workspace.get(0, shape, p.v_A),
                                                           workspace.get(1, shape, p.v_A))
+            spec = spec_of(specs, layer)
             log_var, _ = scaled_log_var(p.v_A, p.v_B, layer.scaling, spec, 1.0, out=out[0])
             mu = (torch.mm(p.mu_B, p.mu_A, out=out[1]) if out[1] is not None
                   else p.mu_B @ p.mu_A).mul_(layer.scaling)
-            total = total + prior.negative_log_density(mu, log_var)
+            total = total + prior.negative_log_density(mu, log_var.sub_(spec.prior_origin))
     return torch.as_tensor(total).cpu()
 
 
 def backward_regularisers(layers: Iterable[AdaptedLinear], q_of: FactorsOf, p_of: FactorsOf,
-                          spec: LogVarSpec, beta: float, gamma: float, prior: Prior | None,
+                          specs: Specs, beta: float, gamma: float, prior: Prior | None,
                           workspace: Workspace | None = None,
                           kl_done: Collection[int] = ()) -> Regularisers:
     """Accumulate the gradients of ``beta * KL + gamma * (-log p(theta))`` one layer at a time.
@@ -304,8 +309,8 @@ def backward_regularisers(layers: Iterable[AdaptedLinear], q_of: FactorsOf, p_of
         with_kl = id(layer) not in kl_done
         if not with_kl and prior is None:
             continue
-        kl, nlp = _layer_backward(q_of(layer), p_of(layer), layer.scaling, spec, beta, gamma,
-                                  prior, workspace, with_kl)
+        kl, nlp = _layer_backward(q_of(layer), p_of(layer), layer.scaling,
+                                  spec_of(specs, layer), beta, gamma, prior, workspace, with_kl)
         kl_total = kl_total + kl
         prior_total = prior_total + nlp
     return Regularisers(kl=torch.as_tensor(kl_total).cpu(),
@@ -313,7 +318,7 @@ def backward_regularisers(layers: Iterable[AdaptedLinear], q_of: FactorsOf, p_of
 
 
 def regulariser_terms(layers: Iterable[AdaptedLinear], q_of: FactorsOf, p_of: FactorsOf,
-                      spec: LogVarSpec, prior: Prior | None) -> Regularisers:
+                      specs: Specs, prior: Prior | None) -> Regularisers:
     """Differentiable summed KL and ``-log p(theta)``, each layer checkpointed.
 
     The forward pass keeps no dense matrix; backward recomputes them one layer
@@ -326,7 +331,7 @@ def regulariser_terms(layers: Iterable[AdaptedLinear], q_of: FactorsOf, p_of: Fa
 
         def terms(*factors: Tensor, _layer: AdaptedLinear = layer) -> tuple[Tensor, Tensor]:
             return layer_terms(GaussianFactors(*factors[:4]), GaussianFactors(*factors[4:]),
-                               _layer.scaling, spec, prior)
+                               _layer.scaling, spec_of(specs, _layer), prior)
 
         inputs = (*q.tensors(), *p.tensors())
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):

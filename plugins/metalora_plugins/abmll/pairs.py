@@ -9,13 +9,16 @@ Every adapted linear layer with frozen ``W0`` (``d_out x d_in``) carries
                      logv_phi   = s * B @ A + c  of pair "logv_phi"
 
 ``logv`` is the elementwise log-variance ``log sigma^2``; ``c`` is the
-initial log-variance (setting ``log_var_init``). Log-variances are clamped to
+initial log-variance: the setting ``log_var_init`` for every layer, or, with
+``log_var_relative = kappa``, ``c_l = log(kappa^2 * Var(W0_l))`` per layer
+(:class:`LayerSpecs`). Log-variances are clamped to
 ``[log_var_min, log_var_max]`` wherever they are used (sampling, KL, prior):
 ``torch.clamp`` semantics, so the gradient is zero outside that range.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -38,6 +41,10 @@ class LogVarSpec:
     """``c``: the log-variance at initialisation (B = 0)."""
     low: float = -30.0
     high: float = 5.0
+    prior_origin: float = 0.0
+    """What is subtracted from ``logv_theta`` before the prior sees it: 0 (the prior reads
+    the log-variance itself) or ``c`` (it reads the change since initialisation; setting
+    ``prior_log_var = "relative"``)."""
 
     def raw(self, A: Tensor, B: Tensor, scaling: float) -> Tensor:
         """``s * B @ A + c`` before clamping, ``d_out x d_in``."""
@@ -46,6 +53,50 @@ class LogVarSpec:
     def dense(self, A: Tensor, B: Tensor, scaling: float) -> Tensor:
         """``clamp(s * B @ A + c, low, high)``, ``d_out x d_in``."""
         return self.raw(A, B, scaling).clamp(self.low, self.high)
+
+
+class LayerSpecs:
+    """The :class:`LogVarSpec` of each adapted layer: one for all, or one per layer.
+
+    Calling it with a layer gives that layer's spec (the shared one for a layer
+    never :meth:`set`).
+    """
+
+    def __init__(self, default: LogVarSpec) -> None:
+        self.default = default
+        self._per_layer: dict[int, LogVarSpec] = {}
+
+    def __call__(self, layer: AdaptedLinear) -> LogVarSpec:
+        return self._per_layer.get(id(layer), self.default)
+
+    def set(self, layer: AdaptedLinear, spec: LogVarSpec) -> None:
+        """Give ``layer`` a spec of its own."""
+        self._per_layer[id(layer)] = spec
+
+    def offsets(self) -> list[float]:
+        """Every per-layer ``c`` (the shared one when none is set)."""
+        return [s.offset for s in self._per_layer.values()] or [self.default.offset]
+
+    def __repr__(self) -> str:
+        return f"LayerSpecs({self.default!r}, {len(self._per_layer)} per layer)"
+
+
+Specs = LogVarSpec | LayerSpecs
+"""One spec for every layer, or each layer's own."""
+
+
+def spec_of(spec: Specs, layer: AdaptedLinear) -> LogVarSpec:
+    """``layer``'s :class:`LogVarSpec`."""
+    return spec(layer) if isinstance(spec, LayerSpecs) else spec
+
+
+def relative_log_var(weight: Tensor, kappa: float) -> float:
+    """``log(kappa^2 * Var(W0))``: a noise level relative to a layer's pretrained weights
+    (the paper ties c to "the spread of pretrained LLM weights")."""
+    var = float(weight.detach().float().var())
+    if not var > 0:
+        raise ValueError("the layer's weights have no spread (variance 0)")
+    return math.log(kappa * kappa * var)
 
 
 @dataclass

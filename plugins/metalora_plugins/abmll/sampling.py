@@ -62,7 +62,14 @@ from metalora_plugins.abmll.dense import (
 )
 from metalora_plugins.abmll.noise import NoiseKey
 from metalora_plugins.abmll.objective import KLRequest, add_kl_gradients
-from metalora_plugins.abmll.pairs import GaussianFactors, LogVarSpec, global_factors, task_factors
+from metalora_plugins.abmll.pairs import (
+    GaussianFactors,
+    LogVarSpec,
+    Specs,
+    global_factors,
+    spec_of,
+    task_factors,
+)
 
 SAMPLING_MODES: tuple[str, ...] = ("weight", "local", "mean")
 
@@ -269,7 +276,7 @@ class ABMLLDelta:
 
     includes_base = True
 
-    def __init__(self, mode: str, spec: LogVarSpec, fuse: bool = True) -> None:
+    def __init__(self, mode: str, spec: Specs, fuse: bool = True) -> None:
         if mode not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling mode {mode!r}; valid choices: "
                              + ", ".join(SAMPLING_MODES))
@@ -283,6 +290,7 @@ class ABMLLDelta:
     def __call__(self, layer: AdaptedLinear, x: Tensor) -> Tensor:
         f = task_factors(layer, self.straight_through)
         s = layer.scaling
+        spec = spec_of(self.spec, layer)
         base = layer.base
         if (self.mode == "weight" and self.fuse and base.weight.dtype == x.dtype
                 and not torch.is_autocast_enabled(x.device.type)):
@@ -291,14 +299,14 @@ class ABMLLDelta:
             if self.kl is not None:
                 p = global_factors(layer, detach=self.kl.detach_theta).tensors()
                 ask = (self.kl, id(layer))
-            return SampledLinear.apply(x, base.weight, base.bias, *f.tensors(), *p, s, self.spec,
+            return SampledLinear.apply(x, base.weight, base.bias, *f.tensors(), *p, s, spec,
                                        NoiseKey.take(x.device), self.workspace, ask)
         out = base(x.to(base.weight.dtype)).to(x.dtype)
         out = out + s * F.linear(F.linear(x, f.mu_A), f.mu_B)
         if self.mode == "mean":
             return out
         noise_fn = WeightNoise if self.mode == "weight" else LocalNoise
-        return out + noise_fn.apply(x, f.v_A, f.v_B, s, self.spec, NoiseKey.take(x.device))
+        return out + noise_fn.apply(x, f.v_A, f.v_B, s, spec, NoiseKey.take(x.device))
 
     def __repr__(self) -> str:
         return f"ABMLLDelta(mode={self.mode!r}, spec={self.spec!r}, fuse={self.fuse})"
