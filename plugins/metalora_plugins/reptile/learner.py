@@ -10,6 +10,14 @@ Per training task, in an order shuffled per epoch with the run's seeded RNG:
 Only the snapshot of the one pair exists besides the adapters themselves, so
 memory does not grow with the number of tasks.
 
+Outer step (``reptile_outer``): ``interpolate`` (default, the paper's) is step
+3 above. ``adamw`` instead treats ``theta - theta_i`` as a gradient (the
+pseudo-gradient Nichol et al. mention feeding to an adaptive optimiser) and
+takes one step of a persistent outer AdamW at ``reptile_outer_lr``. That is the
+control for ABMLL under its default ``literal`` reading, whose outer step is
+this pseudo-gradient (projected on the LoRA factors) fed to AdamW: any gap
+between ``abmll`` and this ``reptile`` is not the optimiser's.
+
 Inner optimiser: by default a fresh AdamW for every task, so the inner loop
 of training is exactly the shared test-time adaptation (a fresh
 AdamW, a few steps, the same kind of batches) and Reptile meta-learns an
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,6 +52,13 @@ class ReptileSettings:
              "(paper: 0.5).", gt=0, le=1)
     reptile_persistent_optimizer: bool = setting(
         False, "reptile: keep one inner AdamW for the whole run instead of a fresh one per task.")
+    reptile_outer: str = setting(
+        "interpolate", "reptile: outer step. 'interpolate': theta <- theta + eps (theta_i - "
+                       "theta) (paper). 'adamw': theta - theta_i as a gradient to a persistent "
+                       "outer AdamW at reptile_outer_lr (the control for abmll's literal "
+                       "reading).", choices=("interpolate", "adamw"))
+    reptile_outer_lr: float = setting(
+        1e-3, "reptile: learning rate of the outer AdamW (reptile_outer = adamw).", gt=0)
 
 
 def reptile_interpolate(theta: Tensor, theta_i: Tensor, epsilon: float) -> Tensor:
@@ -63,6 +79,11 @@ class ReptileLearner(SinglePairLearner):
         super().__init__(context)
         if self.settings.reptile_persistent_optimizer:
             self.optimizer = self._new_optimizer()
+        self.outer_optimizer: torch.optim.AdamW | None = None
+        if self.settings.reptile_outer == "adamw":
+            self.outer_optimizer = adamw(self._adapters.parameters(),
+                                         self.settings.reptile_outer_lr,
+                                         self.settings.weight_decay)
 
     def _new_optimizer(self) -> torch.optim.AdamW:
         return adamw(self._adapters.parameters(), self.settings.lr, self.settings.weight_decay)
@@ -98,14 +119,33 @@ class ReptileLearner(SinglePairLearner):
 
     @torch.no_grad()
     def _outer_update(self, theta: dict[str, Tensor]) -> float:
-        """Write ``theta + eps (theta_i - theta)`` in place; return the norm of the move."""
+        """The outer step from ``theta`` (the adapters hold ``theta_i``); return the norm of
+        the move. ``interpolate`` writes ``theta + eps (theta_i - theta)``; ``adamw`` puts
+        ``theta`` back and steps the outer AdamW on the gradient ``theta - theta_i``."""
         epsilon = self.settings.reptile_epsilon
         params = self._adapters.named_parameters()
         # a torchrun run moves theta towards the mean of the ranks' theta_i
         self.context.distributed.average_(params.values())
+        if self.outer_optimizer is not None:
+            for name, param in params.items():
+                param.grad = theta[name] - param
+                param.copy_(theta[name])
+            self.outer_optimizer.step()
+            self.outer_optimizer.zero_grad(set_to_none=True)
+            return sum(float((p - theta[n]).pow(2).sum()) for n, p in params.items()) ** 0.5
         squared = 0.0
         for name, param in params.items():
             new = reptile_interpolate(theta[name], param, epsilon)
             squared += float((new - theta[name]).pow(2).sum())
             param.copy_(new)
         return squared ** 0.5
+
+    def state_dict(self) -> dict[str, Any]:
+        """The persistent optimisers' states (the inner one's and the outer AdamW's)."""
+        outer = None if self.outer_optimizer is None else self.outer_optimizer.state_dict()
+        return {**super().state_dict(), "outer_optimizer": outer}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.outer_optimizer is not None and state.get("outer_optimizer") is not None:
+            self.outer_optimizer.load_state_dict(state["outer_optimizer"])
