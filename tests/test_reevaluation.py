@@ -31,6 +31,11 @@ def test_eval_reproduces_the_runs_test_metrics_without_touching_the_run(plugins,
     assert again.run_dir.parent == run_dir / "eval"
     assert json.loads((again.run_dir / "results.json").read_text())
     assert {p: p.read_bytes() for p in before} == before
+    # per query too: the same predictions file as the run's own test
+    for name in ("pretrained", "lora"):
+        for file in ("predictions.jsonl", "predictions.safetensors"):
+            assert ((again.run_dir / name / "seed-0" / file).read_bytes()
+                    == (run_dir / name / "seed-0" / file).read_bytes()), (name, file)
 
 
 def test_eval_on_another_subset_and_bad_input(plugins, finished_run):

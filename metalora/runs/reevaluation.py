@@ -9,8 +9,10 @@ validation tasks (``--split validation``). Settings that act at evaluation
 time only may be changed for it (``--set eval_samples=8``, ``--set
 adapt_lr=2e-4``): the adapters stay the run's, so anything that changes their
 shape is refused when they are loaded. The run itself is only read; results go
-to ``RUN_DIR/eval/<time>-<suite>[-validation]/results.{csv,json}`` and
-``metrics.json`` (which records the split and the changed settings).
+to ``RUN_DIR/eval/<time>-<suite>[-validation]/results.{csv,json}``,
+``metrics.json`` (which records the split and the changed settings) and, per
+learner and seed, ``<learner>/seed-<s>/predictions.{safetensors,jsonl}`` (every
+query's option probabilities, as the run's own test writes them).
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from metalora.plugins import PluginManager
 from metalora.runs.progress import progress_bars
 from metalora.runs.reporting import write_results
 from metalora.runs.results import RunSummary, SeedResult
-from metalora.runs.rundir import METRICS_FILE, read_json, seed_dir, write_json
+from metalora.runs.rundir import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    PREDICTIONS_JSONL_FILE,
+    read_json,
+    seed_dir,
+    write_json,
+)
 from metalora.runs.setup import RunSetup, check_tested_adapters, load_tested_learner, open_run
 from metalora.settings import coerce
 
@@ -109,6 +118,7 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
     protocol.update(split=split, changed_settings=changed)
     summary = RunSummary(run_dir=out_dir, suite=suite.name, metric_names=list(metrics),
                          protocol=protocol)
+    predictions = {}
     for name in setup.run.learner:
         summary.results[name] = []
         for seed in setup.run.seeds:
@@ -123,7 +133,12 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
                 learner.adapters.remove()
             result.example_se = result.bootstrap_se(metrics, seed=seed)
             summary.results[name].append(dataclasses.replace(recorded, test=result))
+            predictions[seed_dir(out_dir, name, seed)] = result
     out_dir.mkdir(parents=True, exist_ok=True)
+    for where, result in predictions.items():  # per query, as the run's own test writes them
+        where.mkdir(parents=True, exist_ok=True)
+        result.save_predictions(where / PREDICTIONS_FILE)
+        result.write_predictions_jsonl(where / PREDICTIONS_JSONL_FILE)
     write_results(summary, out_dir)
     write_json(out_dir / METRICS_FILE, summary.to_dict())
     return summary
