@@ -61,15 +61,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from metalora.stats import improves, mean_se
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from jobqueue import run_queue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
@@ -272,40 +272,10 @@ class Protocol:
                 "--dtype", "float32", "--seeds", str(job.seed), "--no-plots",
                 "--output-dir", str(self.out), "--run-name", job.name, *job.options]
 
-    def start(self, job: Job) -> subprocess.Popen:
-        cmd = self.command(job)
-        print(f"{time.strftime('%H:%M:%S')} start {job.key}: metalora {' '.join(cmd)}",
-              flush=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads),
-                   MKL_NUM_THREADS=str(self.args.threads))
-        self.out.mkdir(parents=True, exist_ok=True)
-        log = open(self.out / f"{job.key.replace(':', '-')}.console.log", "a")  # noqa: SIM115 (closed by the OS)
-        return subprocess.Popen(
-            [sys.executable, "-c", "from metalora.cli import main; main()", *cmd],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
-
     def run(self) -> None:
         """Start every ready job, ``--jobs`` at a time, until none is left."""
-        running: dict[str, subprocess.Popen] = {}
-        failed: set[str] = set()
-        while True:
-            ready = [j for j in self.jobs() if not self.done(j)
-                     and j.key not in running and j.key not in failed]
-            while ready and len(running) < self.args.jobs:
-                job = ready.pop(0)
-                running[job.key] = self.start(job)
-            if not running:
-                break
-            time.sleep(5)
-            for name, proc in list(running.items()):
-                if proc.poll() is not None:
-                    del running[name]
-                    status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
-                    if proc.returncode != 0:
-                        failed.add(name)
-                    print(f"{time.strftime('%H:%M:%S')} {status} {name}", flush=True)
-        if failed:
-            print(f"failed: {', '.join(sorted(failed))} (see their console logs)", flush=True)
+        run_queue(lambda: [(j.key, self.command(j)) for j in self.jobs() if not self.done(j)],
+                  self.out, self.args.jobs, self.args.threads)
 
     # -- the report ----------------------------------------------------------
     def test_runs(self, variant: Variant) -> list[str]:

@@ -1,0 +1,57 @@
+"""Run ``metalora`` commands as background jobs, a few at a time, resumably.
+
+Shared by the benchmark drivers (``protocol.py``, ``mechanism.py``): each job
+is one ``metalora`` command line with a name; a job whose result is already
+on disk is skipped, so a driver can be stopped and started again at will.
+Each job runs in its own process with ``threads`` threads and logs to
+``<out>/<name>.console.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def start(name: str, argv: Sequence[str], out: Path, threads: int) -> subprocess.Popen:
+    """Start ``metalora ARGV`` in the background, logging to ``out/<name>.console.log``."""
+    print(f"{time.strftime('%H:%M:%S')} start {name}: metalora {' '.join(argv)}", flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / f"{name.replace(':', '-')}.console.log", "a")  # noqa: SIM115 (closed by the OS)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from metalora.cli import main; main()", *argv],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_queue(ready: Callable[[], list[tuple[str, list[str]]]], out: Path, jobs: int,
+              threads: int, poll: float = 5.0) -> set[str]:
+    """Keep ``jobs`` commands running until ``ready()`` offers none; return the failed names.
+
+    ``ready()`` is asked again after every job ends (a finished job may make
+    others ready) and must leave out the jobs already done.
+    """
+    running: dict[str, subprocess.Popen] = {}
+    failed: set[str] = set()
+    while True:
+        waiting = [(n, a) for n, a in ready() if n not in running and n not in failed]
+        while waiting and len(running) < jobs:
+            name, argv = waiting.pop(0)
+            running[name] = start(name, argv, out, threads)
+        if not running:
+            break
+        time.sleep(poll)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[name]
+                status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
+                if proc.returncode != 0:
+                    failed.add(name)
+                print(f"{time.strftime('%H:%M:%S')} {status} {name}", flush=True)
+    if failed:
+        print(f"failed: {', '.join(sorted(failed))} (see their console logs)", flush=True)
+    return failed
