@@ -274,9 +274,12 @@ class ABMLLLearner(Learner):
             self.delta.kl = kl if i == 0 else None
             try:
                 loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
+                # backward before the request is withdrawn: under gradient checkpointing the
+                # forward pass is recomputed in backward and must save what it saved the first
+                # time (a sampled layer saves theta's factors only while a KL is requested)
+                (loss / n).backward()
             finally:
                 self.delta.kl = None
-            (loss / n).backward()
             total += float(loss.detach())
         return total / n
 
