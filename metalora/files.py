@@ -3,9 +3,11 @@ user's umask, and only where writing is possible (checked before the work starts
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -14,7 +16,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
+        os.fchmod(fd, 0o666 & ~current_umask())  # as open() would create it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -42,7 +44,7 @@ def require_writable_directory(path: Path, what: str) -> None:
 
 def give_plain_permissions(path: Path) -> None:
     """The permissions ``open()`` would have given ``path`` (the umask's), not mkstemp's 0600."""
-    os.chmod(path, 0o666 & ~_umask())
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}$")
@@ -60,7 +62,46 @@ def remove_stale_temporaries(directory: Path) -> int:
     return removed
 
 
-def _umask() -> int:
+@contextlib.contextmanager
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) while the body runs.
+
+    Other processes (torchrun's ranks among them) that ask for the same lock
+    wait until it is released; ``on_wait`` is called once if this one has to
+    wait. The operating system releases the lock if the process dies.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        if os.name == "nt":  # pragma: no cover - Windows
+            import msvcrt
+
+            def lock(blocking: bool) -> None:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+
+            def unlock() -> None:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            def lock(blocking: bool) -> None:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+
+            def unlock() -> None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            lock(blocking=False)
+        except OSError:
+            if on_wait is not None:
+                on_wait()
+            lock(blocking=True)
+        try:
+            yield
+        finally:
+            unlock()
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it)."""
     current = os.umask(0)
     os.umask(current)
     return current

@@ -202,3 +202,25 @@ def test_abmll_with_gradient_checkpointing_equals_abmll_without_it_bit_for_bit(
         assert grads.keys() == grads_gc.keys() and grads
         for name, grad in grads.items():
             assert torch.equal(grad, grads_gc[name]), name
+
+
+def test_maml_with_gradient_checkpointing_is_refused_in_one_line_before_any_work(
+        plugins, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from metalora.cli import build_app
+    from metalora.runs import setup as run_setup
+
+    loaded = []
+    monkeypatch.setattr(run_setup, "load_model", lambda *a, **k: loaded.append(a))
+    result = CliRunner().invoke(build_app(plugins), [
+        "run", "--learner", "lora,maml", "--model", "tiny", "--gradient-checkpointing",
+        "--output-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["Error: learner 'maml' cannot train with --gradient-checkpointing; run it "
+                     "without, or use a learner that can: " + ", ".join(
+                         n for n in plugins.registry("learner").names() if n != "maml")], lines
+    assert not loaded and not any(tmp_path.iterdir())  # nothing loaded, no run directory
+    # without checkpointing maml still runs; with it, every other learner does
+    assert plugins.registry("learner").get("maml").supports_gradient_checkpointing is False

@@ -126,6 +126,11 @@ class Learner(ABC):
     its global parameters over the ranks (``context.distributed.average_gradients``)
     before every global step, on every rank, and takes the same number of steps per task."""
 
+    supports_gradient_checkpointing: ClassVar[bool] = True
+    """False when the learner cannot train with ``gradient_checkpointing`` (e.g. it computes
+    gradients with :mod:`torch.func`, which does not support the saved-tensor hooks that
+    activation checkpointing relies on); such a run is refused before anything loads."""
+
     def __init__(self, context: LearnerContext) -> None:
         self.context = context
         self.settings = context.settings

