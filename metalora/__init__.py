@@ -18,6 +18,7 @@ internal and may change between versions.
   :class:`SinglePairLearner` (a learner with one LoRA pair);
 * scoring and optimisation: :func:`answer_loss`, :func:`option_probs`,
   :func:`adamw`, :func:`fit_steps`;
+* precision: :func:`float32_products_are_exact` (False under TF32 on a GPU);
 * errors: :class:`MetaloraError` (one line for the user, no traceback);
 * the hub: :func:`hub_reachable`, :func:`offline_hub` (fail at once offline).
 
@@ -63,6 +64,7 @@ _SOURCES: dict[str, str] = {
     "option_probs": "metalora.scoring",
     "adamw": "metalora.optim",
     "fit_steps": "metalora.optim",
+    "float32_products_are_exact": "metalora.precision",
     "MetaloraError": "metalora.errors",
     "hub_reachable": "metalora.hub",
     "offline_hub": "metalora.hub",
@@ -100,6 +102,7 @@ __all__ = [
     "option_probs",
     "adamw",
     "fit_steps",
+    "float32_products_are_exact",
     "MetaloraError",
     "hub_reachable",
     "offline_hub",
@@ -119,6 +122,7 @@ if TYPE_CHECKING:
     from metalora.interfaces.pruner import Pruner
     from metalora.interfaces.task_sampler import DataOptions, TaskSampler
     from metalora.optim import adamw, fit_steps
+    from metalora.precision import float32_products_are_exact
     from metalora.records import MAX_OPTIONS, Suite, Task, TaskRecord, TaskRole, filter_by_options
     from metalora.scoring import answer_loss, option_probs
     from metalora.settings import NoSettings, setting

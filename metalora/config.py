@@ -27,7 +27,7 @@ import yaml
 from metalora.adapter_config import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginManager
-from metalora.precision import AUTOCAST_DTYPES
+from metalora.precision import AUTOCAST_DTYPES, WEIGHT_DTYPES
 from metalora.settings import SettingInfo, coerce, field_infos, merge_infos, setting
 
 SETTINGS_KINDS = ("learner", "prior", "suite", "pruner", "logger")
@@ -91,12 +91,20 @@ class RunSettings:
     metrics: list[str] = setting([], "Metrics to report (default: every registered metric).")
     device: str = setting("auto", "Device: auto, cpu, cuda, cuda:N.")
     dtype: str = setting(
-        "float32", "Model weights' dtype (adapters stay float32).",
-        choices=("float32", "bfloat16", "float16"))
+        "float32", "Model weights' dtype (adapters stay float32). On a GPU, bfloat16 halves "
+                   "the weights' memory and runs the frozen model's products at the bfloat16 "
+                   "rate. float16 is not offered: training in it needs loss scaling, which "
+                   "metalora does not do.", choices=WEIGHT_DTYPES)
     autocast: str = setting(
         "none", "Run forward passes under torch.autocast in this dtype (on a GPU, bfloat16 "
                 "saves time and activation memory); adapters, gradients and optimiser states "
-                "stay float32.", choices=tuple(AUTOCAST_DTYPES))
+                "stay float32. float16 is not offered (no loss scaling).",
+        choices=tuple(AUTOCAST_DTYPES))
+    tf32: bool = setting(
+        False, "Allow TF32 for float32 matrix products on CUDA GPUs (Ampere and later): about "
+               "8x the float32 rate, with a 10-bit mantissa. ABMLL's exact weight sample then "
+               "adds its noise to the layer output instead of to W0, where TF32 would round it "
+               "away. No effect on CPU.")
     gradient_checkpointing: bool = setting(
         False, "Recompute each transformer layer's activations in backward instead of storing "
                "them: less memory for about one more forward pass of time.")

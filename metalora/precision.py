@@ -24,9 +24,28 @@ from collections.abc import Iterator
 
 import torch
 
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
-    "none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-"""The ``autocast`` setting's choices."""
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bfloat16": torch.bfloat16}
+"""The ``autocast`` setting's choices. float16 is left out: it needs loss scaling (a
+``GradScaler`` around every backward), which the learners, who own their backward passes,
+do not do; bfloat16 has float32's range and needs none."""
+WEIGHT_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+"""The ``dtype`` setting's choices (float16 left out, as for autocast)."""
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def allow_tf32(device: str, enabled: bool) -> bool:
+    """Let float32 matrix products on a CUDA ``device`` use TF32 (setting ``tf32``); returns
+    whether it did (never on other devices). The choice is process-wide."""
+    if not enabled or not device.startswith("cuda"):
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True
+
+
+def float32_products_are_exact(device_type: str) -> bool:
+    """Whether a float32 matrix product on ``device_type`` keeps float32's 24-bit mantissa
+    (not under TF32 on CUDA)."""
+    return device_type != "cuda" or torch.get_float32_matmul_precision() == "highest"
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 
 import pytest
@@ -224,3 +226,166 @@ def test_maml_with_gradient_checkpointing_is_refused_in_one_line_before_any_work
     assert not loaded and not any(tmp_path.iterdir())  # nothing loaded, no run directory
     # without checkpointing maml still runs; with it, every other learner does
     assert plugins.registry("learner").get("maml").supports_gradient_checkpointing is False
+
+
+# -- the precision policy: what runs in which dtype -----------------------------------------
+
+
+class _OpDtypes:
+    """Records, while active, every matrix product's shape and input dtype and whether any
+    op produced a float64 tensor."""
+
+    MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        record = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = func.overloadpacket.__name__
+                tensors = [a for a in args if isinstance(a, Tensor)]
+                if name in record.MATMULS and len(tensors) >= 2:
+                    a, b = tensors[-2], tensors[-1]
+                    record.products.append((tuple(a.shape), tuple(b.shape), a.dtype))
+                outs = out if isinstance(out, tuple | list) else [out]
+                if any(isinstance(o, Tensor) and o.dtype == torch.float64 for o in outs):
+                    record.float64.append(name)
+                return out
+
+        self.products: list = []
+        self.float64: list[str] = []
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+    def dense(self, rank: int) -> list:
+        """The products none of whose dimensions is a low rank: the dense ones. ABMLL builds
+        dense matrices from factors at rank r + 1 (a log-variance and its offset c) and 2r
+        (a difference of two means)."""
+        return [(a, b, dt) for a, b, dt in self.products
+                if min(*a[-2:], *b[-2:]) > 2 * rank + 1]
+
+
+@pytest.mark.parametrize("sampling", ["weight", "local"])
+def test_abmll_under_bfloat16_weights_runs_every_dense_product_in_bfloat16_and_none_in_float64(
+        plugins, sampling) -> None:
+    engine = _engine(plugins, learner=["abmll"], dtype="bfloat16", sampling=sampling,
+                     log_var_init=-6.0)
+    suite = engine.load_suite()
+    learner = engine.build_learner("abmll", 0)
+    try:
+        with torch.no_grad():
+            for p in learner.adapters.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator()
+                                          .manual_seed(p.numel())))
+        with _OpDtypes() as seen:
+            _abmll_steps(learner, suite)
+    finally:
+        learner.adapters.remove()
+    dense = seen.dense(rank=learner.context.adapter_config.rank)
+    assert dense and {dtype for _, _, dtype in dense} == {torch.bfloat16}, \
+        [d for d in dense if d[2] != torch.bfloat16][:3]
+    assert seen.float64 == []
+
+
+@pytest.mark.parametrize("sampling", ["weight", "local", "mean"])
+def test_nothing_on_abmlls_training_path_is_float64(plugins, sampling) -> None:
+    """Some accelerators (Apple's MPS) have no float64 at all."""
+    engine = _engine(plugins, learner=["abmll"], sampling=sampling, log_var_init=-6.0)
+    suite = engine.load_suite()
+    learner = engine.build_learner("abmll", 0)
+    try:
+        with _OpDtypes() as seen:
+            _abmll_steps(learner, suite)
+            learner.adapt([learner.context.episodes.train_batch(suite.train[0],
+                                                                random.Random(5))])
+    finally:
+        learner.adapters.remove()
+    assert seen.products and seen.float64 == []
+
+
+def test_tf32_is_a_setting_for_cuda_devices_only(monkeypatch) -> None:
+    from metalora import precision
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    assert precision.allow_tf32("cpu", True) is False and calls == []
+    assert precision.allow_tf32("cuda:1", False) is False and calls == []
+    assert precision.allow_tf32("cuda:1", True) is True and calls == ["high"]
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+    assert precision.float32_products_are_exact("cuda") is False
+    assert precision.float32_products_are_exact("cpu") is True
+
+
+def test_under_tf32_abmlls_weight_sample_adds_its_noise_to_the_output(plugins,
+                                                                      monkeypatch) -> None:
+    """TF32 keeps 10 bits of mantissa: W0 + mu + sigma * eps in one product would lose most of
+    the noise and of an early mean, so the fused path is not taken."""
+    from metalora_plugins.abmll import sampling
+
+    engine = _engine(plugins, learner=["abmll"], log_var_init=-6.0)
+    suite = engine.load_suite()
+    learner = engine.build_learner("abmll", 0)
+    batch = learner.context.episodes.train_batch(suite.train[0], random.Random(0))
+    fused: list[int] = []
+    real = sampling.SampledLinear.apply
+    monkeypatch.setattr(sampling.SampledLinear, "apply",
+                        lambda *a: fused.append(1) or real(*a))
+    try:
+        torch.manual_seed(0)
+        exact = float(answer_loss(learner.context.model, batch).detach())
+        assert fused  # float32 products are exact on CPU: the fused sample
+        fused.clear()
+        monkeypatch.setattr(sampling, "float32_products_are_exact", lambda device_type: False)
+        torch.manual_seed(0)
+        additive = float(answer_loss(learner.context.model, batch).detach())
+    finally:
+        learner.adapters.remove()
+    assert not fused
+    assert additive == pytest.approx(exact, rel=1e-4)  # the same sample, computed additively
+
+
+def test_float16_is_refused_in_one_line_naming_the_choices(plugins) -> None:
+    from typer.testing import CliRunner
+
+    from metalora.cli import build_app
+
+    for option in ("--dtype", "--autocast"):
+        result = CliRunner().invoke(build_app(plugins), ["run", "--model", "tiny", option,
+                                                         "float16"])
+        assert result.exit_code != 0
+        assert "float16" in result.output and "bfloat16" in result.output, result.output
+
+
+# -- every learner x weights' dtype x autocast x checkpointing runs, or refuses in one line --
+
+MATRIX_LEARNERS = ("pretrained", "lora", "structured-lora", "reptile", "maml", "abmll")
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["no-gc", "gc"])
+@pytest.mark.parametrize("autocast", ["none", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_learner_runs_in_every_precision_and_checkpointing_cell(
+        plugins, tmp_path, dtype, autocast, checkpointing) -> None:
+    learners = [n for n in MATRIX_LEARNERS
+                if not (checkpointing and n == "maml")]  # refused: the test above
+    engine = _engine(plugins, learner=learners, dtype=dtype, autocast=autocast,
+                     gradient_checkpointing=checkpointing, epochs=1, max_train_tasks=1,
+                     max_eval_tasks=1, eval_every=0, query_cap=2, adapt_steps=1, lr=1e-3,
+                     inner_lr=1e-3, outer_lr=1e-3, adapt_lr=1e-3, output_dir=str(tmp_path),
+                     run_name="r")
+    summary = engine.execute()
+    for name in learners:
+        (result,) = summary.results[name]
+        macro = result.test.macro
+        assert all(math.isfinite(v) for v in macro.values()), (name, macro)
+    steps = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    trained = {s["learner"] for s in steps if math.isfinite(s["loss"])}
+    assert trained == set(learners) - {"pretrained"}, trained

@@ -39,7 +39,7 @@ from metalora.interfaces import DataOptions, Learner, LearnerContext, Logger, Me
 from metalora.models import LoadedModel, load_model
 from metalora.models.checkpointing import enable_gradient_checkpointing
 from metalora.plugins import PluginManager
-from metalora.precision import autocast
+from metalora.precision import TORCH_DTYPES, allow_tf32, autocast
 from metalora.records import Suite
 from metalora.runs.rundir import (
     ADAPTERS_FILE,
@@ -52,7 +52,7 @@ from metalora.runs.rundir import (
 from metalora.seeding import seed_everything
 from metalora.settings import build_settings
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = TORCH_DTYPES
 
 RUN_OVERRIDES: tuple[str, ...] = ("learner", "seeds", "device")
 """Settings that may be given together with a run directory (learner/seed filters, device)."""
@@ -272,6 +272,7 @@ class RunSetup:
             with doing(f"loading model {self.run.model!r}"):
                 self.loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype],
                                          device=device, notify=self.note)
+            allow_tf32(device, self.run.tf32)
             if self.run.gradient_checkpointing:
                 enable_gradient_checkpointing(self.loaded.model, f"model {self.run.model!r}")
             encoder = PromptEncoder(self.loaded.tokenizer, max_length=self.run.max_length)

@@ -96,8 +96,9 @@ def half_log_var(v_A: Tensor, v_B: Tensor, scaling: float,
 
 
 def low_rank_sum(A: Tensor, B: Tensor) -> Tensor:
-    """``sum(B @ A)`` without the dense product: ``(1^T B)(A 1)``, in float64."""
-    return B.detach().double().sum(0) @ A.detach().double().sum(1)
+    """``sum(B @ A)`` without the dense product: ``(1^T B)(A 1)``, in the factors' dtype
+    (float32: nothing on the training path is float64, which some devices lack)."""
+    return B.detach().sum(0) @ A.detach().sum(1)
 
 
 def factor_grads(grad: Tensor, A: Tensor, B: Tensor, scale: float,

@@ -92,7 +92,7 @@ class KLRequest:
     def total(self) -> Tensor:
         """Summed KL over the layers that took the request (0-dim, CPU)."""
         if not self.values:
-            return torch.zeros((), dtype=torch.float64)
+            return torch.zeros(())
         return torch.stack(self.values).sum().cpu()
 
 
@@ -107,7 +107,7 @@ def add_kl_gradients(q: GaussianFactors, p: GaussianFactors, scaling: float, spe
     deviation (from the clamped log-variance, clamp mask ``inside_q``).
     Updated in place: ``grad_mu`` (dL/dmu_q) gains ``weight * (mu_q - mu_p) /
     var_p`` and ``grad_log_var2`` (twice dL/dlogv_q, before masking) gains
-    ``weight * (var_q / var_p - 1)``. Returns the KL value (0-dim, float64,
+    ``weight * (var_q / var_p - 1)``. Returns the KL value (0-dim, float32,
     detached) and, with ``need_p``, the dense gradients of ``weight * KL``
     with respect to ``mu_p`` and ``logv_p`` (the latter masked by p's clamp);
     else ``(kl, None, None)``. Uses ``workspace`` slots 3 to 5.
@@ -123,14 +123,14 @@ def add_kl_gradients(q: GaussianFactors, p: GaussianFactors, scaling: float, spe
         log_ratio_sum = scaling * (low_rank_sum(qd.v_A, qd.v_B) - low_rank_sum(pd.v_A, pd.v_B))
     else:
         log_var_q, _ = scaled_log_var(qd.v_A, qd.v_B, scaling, spec, 1.0, out=buffer(4))
-        log_ratio_sum = log_var_q.add_(neg_lp).sum().double()
+        log_ratio_sum = log_var_q.add_(neg_lp).sum()
     inv_var_p = neg_lp.exp_()
     ratio = torch.mul(sigma_q, sigma_q, out=buffer(4)).mul_(inv_var_p).sub_(1.0)  # var_q/var_p - 1
     diff = torch.mm(torch.cat([qd.mu_B * scaling, pd.mu_B * -scaling], dim=1),
                     torch.cat([qd.mu_A, pd.mu_A], dim=0), out=buffer(5))  # mu_q - mu_p
     grad_diff = inv_var_p.mul_(diff)  # (mu_q - mu_p) / var_p
     quadratic = torch.dot(diff.view(-1), grad_diff.view(-1))
-    kl = 0.5 * (ratio.sum().double() - log_ratio_sum + quadratic.double())
+    kl = 0.5 * (ratio.sum() - log_ratio_sum + quadratic)
     grad_log_var2.add_(ratio, alpha=weight)
     grad_mu.add_(grad_diff, alpha=weight)
     if not need_p:

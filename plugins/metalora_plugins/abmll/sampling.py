@@ -18,8 +18,10 @@ whole output (``includes_base``). Three sampling modes (setting ``sampling``):
     When ``W0`` is not float32 or autocast is on (where adding a ~1e-4
     noise to ``W0`` in low precision would round it away), the same sample
     is computed additively: ``W0 x`` in the model's precision plus the
-    low-rank mean plus :class:`WeightNoise`, ``x (sigma * eps)^T`` in
-    float32, with the same regenerate-in-backward scheme.
+    low-rank mean (float32) plus :class:`WeightNoise`, ``x (sigma * eps)^T``,
+    with the same regenerate-in-backward scheme. Its dense products run in
+    the weights' precision (bfloat16 weights: bfloat16, as ``W0 x`` does);
+    the noise itself and the log-variance's gradient are float32.
 ``local``
     The local reparameterisation trick (Kingma et al., 2015): each output
     pre-activation is sampled from its exact marginal
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from metalora import AdaptedLinear
+from metalora import AdaptedLinear, float32_products_are_exact
 from metalora_plugins.abmll.dense import (
     Workspace,
     factor_grads,
@@ -187,79 +189,104 @@ class SampledLinear(torch.autograd.Function):
         return (grad_x, None, None, *q_grads, *p_grads, None, None, None, None, None)
 
 
+def _in(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``t`` in the dtype of the dense products (as it is when ``dtype`` is None)."""
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+
 class WeightNoise(torch.autograd.Function):
     """``x (sigma * eps)^T`` alone, with ``eps`` regenerated from its key in backward.
 
     Inputs: ``x`` (``... x d_in``), the variance factors ``v_A`` (``r x d_in``)
-    and ``v_B`` (``d_out x r``), then the constants ``scaling``, ``spec`` and
-    the :class:`NoiseKey`. Saved for backward: ``x``, ``v_A``, ``v_B`` only.
+    and ``v_B`` (``d_out x r``), then the constants ``scaling``, ``spec``, the
+    :class:`NoiseKey` and ``compute``, the dtype of the three dense products
+    (forward, and ``dL/dx`` and ``dL/dnoise`` in backward; None: ``x``'s). The
+    noise is drawn, and the log-variance's gradient formed, in float32; with
+    bfloat16 weights the products run in bfloat16 like the frozen layer's own
+    (float32 would make them several times slower on a GPU), which rounds
+    only the noise term, not ``W0``. Saved for backward: ``x`` (in ``compute``),
+    ``v_A``, ``v_B``.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, v_A: Tensor, v_B: Tensor, scaling: float,
-                spec: LogVarSpec, key: NoiseKey) -> Tensor:
+                spec: LogVarSpec, key: NoiseKey, compute: torch.dtype | None = None) -> Tensor:
         noise, _ = sample_noise(v_A, v_B, scaling, spec, key)
-        out = F.linear(x, noise)
+        xc = _in(x, compute)
+        out = F.linear(xc, _in(noise, compute)).to(x.dtype)
         del noise
-        ctx.save_for_backward(x, v_A, v_B)
-        ctx.scaling, ctx.spec, ctx.key = scaling, spec, key
+        ctx.save_for_backward(xc, v_A, v_B)
+        ctx.scaling, ctx.spec, ctx.key, ctx.compute = scaling, spec, key, compute
+        ctx.x_dtype = x.dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, v_A, v_B = ctx.saved_tensors
+        xc, v_A, v_B = ctx.saved_tensors
         noise, inside = sample_noise(v_A, v_B, ctx.scaling, ctx.spec, ctx.key)
-        grad_x = grad_out @ noise if ctx.needs_input_grad[0] else None
+        compute = ctx.compute
+        grad = _in(grad_out, compute)
+        grad_x = ((grad @ _in(noise, compute)).to(ctx.x_dtype) if ctx.needs_input_grad[0]
+                  else None)
         grad_A = grad_B = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             d_out, d_in = noise.shape
-            grad_noise = grad_out.reshape(-1, d_out).t() @ x.reshape(-1, d_in)
-            grad_A, grad_B = _log_var_grads(grad_noise, noise, inside, v_A, v_B, ctx.scaling,
+            grad_noise = (grad.reshape(-1, d_out).t() @ _in(xc, grad.dtype).reshape(-1, d_in))
+            grad_A, grad_B = _log_var_grads(grad_noise.to(noise.dtype), noise, inside, v_A, v_B,
+                                            ctx.scaling,
                                             (ctx.needs_input_grad[1], ctx.needs_input_grad[2]))
-        return grad_x, grad_A, grad_B, None, None, None
+        return grad_x, grad_A, grad_B, None, None, None, None
 
 
 class LocalNoise(torch.autograd.Function):
-    """Local reparameterisation: ``sqrt((x*x) sigma^2^T) * z``, ``z`` regenerated in backward."""
+    """Local reparameterisation: ``sqrt((x*x) sigma^2^T) * z``, ``z`` regenerated in backward.
+
+    ``compute`` is the dtype of its dense products, as for :class:`WeightNoise`.
+    """
 
     @staticmethod
-    def _std(x2: Tensor, v_A: Tensor, v_B: Tensor, scaling: float,
-             spec: LogVarSpec) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _std(x2: Tensor, v_A: Tensor, v_B: Tensor, scaling: float, spec: LogVarSpec,
+             compute: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor | None]:
         var, inside = half_log_var(v_A, v_B, scaling, spec)
         var.mul_(2.0).exp_()
-        return F.linear(x2, var).sqrt_(), var, inside
+        return F.linear(_in(x2, compute), _in(var, compute)).to(var.dtype).sqrt_(), var, inside
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, v_A: Tensor, v_B: Tensor, scaling: float,
-                spec: LogVarSpec, key: NoiseKey) -> Tensor:
-        std, _, _ = LocalNoise._std(x * x, v_A, v_B, scaling, spec)
-        out = std.mul_(key.normal(tuple(std.shape), std))
+                spec: LogVarSpec, key: NoiseKey, compute: torch.dtype | None = None) -> Tensor:
+        std, _, _ = LocalNoise._std(x * x, v_A, v_B, scaling, spec, compute)
+        out = std.mul_(key.normal(tuple(std.shape), std)).to(x.dtype)
         ctx.save_for_backward(x, v_A, v_B)
-        ctx.scaling, ctx.spec, ctx.key = scaling, spec, key
+        ctx.scaling, ctx.spec, ctx.key, ctx.compute = scaling, spec, key, compute
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, v_A, v_B = ctx.saved_tensors
+        compute = ctx.compute
         x2 = x * x
-        std, var, inside = LocalNoise._std(x2, v_A, v_B, ctx.scaling, ctx.spec)
+        std, var, inside = LocalNoise._std(x2, v_A, v_B, ctx.scaling, ctx.spec, compute)
         z = ctx.key.normal(tuple(std.shape), std)
         # out = sqrt(m2) * z with m2 = (x*x) var^T: d out / d m2 = z / (2 std)
-        grad_m2 = torch.where(std > 0, grad_out * z * 0.5 / std, torch.zeros_like(std))
+        grad_m2 = torch.where(std > 0, grad_out.to(std.dtype) * z * 0.5 / std,
+                              torch.zeros_like(std))
         del z, std
-        grad_x = 2.0 * x * (grad_m2 @ var) if ctx.needs_input_grad[0] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (2.0 * x * (_in(grad_m2, compute) @ _in(var, compute)).to(x.dtype))
         grad_A = grad_B = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             d_out, d_in = var.shape
             # dL/dlogv = dL/dvar * var = (grad_m2^T x2) * var; reuse the noise helper with
             # noise := 2 var (it multiplies by noise / 2)
-            grad_var = grad_m2.reshape(-1, d_out).t() @ x2.reshape(-1, d_in)
+            grad_var = (_in(grad_m2, compute).reshape(-1, d_out).t()
+                        @ _in(x2, compute).reshape(-1, d_in)).to(var.dtype)
             grad_A, grad_B = _log_var_grads(grad_var, var.mul_(2.0), inside, v_A, v_B,
                                             ctx.scaling,
                                             (ctx.needs_input_grad[1], ctx.needs_input_grad[2]))
-        return grad_x, grad_A, grad_B, None, None, None
+        return grad_x, grad_A, grad_B, None, None, None, None
 
 
 class ABMLLDelta:
@@ -293,7 +320,8 @@ class ABMLLDelta:
         spec = spec_of(self.spec, layer)
         base = layer.base
         if (self.mode == "weight" and self.fuse and base.weight.dtype == x.dtype
-                and not torch.is_autocast_enabled(x.device.type)):
+                and not torch.is_autocast_enabled(x.device.type)
+                and float32_products_are_exact(x.device.type)):
             p: tuple[Tensor | None, ...] = (None,) * 4
             ask = None
             if self.kl is not None:
@@ -306,7 +334,9 @@ class ABMLLDelta:
         if self.mode == "mean":
             return out
         noise_fn = WeightNoise if self.mode == "weight" else LocalNoise
-        return out + noise_fn.apply(x, f.v_A, f.v_B, s, spec, NoiseKey.take(x.device))
+        # the noise's dense products in the weights' precision (bfloat16 runs bfloat16)
+        compute = base.weight.dtype if base.weight.dtype != x.dtype else None
+        return out + noise_fn.apply(x, f.v_A, f.v_B, s, spec, NoiseKey.take(x.device), compute)
 
     def __repr__(self) -> str:
         return f"ABMLLDelta(mode={self.mode!r}, spec={self.spec!r}, fuse={self.fuse})"
