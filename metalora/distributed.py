@@ -2,8 +2,11 @@
 
 ``torchrun --nproc-per-node N $(which metalora) run ...`` starts N processes
 (ranks) with ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` set; each joins one
-:mod:`torch.distributed` process group (NCCL on GPUs, one device per rank;
-gloo on CPU). Then, per seed:
+:mod:`torch.distributed` process group (NCCL when the run's device is a GPU,
+gloo otherwise, ``--device cpu`` on a GPU machine included). Each rank takes
+the GPU ``cuda:LOCAL_RANK`` (``--device cuda`` or ``auto``); a fixed
+``--device cuda:N`` is refused under torchrun (it would put every rank on
+one GPU: choose GPUs with ``CUDA_VISIBLE_DEVICES``). Then, per seed:
 
 * every rank builds the learner from the same seed, so the global adapters
   start identical; after that each rank's random streams are its own;
@@ -19,7 +22,28 @@ gloo on CPU). Then, per seed:
   gathered on every rank: evaluation is per task and seeded by the task, so
   the numbers equal a single process's;
 * rank 0 writes the run directory; the other ranks write into a private
-  temporary copy that is deleted at the end.
+  temporary copy that is deleted at the end; ``run.json`` records every rank's
+  device and peak memory.
+
+What an epoch is under torchrun. An epoch is still one pass over the
+training tasks, but the N ranks share it: each takes ``T // N`` of the ``T``
+tasks, and every global (outer) step averages N tasks' gradients. So an
+epoch takes N times fewer global steps, each an average over N tasks: with
+the same ``--epochs`` and learning rates a torchrun run is *not* the
+one-process run (for a per-task learner like reptile or abmll, it is the
+one-process run with a meta-batch of N tasks; for lora, with an N-times
+larger batch). To keep the number of global steps of a one-process run,
+multiply ``--epochs`` by N (the same number of updates, each averaging N
+tasks, so less noisy); to keep the total compute, keep ``--epochs`` and,
+as for any larger batch, consider a larger learning rate. Inner loops
+(ABMLL's, reptile's, the test-time adaptation) are per task and unchanged.
+Evaluation equals a single process's exactly.
+
+Resuming: a checkpoint holds rank 0's random states (the CPU's, and the
+CUDA generator of rank 0's GPU only); the other ranks reseed from the seed,
+their rank and the epoch. So an interrupted run can be resumed with any
+number of ranks, or in one process; the result is then the run with that
+number of ranks from the resumed epoch on.
 """
 
 from __future__ import annotations
@@ -143,6 +167,14 @@ class Distributed:
         """Whether ``value`` is finite on every rank (they stop together)."""
         return math.isfinite(self.mean(0.0 if math.isfinite(value) else math.inf))
 
+    def gather_all(self, value: T) -> list[T]:
+        """Every rank's ``value``, in rank order, on every rank (``[value]`` in one process)."""
+        if not self.active:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def broadcast(self, value: T) -> T:
         """Rank 0's ``value`` on every rank."""
         if not self.active:
@@ -157,15 +189,30 @@ class Distributed:
         return torch.device("cpu")
 
 
-def from_environment() -> Distributed:
-    """The process group ``torchrun`` describes in the environment (joined once), or none."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+def world_size_from_environment() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when not started by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1").strip() or 1)
+
+
+def backend_for(device: str) -> str:
+    """The process-group backend for a run on ``device``: NCCL for GPUs, else gloo (also
+    for ``--device cpu`` on a machine that has GPUs: NCCL cannot reduce CPU tensors)."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def from_environment(device: str = "cpu") -> Distributed:
+    """The process group ``torchrun`` describes in the environment (joined once), or none.
+
+    ``device`` is the run's resolved device (``cuda`` or ``cpu``), which picks
+    the backend; on GPUs each rank is bound to ``cuda:LOCAL_RANK``.
+    """
+    world_size = world_size_from_environment()
     if world_size <= 1:
         return Distributed()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend_for(device)
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)

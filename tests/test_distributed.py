@@ -112,6 +112,13 @@ def test_two_ranks_train_one_model_on_different_tasks(tmp_path: Path) -> None:
         for key in ranks[0]:  # the global adapters stay identical on every rank
             assert torch.equal(ranks[0][key], ranks[1][key]), (name, key)
         assert any(key.endswith(".B") and ranks[0][key].abs().sum() > 0 for key in ranks[0])
+    # run.json: every rank's device and peak memory, per learner and seed
+    record = json.loads((run_dir / "run.json").read_text())
+    for name in TRAINED:
+        devices = record["seeds"][f"{name}/seed-0"]["devices"]
+        assert [d["rank"] for d in devices] == [0, 1] and {d["device"] for d in devices} == {
+            "cpu"}
+        assert all(d["peak_rss_mb"] > 0 for d in devices)
     steps = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     abmll_tasks = {s["task"] for s in steps if s.get("learner") == "abmll"
                    and s.get("kind") == "step"}
@@ -137,3 +144,90 @@ def test_a_single_process_is_not_distributed() -> None:
     assert from_environment() == Distributed()
     assert Distributed().deal([1, 2, 3]) == [1, 2, 3]
     assert Distributed().average_gradients([], 2.5) == 2.5
+
+
+# -- what a torchrun run is on a given device, and resuming with another number of ranks ----
+
+
+def test_the_backend_follows_the_runs_device_not_the_machine(monkeypatch) -> None:
+    from metalora.distributed import backend_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backend_for("cuda") == "nccl" and backend_for("cuda:0") == "nccl"
+    assert backend_for("cpu") == "gloo"  # --device cpu on a GPU machine: NCCL cannot
+
+
+def test_a_fixed_gpu_under_torchrun_is_refused_before_anything_loads(plugins,
+                                                                      monkeypatch) -> None:
+    from metalora.errors import MetaloraError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MetaloraError, match=r"--device cuda:1 under torchrun would put every "
+                                            r"rank on one GPU; give --device cuda"):
+        Engine(make_config(plugins, model="tiny", device="cuda:1"), plugins)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process may pick its GPU
+    Engine(make_config(plugins, model="tiny", device="cuda:1"), plugins)
+
+
+def test_run_json_names_the_gpu_the_run_is_on(plugins, monkeypatch) -> None:
+    from metalora.runs import provenance
+
+    asked: list = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: asked.append(d) or "G")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: asked.append(d) or 0)
+    session = provenance.session_record(plugins, "cuda:1", "bfloat16")
+    record = provenance.device_record("cuda:1")
+    assert session["cuda"] == "G" and record["name"] == "G"
+    assert asked and all(d == torch.device("cuda:1") for d in asked)  # not GPU 0
+
+
+def test_a_checkpoint_from_more_gpus_resumes_on_fewer(monkeypatch) -> None:
+    import random
+
+    from metalora.runs.checkpoint import capture_rng, restore_rng
+
+    state = capture_rng(random.Random(0))
+    state["cuda"] = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    put: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d=None: put.append((s, d)))
+    restore_rng(state, random.Random(1), torch.device("cuda:0"))  # two GPUs' states, one GPU
+    assert len(put) == 1 and int(put[0][0]) == 1 and put[0][1] == torch.device("cuda:0")
+    state["cuda"] = torch.tensor([7], dtype=torch.uint8)  # this version's: one GPU's
+    restore_rng(state, random.Random(1), torch.device("cuda:3"))
+    assert int(put[1][0]) == 7 and put[1][1] == torch.device("cuda:3")
+    restore_rng(state, random.Random(1), torch.device("cpu"))  # a GPU run resumed on CPU
+    assert len(put) == 2
+
+
+def _resume(rank: int, out: Path) -> None:
+    from metalora.runs.engine import Engine as RunEngine
+
+    RunEngine.from_run_dir(out / "runs" / "r", PluginManager(),
+                           console=Console(quiet=True)).execute()
+
+
+def test_a_one_process_run_interrupted_resumes_on_two_ranks(tmp_path: Path) -> None:
+    from metalora.runs.engine import RunCallback
+    from metalora.runs.state import RunInterrupted
+
+    class StopAfterFirstEpoch(RunCallback):
+        def on_epoch_end(self, learner, seed, epoch, validation) -> None:
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    config = make_config(PluginManager(), learner=["reptile"], model="tiny", tasks="demo",
+                         device="cpu", epochs=2, max_train_tasks=4, max_eval_tasks=1,
+                         query_cap=4, plots=False, tensorboard=False, lr=1e-3, inner_steps=2,
+                         output_dir=str(tmp_path / "runs"), run_name="r")
+    with pytest.raises(RunInterrupted):
+        Engine(config, PluginManager(), console=Console(quiet=True),
+               callbacks=[StopAfterFirstEpoch()]).execute()
+    run_ranks(_resume, tmp_path)
+    run_dir = tmp_path / "runs" / "r"
+    assert json.loads((run_dir / "state.json").read_text())["status"] == "finished"
+    steps = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()
+             if '"step"' in line and '"kind": "step"' in line]
+    per_epoch = [sum(1 for s in steps if s["epoch"] == e) for e in (0, 1)]
+    assert per_epoch == [4 * 3, 2 * 3]  # epoch 2 on two ranks: rank 0 logged its 2 tasks

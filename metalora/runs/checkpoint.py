@@ -76,7 +76,11 @@ class Checkpoint:
 
 # -- RNG states ------------------------------------------------------------------------
 def capture_rng(learner_rng: random.Random, device: torch.device | None = None) -> dict[str, Any]:
-    """Every RNG state training may consume, in a form ``torch.load(weights_only=True)`` reads."""
+    """Every RNG state training may consume, in a form ``torch.load(weights_only=True)`` reads.
+
+    On a GPU only that GPU's generator is saved (not every GPU's), so that a
+    checkpoint can be resumed on a machine with another number of GPUs.
+    """
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         "learner": learner_rng.getstate(),
@@ -92,12 +96,18 @@ def capture_rng(learner_rng: random.Random, device: torch.device | None = None) 
         "cuda": None,
     }
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict[str, Any], learner_rng: random.Random) -> None:
-    """Put back what :func:`capture_rng` captured."""
+def restore_rng(state: dict[str, Any], learner_rng: random.Random,
+                device: torch.device | None = None) -> None:
+    """Put back what :func:`capture_rng` captured; a GPU generator goes to ``device``'s GPU.
+
+    Checkpoints of earlier versions hold every GPU's generator (a list): the
+    entry of ``device``'s index is used, if the list has one. Without a GPU
+    the GPU state is left out (the run then continues on the CPU).
+    """
     learner_rng.setstate(_as_tuple(state["learner"]))
     random.setstate(_as_tuple(state["python"]))
     npy = state["numpy"]
@@ -107,8 +117,15 @@ def restore_rng(state: dict[str, Any], learner_rng: random.Random) -> None:
         "has_gauss": npy["has_gauss"], "gauss": npy["gauss"],
     })
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, list | tuple):  # every GPU's, from an earlier version
+        index = device.index or 0
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def _as_tuple(value: Any) -> Any:

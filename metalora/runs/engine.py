@@ -88,7 +88,7 @@ from metalora.runs.rundir import (
     truncate_file,
     write_json,
 )
-from metalora.runs.setup import RunSetup
+from metalora.runs.setup import RunSetup, resolve_device
 from metalora.runs.state import (
     RunInterrupted,
     load_state,
@@ -244,7 +244,7 @@ class Engine(RunSetup):
 
     def _join_ranks(self) -> None:
         """Join a torchrun process group, if any; refuse learners that cannot train in one."""
-        self.distributed = from_environment()
+        self.distributed = from_environment(resolve_device(self.run.device))
         if not self.distributed.active:
             return
         registry = self.plugins.registry("learner")
@@ -299,7 +299,7 @@ class Engine(RunSetup):
             if resumed is not None:
                 learner.adapters.restore(resumed.adapters)
                 learner.load_state_dict(resumed.learner_state)
-                restore_rng(resumed.rng, learner.context.rng)
+                restore_rng(resumed.rng, learner.context.rng, learner.context.device)
                 training = resumed.training
                 truncate_file(log_path, training.log_offset)
                 purge_step: int | None = training.global_step + 1
@@ -345,7 +345,8 @@ class Engine(RunSetup):
             return seed_result
         finally:
             learner.adapters.remove()
-            self.record.end_seed(key, self.device(), finished=(out / METRICS_FILE).exists())
+            self.record.end_seed(key, self.device(), finished=(out / METRICS_FILE).exists(),
+                                 gather=self.distributed.gather_all)
 
     def _progress(self) -> contextlib.AbstractContextManager[Progress]:
         """Progress bars in a terminal; elsewhere none (:meth:`_progress_line` reports)."""

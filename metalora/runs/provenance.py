@@ -31,11 +31,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 import metalora
 from metalora.models.smollm2 import gguf_path
@@ -112,7 +114,8 @@ def session_record(plugins: PluginManager, device: str, dtype: str) -> dict[str,
         "plugins": [{"plugin": n, "package": plugins.provider(n),
                      "version": version(plugins.provider(n))} for n in plugins.plugin_names()],
         "device": device,
-        "cuda": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "cuda": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda")
+        else None,
         "dtype": dtype,
     }
 
@@ -134,26 +137,48 @@ class RunRecord:
         write_json(self.path, self.data)
 
     def start_seed(self, key: str, device: str) -> None:
-        """Start timing ``<learner>/seed-<s>`` (and reset the CUDA peak)."""
+        """Start timing ``<learner>/seed-<s>`` (and reset the peak of this process's GPU)."""
         self._started[key] = time.perf_counter()
         if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(torch.device(device))
 
-    def end_seed(self, key: str, device: str, finished: bool) -> None:
+    def end_seed(self, key: str, device: str, finished: bool,
+                 gather: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None) -> None:
         """Add the wall time of ``key`` since :meth:`start_seed` (also when it was interrupted
-        or failed: ``finished`` says which) and its peak memory."""
+        or failed: ``finished`` says which) and its peak memory.
+
+        ``devices`` lists every process's device and peaks: one entry in a
+        plain run, one per rank under torchrun (``gather`` collects them; every
+        rank must call this). The top-level peaks are this process's (rank 0's).
+        """
         spent = time.perf_counter() - self._started.pop(key)
+        mine = device_record(device)
+        devices = gather(mine) if gather is not None else [mine]
         earlier = self.data["seeds"].get(key, {})
         entry: dict[str, Any] = {
             "wall_s": round(earlier.get("wall_s", 0.0) + spent, 2),
             "sessions": earlier.get("sessions", 0) + 1,
-            "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+            "peak_rss_mb": mine["peak_rss_mb"],
             "finished": datetime.now().isoformat(timespec="seconds") if finished else None,
+            "devices": devices,
         }
-        if device.startswith("cuda"):
-            entry["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if "peak_cuda_mb" in mine:
+            entry["peak_cuda_mb"] = mine["peak_cuda_mb"]
         self.data["seeds"][key] = entry
         write_json(self.path, self.data)
+
+
+def device_record(device: str) -> dict[str, Any]:
+    """This process's device, its name, and peak memory (host RSS; the GPU's allocations)."""
+    record: dict[str, Any] = {"device": device,
+                              "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}
+    if device.startswith("cuda"):
+        where = torch.device(device)
+        record["name"] = torch.cuda.get_device_name(where)
+        record["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(where) / 2**20, 1)
+    if dist.is_available() and dist.is_initialized():
+        record["rank"] = dist.get_rank()
+    return record
 
 
 def peak_rss_bytes() -> int:

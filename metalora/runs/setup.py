@@ -32,7 +32,7 @@ from metalora.config import (
     setting_conflicts,
     settings_dict,
 )
-from metalora.distributed import Distributed
+from metalora.distributed import Distributed, world_size_from_environment
 from metalora.episodes import Episode, EpisodeSampler
 from metalora.errors import MetaloraError
 from metalora.interfaces import DataOptions, Learner, LearnerContext, Logger, Metric, Prior
@@ -171,6 +171,11 @@ class RunSetup:
             raise MetaloraError("no target module given (--target-modules ''); give e.g. "
                                 "q_proj,v_proj,o_proj")
         resolve_device(self.run.device)
+        if world_size_from_environment() > 1 and re.match(r"^cuda:\d+$", self.run.device):
+            raise MetaloraError(
+                f"--device {self.run.device} under torchrun would put every rank on one GPU; "
+                "give --device cuda (each rank takes cuda:LOCAL_RANK) and choose the GPUs "
+                "with CUDA_VISIBLE_DEVICES")
         if not self.run.seeds:
             raise MetaloraError("no seed given; pass e.g. --seeds 0 or --seeds 0,1,2")
         if len(set(self.run.seeds)) != len(self.run.seeds):
@@ -291,7 +296,8 @@ class RunSetup:
         return autocast(self.device(), self.run.autocast)
 
     def device(self) -> str:
-        """The resolved ``device`` setting; under torchrun on GPUs, this rank's GPU."""
+        """The resolved ``device`` setting; under torchrun on GPUs, this rank's GPU
+        (``cuda:LOCAL_RANK``)."""
         device = resolve_device(self.run.device)
         if self.distributed.active and device == "cuda":
             return f"cuda:{self.distributed.local_rank}"
