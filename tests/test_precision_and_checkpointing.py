@@ -389,3 +389,34 @@ def test_every_learner_runs_in_every_precision_and_checkpointing_cell(
              if '"loss"' in line]
     trained = {s["learner"] for s in steps if math.isfinite(s["loss"])}
     assert trained == set(learners) - {"pretrained"}, trained
+
+
+def test_abmlls_kl_and_prior_stay_float32_inside_an_autocast_context(plugins) -> None:
+    """The regularisers are the adapters' own arithmetic: autocast must not lower them."""
+    from metalora_plugins.abmll.objective import backward_regularisers
+    from metalora_plugins.abmll.pairs import global_factors, task_factors
+
+    engine = _engine(plugins, learner=["abmll"], log_var_init=-6.0, beta=1.0)
+    learner = engine.build_learner("abmll", 0)
+    try:
+        with torch.no_grad():
+            for p in learner.adapters.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator()
+                                          .manual_seed(p.numel())))
+        layers = list(learner.adapters.layers.values())
+        grads = []
+        for context in (torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False),
+                        torch.autocast("cpu", enabled=False)):
+            for p in learner.adapters.parameters():
+                p.grad = None
+            with context, _OpDtypes() as seen:
+                terms = backward_regularisers(layers, task_factors, global_factors,
+                                              learner.specs, 1.0, 1.0, learner.prior)
+            assert {dt for _, _, dt in seen.products} == {torch.float32}
+            grads.append(([p.grad.clone() for p in learner.adapters.parameters()], terms))
+    finally:
+        learner.adapters.remove()
+    (under, under_terms), (plain, plain_terms) = grads
+    assert float(under_terms.prior) == float(plain_terms.prior)
+    for a, b in zip(under, plain, strict=True):
+        assert torch.equal(a, b)

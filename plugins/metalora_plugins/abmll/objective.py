@@ -276,6 +276,10 @@ def prior_terms(layers: Iterable[AdaptedLinear], p_of: FactorsOf, specs: Specs,
     total: Tensor | float = 0.0
     with torch.no_grad():
         for layer in layers:
+            if torch.is_autocast_enabled(layer.base.weight.device.type):
+                with torch.autocast(layer.base.weight.device.type, enabled=False):
+                    total = total + prior_terms([layer], p_of, specs, prior, workspace)
+                continue
             p = p_of(layer).detach()
             shape = (p.v_B.shape[0], p.v_A.shape[1])
             out = (None, None) if workspace is None else (workspace.get(0, shape, p.v_A),
@@ -309,8 +313,11 @@ def backward_regularisers(layers: Iterable[AdaptedLinear], q_of: FactorsOf, p_of
         with_kl = id(layer) not in kl_done
         if not with_kl and prior is None:
             continue
-        kl, nlp = _layer_backward(q_of(layer), p_of(layer), layer.scaling,
-                                  spec_of(specs, layer), beta, gamma, prior, workspace, with_kl)
+        # float32 arithmetic also inside the engine's autocast context (the adapters' own)
+        with torch.autocast(layer.base.weight.device.type, enabled=False):
+            kl, nlp = _layer_backward(q_of(layer), p_of(layer), layer.scaling,
+                                      spec_of(specs, layer), beta, gamma, prior, workspace,
+                                      with_kl)
         kl_total = kl_total + kl
         prior_total = prior_total + nlp
     return Regularisers(kl=torch.as_tensor(kl_total).cpu(),
