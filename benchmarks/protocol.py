@@ -39,11 +39,16 @@ Stage ``ablation`` (the paper's Table 3 at this protocol, one seed as in the
 paper): abmll at one learning rate, the one kept for its ``first-order``
 reading (the reading the ablation was designed under; both readings' cells
 run at it, so they differ in nothing else), for beta in {1, 1e-5, 1e-8, 1e-16}
-under both readings of the outer step at c = -20; then, at beta = 1e-8, c in
-{-12, -9}, first for the reading with the higher validation accuracy at
-beta = 1e-8, then for the other (run before the other beta cells, and
-evaluated with 8 samples first, since weight noise can only matter at a
-larger variance). Stage
+under both readings of the outer step at c = -20; then c in {-12, -9} with
+lambda = beta * e^-c held at the default's 4.85 (beta = 1e-8 * e^(20 + c):
+2.98e-5 and 5.99e-4), first for the reading with the higher validation
+accuracy at beta = 1e-8, then for the other (run before the other beta
+cells, and evaluated with 8 samples first, since weight noise can only
+matter at a larger variance). Holding lambda matters: under ``literal``
+beta and c act on the means only through lambda (the strength of the pull
+of phi towards theta, whose scale AdamW divides away), so a c cell at a
+fixed beta would change that pull by e^8 or e^11 together with the noise.
+Stage
 ``samples``: every finished ablation run evaluated again on the validation
 tasks with 8 weight samples (``metalora eval RUN --split validation --set
 eval_samples=8``: Bayesian model averaging, no retraining); with 1 sample that
@@ -82,6 +87,13 @@ ABLATION_LR_READING = "first-order"
 """The reading whose kept learning rate every ablation cell runs at (see ablation_lr)."""
 SAMPLES = 8
 """Weight samples of the Bayesian-model-averaging evaluation (stage ``samples``)."""
+C_CELLS = ("-12", "-9")
+"""The larger initial log-variances of the ablation, each with lambda held."""
+
+
+def lambda_held_beta(c: str) -> str:
+    """The beta that keeps lambda = beta * e^-c at the default's 1e-8 * e^20 for ``c``."""
+    return f"{float(DEFAULT_BETA) * math.exp(20 + float(c)):.3g}"
 
 
 @dataclass(frozen=True)
@@ -200,7 +212,7 @@ class Protocol:
         lr = self.ablation_lr()
         if beta == DEFAULT_BETA and c == "-20":
             return Variant("abmll", reading).run_name(lr, 0)  # that reading's selection run
-        suffix = "" if c == "-20" else f"-c{c}"
+        suffix = "" if c == "-20" else f"-c{c}-lambda-held"
         return f"abmll-lr{lr}-{reading}-beta{beta}{suffix}-seed0"
 
     def better_reading(self) -> str | None:
@@ -221,10 +233,11 @@ class Protocol:
                 jobs.append(Job(self.ablation_name(reading, beta), "abmll", 0, options))
         if self.better_reading() is not None:
             for reading in READINGS:
-                for c in ("-12", "-9"):
-                    options = (*Variant("abmll", reading).options(lr), "--beta", DEFAULT_BETA,
+                for c in C_CELLS:
+                    beta = lambda_held_beta(c)
+                    options = (*Variant("abmll", reading).options(lr), "--beta", beta,
                                "--log-var-init", c)
-                    jobs.append(Job(self.ablation_name(reading, DEFAULT_BETA, c), "abmll", 0,
+                    jobs.append(Job(self.ablation_name(reading, beta, c), "abmll", 0,
                                     options))
         return jobs
 
@@ -368,7 +381,7 @@ class Protocol:
                  "test acc | test ECE | max sigma_theta |",
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         cells = [(r, b, "-20") for b in BETAS for r in READINGS]
-        cells += [(r, DEFAULT_BETA, c) for r in READINGS for c in ("-12", "-9")]
+        cells += [(r, lambda_held_beta(c), c) for r in READINGS for c in C_CELLS]
         for reading, beta, c in cells:
             name = self.ablation_name(reading, beta, c)
             if not self.finished(name):
