@@ -15,7 +15,6 @@ command line overrides both.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
@@ -129,9 +128,10 @@ class ResolvedConfig:
     def run(self) -> RunSettings:
         return build_run_settings(self.values)
 
-    def given(self) -> dict[str, Any]:
-        """The explicitly given values."""
-        return dict(self.values)
+    def copy(self) -> ResolvedConfig:
+        """A copy whose values and learner tables can change without touching this one."""
+        return ResolvedConfig(values=dict(self.values), infos=self.infos,
+                              learner_values={k: dict(v) for k, v in self.learner_values.items()})
 
 
 def apply_recommended(config: ResolvedConfig, recommended: Mapping[str, Any],
@@ -332,11 +332,6 @@ def resolve_config(infos: Mapping[str, SettingInfo],
                 continue  # the command line overrides the file
             learner_values.setdefault(learner, {})[key] = coerce(infos[key], value)
     return ResolvedConfig(values=values, infos=dict(infos), learner_values=learner_values)
-
-
-def dump_config(data: Mapping[str, Any], path: Path) -> None:
-    """Write a resolved configuration as JSON (readable back with ``--config``)."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:

@@ -285,9 +285,3 @@ def get_plugin_manager() -> PluginManager:
     if _manager is None:
         _manager = PluginManager()
     return _manager
-
-
-def reset_plugin_manager() -> None:
-    """Forget the process-wide manager (the next call reloads entry points)."""
-    global _manager
-    _manager = None

@@ -178,10 +178,22 @@ def merge_infos(groups: list[list[SettingInfo]], conflicts: dict[str, str] | Non
 def build_settings(settings_cls: type, values: Mapping[str, Any],
                    owner: str | None = None) -> Any:
     """Instantiate ``settings_cls`` from the values that were given (others keep defaults),
-    checked (:func:`validate_settings`; ``owner`` is named in an error)."""
+    checked field by field (:func:`validate_settings`; ``owner`` is named in an error) and
+    then as a whole: a settings class may define ``check(self)``, raising
+    :class:`~metalora.errors.MetaloraError` for values that are fine alone but not together
+    (e.g. an initial value outside its own clamp). The core builds every selected plugin's
+    settings before anything loads, so such an error is one line before any work."""
     names = {f.name for f in dataclasses.fields(settings_cls)}
     given = {k: v for k, v in values.items() if k in names and v is not None}
-    return validate_settings(settings_cls(**given), owner)
+    settings = validate_settings(settings_cls(**given), owner)
+    check = getattr(settings, "check", None)
+    if callable(check):
+        try:
+            check()
+        except MetaloraError as exc:
+            prefix = f"{owner}: " if owner and not str(exc).startswith(f"{owner}:") else ""
+            raise MetaloraError(f"{prefix}{exc}") from None
+    return settings
 
 
 def coerce(info: SettingInfo, value: Any) -> Any:

@@ -23,8 +23,8 @@ from metalora.runs.engine import Engine
 from metalora_plugins.abmll.pairs import LOGV_THETA, MU_PHI, MU_THETA
 from tests.conftest import make_config
 
-WORDS = ("apple river stone cloud green table light music paper glass horse bread chair "
-         "water plant smile").split()
+WORDS = ["apple", "river", "stone", "cloud", "green", "table", "light", "music", "paper",
+         "glass", "horse", "bread", "chair", "water", "plant", "smile"]
 
 
 def _task(name: str, p_first: float, n: int = 40) -> Task:

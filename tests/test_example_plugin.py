@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import metalora.api as ml
 from metalora.cli import build_app
 from metalora.config import all_setting_infos, resolve_config
 from metalora.plugins import PluginManager
@@ -118,13 +119,15 @@ def test_the_example_readme_lists_every_setting_with_its_default():
 # --8<-- [start:unit-test]
 def test_metasgd_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("METALORA_PLUGINS", "demo,metrics")  # installed plugins to load
-    plugins = PluginManager()
-    plugins.register(metalora_metasgd, name="metasgd")  # and this one, registered in code
-    result = CliRunner().invoke(build_app(plugins), [
-        "run", "--learner", "metasgd", "--tasks", "demo", "--model", "tiny",
-        "--output-dir", str(tmp_path), "--max-train-tasks", "2", "--max-eval-tasks", "1",
-        "--query-cap", "8"])
-    assert result.exit_code == 0, result.output
+    plugins = ml.plugins(metalora_metasgd)  # and this one, registered in code
+    summary = ml.train(plugins=plugins, learner=["metasgd"], tasks="demo", model="tiny",
+                       output_dir=str(tmp_path), max_train_tasks=2, max_eval_tasks=1,
+                       query_cap=8, plots=False)
+    accuracy, _ = summary.summary()["metasgd"]["accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+    outer = [log for log in map(json.loads, (summary.run_dir / "log.jsonl").open())
+             if log.get("phase") == "outer"]
+    assert outer[0]["alpha_mean"] != outer[-1]["alpha_mean"]  # the learned rates moved
 # --8<-- [end:unit-test]
 
 

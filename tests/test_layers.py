@@ -1,7 +1,8 @@
 """The core's layers, read from the imports (AST), so that a cycle or an upward import cannot
 come back unnoticed.
 
-From the top: ``metalora.cli`` (the commands), ``metalora.runs`` (set-up, the training loop,
+From the top: ``metalora.cli`` (the commands), ``metalora.api`` (the Python API the commands
+wrap), ``metalora.runs`` (set-up, the training loop,
 the run directory), the components (adapters, batching, episodes, evaluation, models, plugin
 manager, config, pruning, ...), and the interfaces with the few modules they are made of
 (errors, settings, records, hookspecs, the process group, the LoRA defaults). A module may
@@ -28,9 +29,10 @@ INTERFACES = 0
 COMPONENTS = 1
 PUBLIC_API = 2
 RUNS = 3
-CLI = 4
+API = 4
+CLI = 5
 LAYER_NAMES = {INTERFACES: "interfaces", COMPONENTS: "components", PUBLIC_API: "public API",
-               RUNS: "runs", CLI: "cli"}
+               RUNS: "runs", API: "api", CLI: "cli"}
 INTERFACE_MODULES = {"metalora.errors", "metalora.settings", "metalora.records",
                      "metalora.adapter_config",
                      "metalora.hookspecs", "metalora.activity", "metalora.distributed",
@@ -52,6 +54,8 @@ def layer(module: str) -> int:
         return PUBLIC_API
     if module == "metalora.cli" or module.startswith("metalora.cli."):
         return CLI
+    if module == "metalora.api":
+        return API
     if module == "metalora.runs" or module.startswith("metalora.runs."):
         return RUNS
     if module.startswith("metalora.interfaces") or module in INTERFACE_MODULES:
@@ -119,6 +123,7 @@ def test_the_import_reader_sees_what_python_imports():
     assert ("metalora.batching", True) in learner_edges
     assert ("metalora.distributed", False) in learner_edges
     assert layer("metalora.cli.run") == CLI and layer("metalora.runs.state") == RUNS
+    assert layer("metalora.api") == API
     assert layer("metalora.adapters") == COMPONENTS and layer("metalora.errors") == INTERFACES
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from metalora import api
 from metalora.cli.options import parse_set_values, run_dir_argument, set_option
 from metalora.cli.render import console, err_console
 from metalora.files import require_writable_directory
 from metalora.plugins import PluginManager
-from metalora.runs.adaptation import Adaptation, adapt_run
+from metalora.runs.adaptation import Adaptation
 
 ADAPT_HELP = ("Adapt a finished run's tested adapters to your own task on a few labelled "
               "support records (--support), then predict each query record (--query; "
@@ -37,14 +38,19 @@ def make_adapt_command(plugins: PluginManager):
         out: Path | None = typer.Option(None, "--out", metavar="FILE",
                                         help="Write the predictions here as JSON lines."),
         device: str | None = typer.Option(None, "--device", help="Device to adapt on."),
+        save_adapter: Path | None = typer.Option(
+            None, "--save-adapter", metavar="DIR",
+            help="Also write the task-adapted adapter to DIR (new or empty) in PEFT format, "
+                 "loadable with PeftModel.from_pretrained on the run's base model (for "
+                 "ABMLL its mean, with the variance pair beside it)."),
         set_values: list[str] | None = set_option(
             "Change an evaluation-time setting (repeatable), e.g. eval_samples=8."),
     ) -> None:
         if out is not None:
             require_writable_directory(out.resolve().parent, "--out directory")
-        result = adapt_run(run_dir, support, query, learner=learner, seed=seed,
+        result = api.adapt(run_dir, support, query, learner=learner, seed=seed,
                            settings=parse_set_values(set_values), device=device,
-                           plugins=plugins)
+                           save_adapter=save_adapter, plugins=plugins)
         console.print(predictions_table(result))
         if result.metrics:
             console.print(f"over the {result.labelled} labelled query records: " + ", ".join(
@@ -52,6 +58,11 @@ def make_adapt_command(plugins: PluginManager):
         if out is not None:
             result.write_jsonl(out)
             err_console.print(f"predictions written to {out}")
+        if save_adapter is not None:
+            err_console.print(f"adapted adapter written to {save_adapter}: "
+                              f"{', '.join(result.saved)}; load with "
+                              f"PeftModel.from_pretrained(base_model, {str(save_adapter)!r})",
+                              soft_wrap=True, highlight=False)
 
     return adapt
 

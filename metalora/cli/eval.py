@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
+from metalora import api
 from metalora.cli.options import parse_set_values, run_dir_argument, set_option
 from metalora.cli.render import err_console, print_results
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginManager
-from metalora.runs.reevaluation import evaluate_run
 
 EVAL_HELP = ("Evaluate a finished run's tested adapters again with the shared protocol, on its "
              "own suite's test tasks, another suite's (--tasks) or the validation tasks "
@@ -40,21 +39,18 @@ def make_eval_command(plugins: PluginManager):
             "Change a setting for this evaluation (repeatable), e.g. eval_samples=8 or "
             "adapt_lr=2e-4; the adapters stay the run's."),
     ) -> None:
-        overrides: dict[str, Any] = {}
-        if learner:
-            overrides["learner"] = [n.strip() for n in learner.split(",") if n.strip()]
+        chosen_seeds = None
         if seeds:
             try:
-                overrides["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
+                chosen_seeds = [int(s) for s in seeds.split(",") if s.strip()]
             except ValueError:
                 raise MetaloraError(f"--seeds must be comma-separated integers, got {seeds!r}"
                                     ) from None
-        if device:
-            overrides["device"] = device
-        summary = evaluate_run(run_dir, plugins, tasks=tasks, data_dir=data_dir,
-                               overrides=overrides, split=split,
-                               settings=parse_set_values(set_values),
-                               console=err_console)
+        summary = api.evaluate(
+            run_dir, split=split, tasks=tasks, data_dir=data_dir,
+            learner=[n.strip() for n in learner.split(",") if n.strip()] if learner else None,
+            seeds=chosen_seeds, device=device or None, settings=parse_set_values(set_values),
+            plugins=plugins, console=err_console)
         print_results(summary, per_task=per_task)
 
     return eval_run

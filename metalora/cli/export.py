@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
+from metalora import api
 from metalora.cli.render import console
 from metalora.errors import unknown_choice
 from metalora.plugins import PluginManager
-from metalora.runs.export import FORMATS, export_peft
+from metalora.runs.export import FORMATS
 
 EXPORT_HELP = (
     "Export a run's global mean adapters (one learner and seed, the tested adapters) as a "
@@ -38,8 +39,8 @@ def make_export_command(plugins: PluginManager):
     ) -> None:
         if format not in FORMATS:
             raise unknown_choice("export format", format, FORMATS)
-        result = export_peft(run_dir, plugins, out, learner=learner, seed=seed,
-                             overwrite=overwrite)
+        result = api.export(run_dir, out, learner=learner, seed=seed, overwrite=overwrite,
+                            plugins=plugins)
         epoch = "" if result.tested_epoch is None else f", epoch {result.tested_epoch}"
         console.print(
             f"Exported {result.learner} seed {result.seed}{epoch} (pair {result.mean_pair!r}, "

@@ -7,18 +7,16 @@ from typing import Any
 
 import typer
 
+from metalora import api
 from metalora.cli.options import keyword, option_help, setting_parameters, with_parameters
 from metalora.cli.render import console, err_console, print_prune_results
 from metalora.config import (
     all_setting_infos,
-    config_sections,
-    read_config_file,
     resolve_config,
 )
 from metalora.errors import MetaloraError, unknown_choice
 from metalora.plugins import PluginManager
 from metalora.pruning import DEFAULT_RATIOS, SCOPES, parse_ratios
-from metalora.runs.prune import prune_fresh, prune_run
 from metalora.runs.setup import RUN_OVERRIDES
 from metalora.settings import SettingInfo
 
@@ -55,16 +53,13 @@ def make_prune_command(plugins: PluginManager):
                                     "with RUN_DIR (the run's recorded settings are used)")
             given = {k: v for k, v in kwargs.items() if v is not None}
             overrides = resolve_config(infos, {}, given).values
-            summary = prune_run(run_dir, ratios, plugins, pruner=pruner, scope=scope,
-                                baseline=baseline, overrides=overrides,
-                                console=err_console)
+            summary = api.prune(run_dir, ratios, pruner=pruner, scope=scope,
+                                baseline=baseline, plugins=plugins, console=err_console,
+                                **overrides)
         else:
-            learners = plugins.registry("learner").names()
-            file_values = (read_config_file(config_path, learners, config_sections(plugins))
-                           if config_path else {})
-            resolved = resolve_config(infos, file_values, kwargs)
-            summary = prune_fresh(resolved, ratios, plugins, pruner=pruner, scope=scope,
-                                  baseline=baseline, console=err_console)
+            spec = api.run_spec(config_path, plugins=plugins, **kwargs)
+            summary = api.prune(None, ratios, pruner=pruner, scope=scope, baseline=baseline,
+                                spec=spec, plugins=plugins, console=err_console)
         print_prune_results(summary, console)
 
     def help_for(info: SettingInfo) -> str:

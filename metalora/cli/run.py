@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from metalora import api
 from metalora.cli.options import keyword, setting_parameters, with_parameters
 from metalora.cli.render import err_console, print_results
-from metalora.config import (
-    all_setting_infos,
-    config_sections,
-    read_config_file,
-    resolve_config,
-)
+from metalora.config import all_setting_infos
 from metalora.errors import MetaloraError
 from metalora.plugins import PluginManager
-from metalora.runs.engine import Engine
 from metalora.runs.state import RunInterrupted
 
 RUN_HELP = (
@@ -44,17 +40,15 @@ def make_run_command(plugins: PluginManager):
             if given:
                 raise MetaloraError(
                     f"--resume continues a run with its recorded settings; remove {given[0]}")
-            engine = Engine.from_run_dir(resume, plugins, console=err_console)
-        else:
-            learners = plugins.registry("learner").names()
-            file_values = (read_config_file(config_path, learners, config_sections(plugins))
-                           if config_path else {})
-            resolved = resolve_config(infos, file_values, kwargs)
-            engine = Engine(resolved, plugins, console=err_console)
+        main_rank = os.environ.get("RANK", "0").strip() in ("", "0")
         try:
-            summary = engine.execute()
+            if resume is not None:
+                summary = api.resume(resume, plugins=plugins, console=err_console)
+            else:
+                spec = api.run_spec(config_path, plugins=plugins, **kwargs)
+                summary = api.train(spec, plugins=plugins, console=err_console)
         except RunInterrupted as exc:
-            if not engine.distributed.is_main:  # rank 0 says where the run is
+            if not main_rank:  # rank 0 says where the run is
                 raise typer.Exit(130) from None
             where = f" ({exc.detail})" if exc.detail else ""
             err_console.print(
@@ -62,7 +56,7 @@ def make_run_command(plugins: PluginManager):
                 f"epoch checkpoint are in {exc.run_dir}", highlight=False, soft_wrap=True)
             err_console.print(f"Resume with: {exc.resume_command}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
-        if engine.distributed.is_main:
+        if main_rank:
             print_results(summary, per_task=per_task)
 
     params = [

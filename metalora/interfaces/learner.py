@@ -126,6 +126,13 @@ class Learner(ABC):
     its global parameters over the ranks (``context.distributed.average_gradients``)
     before every global step, on every rank, and takes the same number of steps per task."""
 
+    export_sidecar_pairs: ClassVar[tuple[str, ...] | None] = None
+    """The pairs ``metalora export`` writes beside the PEFT weights of :attr:`mean_pair`
+    (``None``: every other pair)."""
+    adapted_pairs: ClassVar[tuple[str, ...]] = ()
+    """After :meth:`adapt`: the pair holding the task-adapted mean update, then any pairs
+    to save beside it (``metalora adapt --save-adapter``); empty: :attr:`mean_pair` alone
+    (a learner that adapts its one pair in place)."""
     supports_gradient_checkpointing: ClassVar[bool] = True
     """False when the learner cannot train with ``gradient_checkpointing`` (e.g. it computes
     gradients with :mod:`torch.func`, which does not support the saved-tensor hooks that

@@ -86,6 +86,8 @@ class Adaptation:
     """How many query records have a label."""
     samples: int = 1
     """Weight samples averaged per prediction (1: a single set of weights)."""
+    saved: list[str] = field(default_factory=list)
+    """The files of the task-adapted adapter written (``save_adapter``), if any."""
 
     def write_jsonl(self, path: Path | str) -> None:
         """Every prediction as one JSON line (written atomically)."""
@@ -108,7 +110,7 @@ def read_records(path: Path | str, *, labelled: bool = True) -> list[QueryRecord
         if not line.strip():
             continue
         try:
-            records.append(_record(json.loads(line), labelled))
+            records.append(record_from_mapping(json.loads(line), labelled))
         except (ValueError, MetaloraError) as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise MetaloraError(f"{path}, line {number}: {reason}") from None
@@ -117,8 +119,10 @@ def read_records(path: Path | str, *, labelled: bool = True) -> list[QueryRecord
     return records
 
 
-def _record(data: Any, labelled: bool) -> QueryRecord:
-    if not isinstance(data, dict):
+def record_from_mapping(data: Any, labelled: bool) -> QueryRecord:
+    """A record from a MetaICL-style mapping ``{"input", "options", "output"}`` (``output``
+    required when ``labelled``); ``ValueError`` saying what is wrong otherwise."""
+    if not isinstance(data, Mapping):
         raise ValueError("expected a JSON object {\"input\", \"output\", \"options\"}")
     options = data.get("options")
     if not isinstance(options, list) or not options or not all(isinstance(o, str)
@@ -141,11 +145,16 @@ def _record(data: Any, labelled: bool) -> QueryRecord:
 def adapt_run(run_dir: Path | str, support: Path | str | Sequence[QueryRecord],
               query: Path | str | Sequence[QueryRecord], *, learner: str | None = None,
               seed: int | None = None, settings: Mapping[str, Any] | None = None,
-              device: str | None = None, plugins: PluginManager | None = None) -> Adaptation:
+              device: str | None = None, save_adapter: Path | str | None = None,
+              plugins: PluginManager | None = None) -> Adaptation:
     """Adapt a finished run's tested adapters on ``support`` and score ``query`` (see the
     module). ``learner`` and ``seed`` default to the run's only (else first trained) learner
-    and its first seed; ``settings`` changes evaluation-time settings (``eval_samples``)."""
+    and its first seed; ``settings`` changes evaluation-time settings (``eval_samples``).
+    ``save_adapter``: a directory (new or empty) the task-adapted adapter is written to in
+    PEFT format (its mean; for ABMLL the variance pair beside it)."""
     plugins = plugins or get_plugin_manager()
+    if save_adapter is not None:
+        _empty_directory(Path(save_adapter))
     support_records = read_records(support) if isinstance(support, str | Path) else support
     query_records = (read_records(query, labelled=False) if isinstance(query, str | Path)
                      else query)
@@ -159,9 +168,34 @@ def adapt_run(run_dir: Path | str, support: Path | str | Sequence[QueryRecord],
     fitted = load_tested_learner(setup, Path(run_dir), name, chosen_seed)
     try:
         return _adapt_and_predict(setup, fitted, name, chosen_seed, support_records,
-                                  query_records)
+                                  query_records, save_adapter=save_adapter,
+                                  run_dir=Path(run_dir))
     finally:
         fitted.adapters.remove()
+
+
+def _empty_directory(path: Path) -> None:
+    """``path`` is a new or empty directory that can be written: else one error line."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise MetaloraError(f"--save-adapter {str(path)!r} exists and is not an empty "
+                            "directory; give a new one")
+    from metalora.files import require_writable_directory
+
+    require_writable_directory(path, "--save-adapter directory")
+
+
+def save_adapted(setup: RunSetup, learner: Any, name: str, seed: int, run_dir: Path,
+                 out: Path, support: int) -> list[str]:
+    """The learner's task-adapted adapter (after ``adapt``) as a PEFT adapter in ``out``."""
+    from metalora.runs.export import write_peft_adapter
+
+    pairs = learner.adapted_pairs or (learner.mean_pair,)
+    tensors = learner.adapters.snapshot(pairs)
+    return write_peft_adapter(
+        out, tensors, pairs[0], list(pairs[1:]), rank=setup.run.rank, alpha=setup.run.alpha,
+        target_modules=list(setup.run.target_modules), base_model=setup.run.model,
+        info={"run_dir": str(run_dir.resolve()), "learner": name, "seed": seed,
+              "adapted_on": f"{support} support records (metalora adapt)"})
 
 
 def _default_learner(names: Sequence[str]) -> str:
@@ -170,8 +204,9 @@ def _default_learner(names: Sequence[str]) -> str:
 
 
 def _adapt_and_predict(setup: RunSetup, learner: Any, name: str, seed: int,
-                       support: Sequence[QueryRecord],
-                       query: Sequence[QueryRecord]) -> Adaptation:
+                       support: Sequence[QueryRecord], query: Sequence[QueryRecord],
+                       save_adapter: Path | str | None = None,
+                       run_dir: Path | None = None) -> Adaptation:
     episodes = setup.episodes
     size, eval_size = setup.run.batch_size, setup.run.eval_batch_size
     support_batches = [episodes.encode([r.record for r in support[i: i + size]])
@@ -184,6 +219,9 @@ def _adapt_and_predict(setup: RunSetup, learner: Any, name: str, seed: int,
         torch.manual_seed(seed)
         with setup.precision():
             learner.adapt(support_batches)
+        if save_adapter is not None and run_dir is not None:
+            result.saved = save_adapted(setup, learner, name, seed, run_dir,
+                                        Path(save_adapter), len(support))
         with torch.no_grad(), setup.precision():
             for start in range(0, len(query), eval_size):
                 chunk = query[start: start + eval_size]
@@ -222,5 +260,6 @@ def _prediction(index: int, item: QueryRecord, probs: torch.Tensor,
                                             spread[: len(options)]])
 
 
-__all__ = ["Adaptation", "Prediction", "QueryRecord", "adapt_run", "read_records"]
+__all__ = ["Adaptation", "Prediction", "QueryRecord", "adapt_run", "read_records",
+           "record_from_mapping"]
 

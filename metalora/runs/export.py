@@ -173,7 +173,7 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
                             + ", ".join(str(s) for s in seeds))
     where = require_finished(run_dir, learner, seed)
     cls = plugins.registry("learner").get(learner)
-    mean_pair = str(getattr(cls, "mean_pair", "default"))
+    mean_pair = cls.mean_pair
     tensors = load_adapters(where / ADAPTERS_FILE)
     pairs = sorted({split_adapter_key(k)[1] for k in tensors})
     if mean_pair not in pairs:
@@ -192,7 +192,7 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
     targets = list(config.get("target_modules") or [])
     found = {m.rsplit(".", 1)[-1] for m in modules}
     target_modules = [t for t in targets if t in found] + sorted(found - set(targets))
-    sidecar = getattr(cls, "export_sidecar_pairs", None)
+    sidecar = cls.export_sidecar_pairs
     sidecar_pairs = [p for p in (sidecar if sidecar is not None else pairs) if p != mean_pair]
     missing = [p for p in sidecar_pairs if p not in pairs]
     if missing:
@@ -206,26 +206,41 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
                           alpha=alpha, tested_epoch=metrics.get("tested_epoch"),
                           sidecar_pairs=sidecar_pairs)
     base_model = config.get("model")
+    result.files = write_peft_adapter(
+        out, tensors, mean_pair, sidecar_pairs, rank=rank, alpha=alpha,
+        target_modules=target_modules, base_model=base_model, info={
+            "run_dir": str(run_dir.resolve()), "learner": learner, "seed": seed,
+            "tested_epoch": result.tested_epoch,
+            "learner_settings": (config.get("learner_settings") or {}).get(learner, {})})
+    return result
+
+
+def write_peft_adapter(out: Path, tensors: dict[str, torch.Tensor], mean_pair: str,
+                       sidecar_pairs: list[str], *, rank: int, alpha: float,
+                       target_modules: list[str], base_model: str | None,
+                       info: dict[str, Any]) -> list[str]:
+    """Write pair ``mean_pair`` of ``tensors`` as a PEFT LoRA adapter into ``out`` (config
+    and weights), ``sidecar_pairs`` beside it as metalora saves them, and what it is
+    (``metalora_export.json``, with ``info`` added); returns the files written."""
+    weights = peft_state_dict(tensors, mean_pair)
+    modules = sorted({split_adapter_key(k)[0] for k in tensors})
     _write_peft_config(out, rank, alpha, target_modules,
                        loadable_name(base_model) if base_model else None)
     atomic_write_bytes(out / PEFT_WEIGHTS_FILE,
                        save_safetensors(weights, metadata={"format": "pt"}))
-    result.files = [PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]
+    files = [PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]
     if sidecar_pairs:
         extra = {k: v.detach().float().contiguous() for k, v in tensors.items()
                  if split_adapter_key(k)[1] in sidecar_pairs}
         atomic_write_bytes(out / SIDECAR_FILE, save_safetensors(
             extra, metadata={"format": "pt", "pairs": json.dumps(sidecar_pairs)}))
-        result.files.append(SIDECAR_FILE)
-    result.files.append(EXPORT_INFO_FILE)
+        files.append(SIDECAR_FILE)
+    files.append(EXPORT_INFO_FILE)
     write_json(out / EXPORT_INFO_FILE, {
         "format_version": FORMAT_VERSION,
         "format": "peft",
-        "run_dir": str(run_dir.resolve()),
-        "learner": learner,
-        "seed": seed,
-        "tested_epoch": result.tested_epoch,
-        "model": config.get("model"),
+        **info,
+        "model": base_model,
         "mean_pair": mean_pair,
         "rank": rank,
         "alpha": alpha,
@@ -234,18 +249,17 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
         "target_modules": target_modules,
         "files": {
             PEFT_CONFIG_FILE: "peft LoraConfig",
-            PEFT_WEIGHTS_FILE: f"pair {mean_pair!r} as peft LoRA weights: the global mean "
-                               "weight is W0 + scaling * lora_B @ lora_A",
+            PEFT_WEIGHTS_FILE: f"pair {mean_pair!r} as peft LoRA weights: the mean weight is "
+                               "W0 + scaling * lora_B @ lora_A",
             **({SIDECAR_FILE: f"pairs {', '.join(sidecar_pairs)} as saved by metalora "
                               "(<module>.pairs.<pair>.A / .B); dense update = scaling * B @ A"}
                if sidecar_pairs else {}),
         },
         "sidecar_pairs": sidecar_pairs,
-        "learner_settings": (config.get("learner_settings") or {}).get(learner, {}),
     })
-    for name in result.files:
+    for name in files:
         _readable(out / name)
-    return result
+    return files
 
 
 def _readable(path: Path) -> None:

@@ -54,6 +54,7 @@ from metalora.runs.rundir import (
 )
 from metalora.runs.setup import RunSetup, check_tested_adapters, load_tested_learner, open_run
 from metalora.settings import build_settings
+from metalora.spec import RunSpec
 from metalora.stats import mean_se
 
 PRUNE_DIR = "prune"
@@ -302,7 +303,8 @@ def prune_run(run_dir: Path | str, ratios: Sequence[float], plugins: PluginManag
     return run_sweep(setup, Path(run_dir), ratios, chosen, scope=scope, source="run")
 
 
-def prune_fresh(config: ResolvedConfig, ratios: Sequence[float], plugins: PluginManager, *,
+def prune_fresh(config: ResolvedConfig | RunSpec, ratios: Sequence[float],
+                plugins: PluginManager, *,
                 pruner: str = "magnitude", scope: str = "adapted", baseline: bool = True,
                 console: Console | None = None) -> PruneSummary:
     """The sweep on untrained learners built from ``config`` (``metalora prune --learner ...``).
@@ -314,7 +316,7 @@ def prune_fresh(config: ResolvedConfig, ratios: Sequence[float], plugins: Plugin
     if scope not in SCOPES:
         raise unknown_choice("pruning scope", scope, SCOPES)
     setup = RunSetup(config, plugins, console=console)
-    chosen = make_pruner(plugins, pruner, config.values)
+    chosen = make_pruner(plugins, pruner, setup.config.values)
     suite = setup.load_suite()  # fail on data problems before creating a directory
     if not suite.test:
         raise MetaloraError(f"suite '{suite.name}' has no test tasks")

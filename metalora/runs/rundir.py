@@ -110,14 +110,6 @@ def load_adapters(path: Path) -> dict[str, torch.Tensor]:
         raise MetaloraError(f"adapter file {str(path)!r} is unreadable: {exc}") from None
 
 
-def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The resolved config and metrics of a run, or a clear error."""
-    config = read_config(run_dir)
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return config, metrics
-
-
 def read_config(run_dir: Path) -> dict[str, Any]:
     """A run directory's ``config.json``, or one clear error if it is not a run directory."""
     if not run_dir.is_dir():

@@ -51,6 +51,7 @@ from metalora.runs.rundir import (
 )
 from metalora.seeding import seed_everything
 from metalora.settings import build_settings
+from metalora.spec import RunSpec
 
 DTYPES = TORCH_DTYPES
 
@@ -86,26 +87,35 @@ def with_absolute_task_path(run: RunSettings, plugins: PluginManager) -> RunSett
 class RunSetup:
     """A run's settings and what they name: suite, model, metrics, learners. See the module."""
 
-    def __init__(self, config: ResolvedConfig, plugins: PluginManager,
+    def __init__(self, config: ResolvedConfig | RunSpec, plugins: PluginManager,
                  console: Console | None = None) -> None:
-        self.config = config
         self.plugins = plugins
         self.console = console or Console(stderr=True)
-        try:
-            suite = plugins.suite(config.run.tasks)
-        except MetaloraError:
-            suite = None  # said by _validate_names, after the learner names
-        self.recommended = apply_recommended(config, getattr(suite, "recommended", {}) or {},
-                                             plugins.registry("learner").names())
-        """The suite's recommended settings that were used (none was given for them)."""
-        self.run: RunSettings = with_absolute_task_path(config.run, plugins)
         self.resume_dir: Path | None = None
         """Set by :meth:`from_run_dir`: the run directory the settings were read from."""
         self._noted: set[str] = set()
         self.distributed = Distributed()
         """This process's rank (a single process unless joined to a torchrun group)."""
-        self._validate_names()
-        self.validate_settings()
+        if isinstance(config, RunSpec):  # built and checked already
+            self.given = config.given
+            self.config = config.config.copy()
+            self.run: RunSettings = config.run
+            self.recommended = list(config.recommended)
+        else:
+            self.given = config.copy()
+            """The values given, as given (recorded in config.json as such)."""
+            config = config.copy()  # the suite's recommendations go into this run's copy only
+            self.config = config
+            try:
+                suite = plugins.suite(config.run.tasks)
+            except MetaloraError:
+                suite = None  # said by _validate_names, after the learner names
+            self.recommended = apply_recommended(config, getattr(suite, "recommended", {})
+                                                 or {}, plugins.registry("learner").names())
+            """The suite's recommended settings that were used (none was given for them)."""
+            self.run = with_absolute_task_path(config.run, plugins)
+            self._validate_names()
+            self.validate_settings()
         self.suite: Suite | None = None
         self.loaded: LoadedModel | None = None
         self.episodes: EpisodeSampler | None = None
@@ -325,14 +335,36 @@ class RunSetup:
             make_prior=self.make_prior, distributed=self.distributed, seed=seed)
         return cls(context)
 
+    @property
+    def spec(self) -> RunSpec:
+        """This run's settings as one checked, frozen specification."""
+        return RunSpec(given=self.given, config=self.config.copy(), run=self.run,
+                       settings=self.plugin_settings(), recommended=tuple(self.recommended))
+
+    def plugin_settings(self) -> dict[str, Any]:
+        """Each selected plugin's settings, by owner: the learners, every prior (a learner
+        may choose any), the suite (if it has settings) and the loggers."""
+        out: dict[str, Any] = {name: self.learner_settings(name) for name in self.run.learner}
+        for reg in self.plugins.registry("prior"):
+            out[reg.name] = build_settings(reg.implementation.Settings, self.config.values,
+                                           owner=reg.name)
+        suite_settings = getattr(self.plugins.suite(self.run.tasks), "Settings", None)
+        if suite_settings is not None:
+            out[self.run.tasks] = build_settings(suite_settings, self.config.values,
+                                                 owner=self.run.tasks)
+        for cls in self.logger_classes():
+            out[cls.name] = build_settings(cls.Settings, self.config.values, owner=cls.name)
+        return out
+
     def resolved_config(self) -> dict[str, Any]:
         """Everything needed to rebuild this run: core settings, each learner's settings,
-        and the values given explicitly (``given``, which also carries prior settings)."""
+        and the values given explicitly (``given``, which also carries prior settings; a
+        suite's recommendations are not in it, they are in the settings they set)."""
         return {
             **settings_dict(self.run),
             "learner_settings": {n: settings_dict(self.learner_settings(n))
                                  for n in self.run.learner},
-            "given": dict(self.config.values),
+            "given": dict(self.given.values),
         }
 
     def make_run_dir(self) -> Path:

@@ -27,9 +27,10 @@ order:
      second-order term, so it points along ``B_phi - B_theta`` (the Reptile
      direction; cosine above 0.9 in the tests, and on SmolLM2 on the
      Benchmarks page), with the scale ``lambda = beta * exp(-c)`` (4.85 at
-     the defaults), which AdamW divides away. So the outer step is Reptile's pseudo-gradient ``theta - phi``
-     fed to AdamW, and in the inner loop and at test time the KL is a
-     proximal pull of phi towards theta of strength lambda. beta and c act
+     the defaults), which AdamW divides away. So the outer step is
+     Reptile's pseudo-gradient ``theta - phi`` fed to AdamW, and in the
+     inner loop and at test time the KL is a proximal pull of phi towards
+     theta of strength lambda. beta and c act
      on the means only through lambda, and through whether theta's gradient
      stays above AdamW's epsilon (``outer_eps``): at beta = 1e-16 it does
      not, and theta stops moving. The outer NLL is evaluated without a
@@ -107,6 +108,8 @@ from metalora import (
 from metalora_plugins.abmll.objective import KLRequest, backward_regularisers, prior_terms
 from metalora_plugins.abmll.pairs import (
     GLOBAL_PAIRS,
+    LOGV_PHI,
+    MU_PHI,
     MU_THETA,
     PAIR_NAMES,
     TASK_OF,
@@ -202,6 +205,16 @@ class ABMLLSettings:
         1e-8, "ABMLL epsilon of the log-variance pairs' own AdamW (variance_optimizer = "
               "adamw).", gt=0)
 
+    def check(self) -> None:
+        """Settings that are fine alone but not together (checked before anything loads)."""
+        if not self.log_var_min <= self.log_var_init <= self.log_var_max:
+            raise MetaloraError(
+                f"log_var_init {self.log_var_init} must lie in [log_var_min, log_var_max] = "
+                f"[{self.log_var_min}, {self.log_var_max}]")
+        if self.variance_optimizer == "shared" and self.variance_inner_lr:
+            raise MetaloraError("variance_inner_lr needs variance_optimizer adamw or sgd (with "
+                                "'shared' the variance pairs step at inner_lr)")
+
 
 class ABMLLLearner(Learner):
     """ABMLL: four LoRA pairs per layer (global/task mean and log-variance); see module doc."""
@@ -210,12 +223,12 @@ class ABMLLLearner(Learner):
     description = "Amortized Bayesian Meta-Learning for LoRA (Zhang, Snell & Griffiths, 2025)."
     Settings = ABMLLSettings
     mean_pair = MU_THETA
+    adapted_pairs = (MU_PHI, LOGV_PHI)  # the task posterior after adapt()
     supports_distributed = True
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
         s: ABMLLSettings = self.settings
-        _validate(s)
         self.beta = float(s.beta)
         self.gamma = float(s.beta if s.gamma is None else s.gamma)
         relative = s.prior_log_var == "relative"
@@ -508,22 +521,3 @@ class Optimizers:
                                 f"these settings make {len(self.optimizers)}")
         for optimizer, saved in zip(self.optimizers, states, strict=True):
             optimizer.load_state_dict(saved)
-
-
-def _validate(s: ABMLLSettings) -> None:
-    if not s.log_var_min <= s.log_var_init <= s.log_var_max:
-        raise MetaloraError(
-            f"abmll: log_var_init {s.log_var_init} must lie in [log_var_min, log_var_max] = "
-            f"[{s.log_var_min}, {s.log_var_max}]")
-    for name in ("inner_steps",):
-        if getattr(s, name) < 0:
-            raise MetaloraError(f"abmll: {name} must be at least 0, got {getattr(s, name)}")
-    for name in ("train_samples", "eval_samples"):
-        if getattr(s, name) < 1:
-            raise MetaloraError(f"abmll: {name} must be at least 1, got {getattr(s, name)}")
-    if s.meta_gradient not in META_GRADIENTS:
-        raise MetaloraError(f"abmll: unknown meta_gradient {s.meta_gradient!r}; valid choices: "
-                            + ", ".join(META_GRADIENTS))
-    if s.sampling not in SAMPLING_MODES:
-        raise MetaloraError(f"abmll: unknown sampling {s.sampling!r}; valid choices: "
-                            + ", ".join(SAMPLING_MODES))
