@@ -154,8 +154,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Train one learner; return its peak memory and step times."""
     import torch
 
-    from metalora.config import RunSettings
-    from metalora.interfaces import LearnerContext
+    from metalora import AdapterConfig, LearnerContext, ProtocolSpec
     from metalora.plugins import PluginManager
     from metalora.settings import build_settings
 
@@ -176,9 +175,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         return prior_cls(build_settings(prior_cls.Settings, overrides))
 
     context = LearnerContext(
-        model=model, encoder=None, episodes=_random_sampler(args),
-        run=RunSettings(batch_size=args.batch, device=args.device), settings=settings,
-        rng=random.Random(0), make_prior=make_prior)
+        model=model, batches=_random_sampler(args), protocol=ProtocolSpec(),
+        adapter=AdapterConfig(), settings=settings, rng=random.Random(0),
+        make_prior=make_prior)
     learner = cls(context)
     tasks = _tasks(args.tasks)
     times: list[float] = []

@@ -188,8 +188,7 @@ def make_learner(name: str, model, shape: Shape, device: str, settings: dict[str
     import torch
     from abmll_memory import _random_sampler
 
-    from metalora.config import RunSettings
-    from metalora.interfaces import LearnerContext
+    from metalora import AdapterConfig, LearnerContext, ProtocolSpec
     from metalora.plugins import PluginManager
     from metalora.settings import build_settings
 
@@ -204,9 +203,9 @@ def make_learner(name: str, model, shape: Shape, device: str, settings: dict[str
     random.seed(seed)
     torch.manual_seed(seed)
     context = LearnerContext(
-        model=model, encoder=None, episodes=_random_sampler(args),  # type: ignore[arg-type]
-        run=RunSettings(batch_size=shape.batch, device=device), settings=build_settings(
-            cls.Settings, settings), rng=random.Random(seed), make_prior=make_prior, seed=seed)
+        model=model, batches=_random_sampler(args), protocol=ProtocolSpec(),
+        adapter=AdapterConfig(), settings=build_settings(cls.Settings, settings),
+        rng=random.Random(seed), make_prior=make_prior, seed=seed)
     return cls(context)
 
 

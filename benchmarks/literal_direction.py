@@ -66,7 +66,7 @@ def measure(plugins, args: argparse.Namespace, tasks: int, inner_lr: float,
             learner.reset_task()
             optimizer = learner._inner_optimizer(inner_lr)
             for k in range(learner.settings.inner_steps):
-                batch = learner.context.episodes.train_batch(task, rng)
+                batch = learner.context.batches.train_batch(task, rng)
                 if k > 0:  # the KL's and the NLL's gradients on B_mu_phi, apart
                     learner._clear_grads()
                     torch.manual_seed(k)
@@ -80,7 +80,7 @@ def measure(plugins, args: argparse.Namespace, tasks: int, inner_lr: float,
                 learner.inner_step(batch, optimizer)
             move = _b(learner, MU_PHI) - _b(learner, MU_THETA)
             before = _b(learner, MU_THETA).clone()
-            learner.outer_step(learner.context.episodes.train_batch(task, rng), apply=False)
+            learner.outer_step(learner.context.batches.train_batch(task, rng), apply=False)
             grad = -_b(learner, MU_THETA, "grad")
             rows["cos_grad"].append(_cos(grad, move))
             rows["scale"].append(float(grad.norm() / (lam * move.norm())))

@@ -6,8 +6,9 @@ The rest (``metalora.runs``, ``metalora.cli`` and the other submodules) is
 internal and may change between versions.
 
 * registering: :data:`hookimpl`, :class:`Register`;
-* the six interfaces: :class:`Learner` (with :class:`LearnerContext` and
-  :class:`StepLog`), :class:`Prior`, :class:`TaskSampler` (with
+* the six interfaces: :class:`Learner` (with :class:`LearnerContext`,
+  :class:`StepLog` and what a context holds: :class:`BatchSource`,
+  :class:`ProtocolSpec`, :class:`Ranks`), :class:`Prior`, :class:`TaskSampler` (with
   :class:`DataOptions`), :class:`Metric`, :class:`Pruner`, :class:`Logger`;
 * settings: :func:`setting`, :class:`NoSettings`;
 * data: :class:`Task`, :class:`TaskRecord`, :class:`TaskRole`,
@@ -40,6 +41,9 @@ _SOURCES: dict[str, str] = {
     "Logger": "metalora.interfaces.logger",
     "LearnerContext": "metalora.interfaces.learner",
     "StepLog": "metalora.interfaces.learner",
+    "BatchSource": "metalora.interfaces.contract",
+    "ProtocolSpec": "metalora.interfaces.contract",
+    "Ranks": "metalora.interfaces.contract",
     "Prior": "metalora.interfaces.prior",
     "TaskSampler": "metalora.interfaces.task_sampler",
     "DataOptions": "metalora.interfaces.task_sampler",
@@ -78,6 +82,9 @@ __all__ = [
     "Logger",
     "LearnerContext",
     "StepLog",
+    "BatchSource",
+    "ProtocolSpec",
+    "Ranks",
     "Prior",
     "TaskSampler",
     "DataOptions",
@@ -115,6 +122,7 @@ if TYPE_CHECKING:
     from metalora.errors import MetaloraError
     from metalora.hookspecs import Register, hookimpl
     from metalora.hub import hub_reachable, offline_hub
+    from metalora.interfaces.contract import BatchSource, ProtocolSpec, Ranks
     from metalora.interfaces.learner import Learner, LearnerContext, StepLog
     from metalora.interfaces.logger import Logger
     from metalora.interfaces.metric import Metric

@@ -33,7 +33,7 @@ class SinglePairLearner(Learner):
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
-        self._adapters = attach_adapters(context.model, context.adapter_config, [self.pair])
+        self._adapters = attach_adapters(context.model, context.adapter, [self.pair])
         self.optimizer: torch.optim.Optimizer | None = None
 
     @property
@@ -47,21 +47,21 @@ class SinglePairLearner(Learner):
         With ``synchronise`` (a global step) the gradients, and the returned
         loss, are averaged over the ranks of a ``torchrun`` run first.
         """
-        loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
+        loss = answer_loss(self.context.model, batch, over=self.context.train_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         value = float(loss.detach())
         if synchronise:
-            value = self.context.distributed.average_gradients(self._adapters.parameters(),
+            value = self.context.ranks.average_gradients(self._adapters.parameters(),
                                                                value)
         optimizer.step()
         return value
 
     def adapt(self, support: Sequence[Batch]) -> None:
         """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr``."""
-        run = self.context.run
-        fit_steps(self.context.model, self._adapters.parameters(), support, run.adapt_steps,
-                  run.adapt_lr, run.train_loss)
+        protocol = self.context.protocol
+        fit_steps(self.context.model, self._adapters.parameters(), support, protocol.adapt_steps,
+                  protocol.adapt_lr, self.context.train_loss)
 
     def predict_proba(self, batch: Batch) -> Tensor:
         return option_probs(self.context.model, batch)

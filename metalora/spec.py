@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from metalora.adapter_config import AdapterConfig
+from metalora.interfaces.contract import ProtocolSpec
 
 if TYPE_CHECKING:
     from metalora.config import ResolvedConfig, RunSettings
@@ -54,19 +55,6 @@ class TrainingSpec:
     batch_size: int
     train_loss: str
     max_length: int
-
-
-@dataclass(frozen=True)
-class ProtocolSpec:
-    """The evaluation protocol every learner shares: support and query sets, test-time
-    adaptation, metrics."""
-
-    support_batches: int = 5
-    query_cap: int | None = None
-    eval_batch_size: int = 8
-    adapt_steps: int = 5
-    adapt_lr: float = 1e-5
-    metrics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,7 @@ def grads(params: dict[str, Tensor]) -> dict[str, Tensor | None]:
 
 
 def first_batch(learner: ABMLLLearner, suite: Suite, seed: int = 5):
-    return learner.context.episodes.train_batch(suite.train[0], random.Random(seed))
+    return learner.context.batches.train_batch(suite.train[0], random.Random(seed))
 
 
 # -- registration, settings, parameters -----------------------------------------------------
@@ -649,8 +649,8 @@ def test_outer_gradient_is_first_order_maml_without_kl_and_prior(build) -> None:
     learner.reset_task()
     optimizer = learner._inner_optimizer(1e-2)
     for _ in range(3):
-        learner.inner_step(learner.context.episodes.train_batch(task, rng), optimizer)
-    outer_batch = learner.context.episodes.train_batch(task, rng)
+        learner.inner_step(learner.context.batches.train_batch(task, rng), optimizer)
+    outer_batch = learner.context.batches.train_batch(task, rng)
     assert any(not torch.equal(handle.snapshot(["mu_phi"])[n],
                                handle.snapshot(["mu_theta"])[n.replace("phi", "theta")])
                for n in handle.snapshot(["mu_phi"]))
@@ -781,7 +781,7 @@ def test_adaptation_starts_from_the_global_pairs_and_evaluation_restores(build, 
     learner, suite = build(adapt_lr=1e-2, adapt_steps=2, log_var_init=-3.0)
     randomise(learner, scale=0.05)
     handle = learner.adapters
-    episode = learner.context.episodes.episode(suite.test[0])
+    episode = learner.context.batches.episode(suite.test[0])
     adapted = []
     for garbage in (1, 2):  # whatever phi held before, adaptation starts from theta
         randomise_task = torch.Generator().manual_seed(garbage)
@@ -869,7 +869,7 @@ def test_bayesian_model_averaging_acts_where_the_noise_matters(build, log_var_in
     average; at the paper's c = -20 the samples are indistinguishable."""
     one, suite = build(log_var_init=log_var_init, eval_samples=1)
     eight, _ = build(log_var_init=log_var_init, eval_samples=8)
-    batch = one.context.episodes.encode(suite.test[0].records[:16])
+    batch = one.context.batches.encode(suite.test[0].records[:16])
 
     def nll(probs: Tensor) -> float:
         return float(-probs.gather(1, batch.targets[:, None]).clamp_min(1e-12).log().mean())

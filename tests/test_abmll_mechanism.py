@@ -51,7 +51,7 @@ def _train(learner, tasks: list[Task], epochs: int) -> None:
 
 
 def _probs(learner, tasks: list[Task]) -> torch.Tensor:
-    batch = learner.context.episodes.encode([r for t in tasks for r in t.records[:8]])
+    batch = learner.context.batches.encode([r for t in tasks for r in t.records[:8]])
     with torch.no_grad():
         return learner.predict_proba(batch)
 
@@ -67,9 +67,9 @@ def test_the_literal_outer_gradient_on_b_mu_theta_points_along_b_phi_minus_b_the
         learner.reset_task()
         optimizer = learner._inner_optimizer(1e-3)
         for step in range(5):
-            learner.inner_step(learner.context.episodes.train_batch(task, random.Random(step)),
+            learner.inner_step(learner.context.batches.train_batch(task, random.Random(step)),
                                optimizer)
-        learner.outer_step(learner.context.episodes.train_batch(task, random.Random(9)),
+        learner.outer_step(learner.context.batches.train_batch(task, random.Random(9)),
                            apply=False)
         grads, moves = [], []
         for layer in learner.adapters.layers.values():

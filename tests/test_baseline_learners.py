@@ -227,8 +227,8 @@ def test_maml_outer_step_matches_hand_first_order_and_adamw(build) -> None:
     learner, suite = build("maml", inner_steps=2, maml_inner_lr=1e-2, lr=1e-3)
     model, handle, rng = learner.context.model, learner.adapters, learner.context.rng
     task = suite.train[0]
-    support = [learner.context.episodes.train_batch(task, rng) for _ in range(2)]
-    query = learner.context.episodes.train_batch(task, rng)
+    support = [learner.context.batches.train_batch(task, rng) for _ in range(2)]
+    query = learner.context.batches.train_batch(task, rng)
     # B = 0 at initialisation would hide mistakes in the A gradients: start elsewhere.
     with torch.no_grad():
         for name, param in handle.named_parameters().items():
@@ -273,8 +273,8 @@ def test_maml_second_order_switches_to_eager_and_back(build) -> None:
         for name, param in learner.adapters.named_parameters().items():
             if name.endswith(".B"):
                 param.copy_(torch.randn_like(param) * 0.05)
-    support = [learner.context.episodes.train_batch(task, rng) for _ in range(2)]
-    query = learner.context.episodes.train_batch(task, rng)
+    support = [learner.context.batches.train_batch(task, rng) for _ in range(2)]
+    query = learner.context.batches.train_batch(task, rng)
     params = learner.adapters.named_parameters()
     with eager_attention(model):
         second = meta_gradient(learner.loss_fn, params, support, query, 1e-1, second_order=True)
@@ -312,7 +312,7 @@ def test_learner_learns_and_changes_only_its_adapters(build, name: str, values: 
     model, handle = learner.context.model, learner.adapters
     tasks = suite.train[:3]
     gen_rng = random.Random(123)
-    probe = [learner.context.episodes.train_batch(t, gen_rng) for t in tasks for _ in range(2)]
+    probe = [learner.context.batches.train_batch(t, gen_rng) for t in tasks for _ in range(2)]
 
     def probe_loss() -> float:
         with torch.no_grad():
@@ -333,7 +333,7 @@ def test_learner_learns_and_changes_only_its_adapters(build, name: str, values: 
         assert torch.equal(value, base[n]), n
     assert any(not torch.equal(v, adapters[n]) for n, v in handle.snapshot().items())
     # Test-time adaptation also touches the adapters only.
-    episode = learner.context.episodes.episode(suite.test[0])
+    episode = learner.context.batches.episode(suite.test[0])
     learner.adapt(episode.support)
     for n, value in _base_weights(learner).items():
         assert torch.equal(value, base[n]), n
@@ -346,9 +346,9 @@ def test_learner_learns_and_changes_only_its_adapters(build, name: str, values: 
 def test_maml_sgd_test_time_adaptation_is_its_inner_loop(build) -> None:
     learner, suite = build("maml", maml_test_adapt="sgd", maml_inner_lr=1e-2)
     handle = learner.adapters
-    episode = learner.context.episodes.episode(suite.test[0])
+    episode = learner.context.batches.episode(suite.test[0])
     theta = handle.snapshot()
-    steps = learner.context.run.adapt_steps
+    steps = learner.context.protocol.adapt_steps
     batches = [episode.support[k % len(episode.support)] for k in range(steps)]
     expected, _ = inner_loop(learner.loss_fn, theta, batches, 1e-2)
     learner.adapt(episode.support)

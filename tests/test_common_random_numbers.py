@@ -94,11 +94,33 @@ def test_a_stream_depends_only_on_the_seed_and_its_keys() -> None:
     from metalora.interfaces import LearnerContext
 
     def context(seed: int) -> LearnerContext:
-        return LearnerContext(model=None, encoder=None, episodes=None, run=None,  # type: ignore[arg-type]
-                              settings=None, rng=random.Random(seed), seed=seed)
+        return LearnerContext(model=None, batches=None, protocol=None,  # type: ignore[arg-type]
+                              adapter=None, settings=None, rng=random.Random(seed), seed=seed)
 
     a, b = context(1), context(1)
     a.rng.random()  # the main stream's position does not matter
     assert a.stream("outer", 0, "t").random() == b.stream("outer", 0, "t").random()
     assert a.stream("outer", 0, "t").random() != a.stream("outer", 1, "t").random()
     assert a.stream("outer", 0, "t").random() != context(2).stream("outer", 0, "t").random()
+
+
+def test_the_fields_of_earlier_versions_still_read_with_a_deprecation_warning(plugins) -> None:
+    from metalora.runs.engine import Engine as RunEngine
+
+    engine = RunEngine(make_config(plugins, model="tiny", learner=["lora"]), plugins)
+    engine.load_suite()
+    learner = engine.build_learner("lora", 0)
+    try:
+        context = learner.context
+        with pytest.warns(DeprecationWarning, match="LearnerContext.episodes is deprecated; "
+                                                    "use batches"):
+            assert context.episodes is context.batches
+        with pytest.warns(DeprecationWarning, match="use ranks"):
+            assert context.distributed is context.ranks
+        with pytest.warns(DeprecationWarning, match="use protocol"):
+            assert context.run.adapt_lr == context.protocol.adapt_lr
+        with pytest.warns(DeprecationWarning, match="batches.encode"):
+            assert context.encoder is context.batches.encoder
+        assert context.adapter_config == context.adapter
+    finally:
+        learner.adapters.remove()

@@ -242,7 +242,7 @@ class EchoLearner(Learner):
 
     def __init__(self, context) -> None:
         super().__init__(context)
-        self._adapters = attach_adapters(context.model, context.adapter_config, ["default"])
+        self._adapters = attach_adapters(context.model, context.adapter, ["default"])
 
     @property
     def adapters(self) -> AdapterHandle:

@@ -154,7 +154,7 @@ def build() -> Iterator:
 
 
 def _grads(learner: MetaSGDLearner, batch) -> list[torch.Tensor]:
-    loss = answer_loss(learner.context.model, batch, over=learner.context.run.train_loss)
+    loss = answer_loss(learner.context.model, batch, over=learner.context.train_loss)
     return list(torch.autograd.grad(loss, [t for t, _ in learner.pairs]))
 
 
@@ -183,7 +183,7 @@ def test_the_outer_step_uses_the_first_order_meta_gradients(build):
 
     # Recompute by hand: same batches (same RNG draws), plain autograd.
     learner.context.rng.setstate(rng_state)
-    episodes = learner.context.episodes
+    episodes = learner.context.batches
     alphas = [a.detach().clone() for _, a in learner.pairs]
     sums = [torch.zeros_like(a) for a in alphas]
     for _ in range(2):
@@ -205,7 +205,7 @@ def test_the_outer_step_uses_the_first_order_meta_gradients(build):
 
 def test_the_lr_pair_is_never_read_by_the_forward_pass(build):
     learner, suite = build()
-    batch = learner.context.episodes.encode(suite.test[0].records[:4])
+    batch = learner.context.batches.encode(suite.test[0].records[:4])
     before = option_probs(learner.context.model, batch)
     with torch.no_grad():
         for _, alpha in learner.pairs:
@@ -217,7 +217,7 @@ def test_the_lr_pair_is_never_read_by_the_forward_pass(build):
 @pytest.mark.parametrize("mode", ["learned", "adamw"])
 def test_test_time_adaptation_moves_theta_and_never_alpha(build, mode):
     learner, suite = build(metasgd_test_adapt=mode, adapt_lr=1e-3)
-    episode = learner.context.episodes.episode(suite.test[0])
+    episode = learner.context.batches.episode(suite.test[0])
     theta0 = learner.adapters.snapshot([THETA])
     alpha0 = learner.adapters.snapshot([ALPHA])
     learner.adapt(episode.support)
@@ -229,7 +229,7 @@ def test_test_time_adaptation_moves_theta_and_never_alpha(build, mode):
 
 def test_zero_learning_rates_adapt_nothing(build):
     learner, suite = build(metasgd_alpha_init=0.0)
-    episode = learner.context.episodes.episode(suite.test[0])
+    episode = learner.context.batches.episode(suite.test[0])
     theta0 = learner.adapters.snapshot([THETA])
     learner.adapt(episode.support)
     theta1 = learner.adapters.snapshot([THETA])

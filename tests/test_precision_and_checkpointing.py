@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -54,7 +55,7 @@ def test_gradient_checkpointing_keeps_gradients_and_saves_less(plugins, learner_
             for pair in learner.adapters.parameters():
                 pair.add_(0.01 * torch.randn(pair.shape, generator=torch.Generator()
                                              .manual_seed(pair.numel())))
-        batch = learner.context.episodes.train_batch(suite.train[0], random.Random(0))
+        batch = learner.context.batches.train_batch(suite.train[0], random.Random(0))
         plain, plain_saved = _gradients_and_saved_bytes(learner, batch, seed=3)
         model = learner.context.model
         assert enable_gradient_checkpointing(model) == len(transformer_layers(model)) > 0
@@ -107,7 +108,7 @@ def test_under_one_autocast_context_every_optimiser_step_reaches_the_forward_pas
                      inner_lr=1e-2, lr=1e-2)
     suite = engine.load_suite()
     learner = engine.build_learner(learner_name, 0)
-    batch = learner.context.episodes.train_batch(suite.train[0], random.Random(0))
+    batch = learner.context.batches.train_batch(suite.train[0], random.Random(0))
     params = learner.adapters.parameters()
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     try:
@@ -146,8 +147,7 @@ def test_an_autocast_run_validates_differently_each_epoch_and_adapts_at_test_tim
     try:
         with engine.precision():
             adapted = evaluate(learner, episodes, metrics)
-        engine.change_run(adapt_steps=0)
-        learner.context.run = engine.run
+        learner.context.protocol = dataclasses.replace(learner.context.protocol, adapt_steps=0)
         with engine.precision():
             unadapted = evaluate(learner, episodes, metrics)
     finally:
@@ -168,12 +168,12 @@ def _abmll_steps(learner, suite) -> list[tuple[float, dict[str, Tensor]]]:
     inner = learner._inner_optimizer(1e-2)
     for step in range(2):
         torch.manual_seed(10 + step)
-        loss, _ = learner.inner_step(learner.context.episodes.train_batch(
+        loss, _ = learner.inner_step(learner.context.batches.train_batch(
             task, random.Random(step)), inner)
         out.append((loss, {n: p.grad.clone() for n, p in
                            learner.adapters.named_parameters().items() if p.grad is not None}))
     torch.manual_seed(12)
-    loss, _ = learner.outer_step(learner.context.episodes.train_batch(task, random.Random(2)),
+    loss, _ = learner.outer_step(learner.context.batches.train_batch(task, random.Random(2)),
                                  apply=False)
     out.append((loss, {n: p.grad.clone() for n, p in learner.adapters.named_parameters().items()
                        if p.grad is not None}))
@@ -288,7 +288,7 @@ def test_abmll_under_bfloat16_weights_runs_every_dense_product_in_bfloat16_and_n
             _abmll_steps(learner, suite)
     finally:
         learner.adapters.remove()
-    dense = seen.dense(rank=learner.context.adapter_config.rank)
+    dense = seen.dense(rank=learner.context.adapter.rank)
     assert dense and {dtype for _, _, dtype in dense} == {torch.bfloat16}, \
         [d for d in dense if d[2] != torch.bfloat16][:3]
     assert seen.float64 == []
@@ -303,7 +303,7 @@ def test_nothing_on_abmlls_training_path_is_float64(plugins, sampling) -> None:
     try:
         with _OpDtypes() as seen:
             _abmll_steps(learner, suite)
-            learner.adapt([learner.context.episodes.train_batch(suite.train[0],
+            learner.adapt([learner.context.batches.train_batch(suite.train[0],
                                                                 random.Random(5))])
     finally:
         learner.adapters.remove()
@@ -332,7 +332,7 @@ def test_under_tf32_abmlls_weight_sample_adds_its_noise_to_the_output(plugins,
     engine = _engine(plugins, learner=["abmll"], log_var_init=-6.0)
     suite = engine.load_suite()
     learner = engine.build_learner("abmll", 0)
-    batch = learner.context.episodes.train_batch(suite.train[0], random.Random(0))
+    batch = learner.context.batches.train_batch(suite.train[0], random.Random(0))
     fused: list[int] = []
     real = sampling.SampledLinear.apply
     monkeypatch.setattr(sampling.SampledLinear, "apply",

@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import random
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,9 +55,8 @@ class StubLearner(Learner):
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
-        self._adapters = attach_adapters(context.model, context.adapter_config, ["default"])
-        self.seed_index = next(i for i, s in enumerate(context.run.seeds)
-                               if random.Random(s).getstate() == context.rng.getstate())
+        self._adapters = attach_adapters(context.model, context.adapter, ["default"])
+        self.seed_index = context.seed
         self.marker = next(iter(self._adapters.layers.values())).pairs["default"].B
 
     @property

@@ -54,7 +54,7 @@ class FirstStepsLearner(SinglePairLearner):
         self.context.rng.shuffle(order)  # the run's seeded generator: reproducible
         for task in order:
             for step in range(self.settings.first_steps_per_task):
-                batch = self.context.episodes.train_batch(task, self.context.rng)
+                batch = self.context.batches.train_batch(task, self.context.rng)
                 loss = self.gradient_step(batch, self.optimizer)
                 yield StepLog(epoch=epoch, task=task.name, step=step, loss=loss,
                               components={"nll": loss})

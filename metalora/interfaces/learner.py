@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,13 +14,12 @@ from torch import Tensor, nn
 
 from metalora.adapter_config import AdapterConfig
 from metalora.distributed import Distributed
+from metalora.interfaces.contract import BatchSource, ProtocolSpec, Ranks
 from metalora.settings import NoSettings
 
 if TYPE_CHECKING:
     from metalora.adapters import AdapterHandle
-    from metalora.batching import Batch, PromptEncoder
-    from metalora.config import RunSettings
-    from metalora.episodes import EpisodeSampler
+    from metalora.batching import Batch
     from metalora.interfaces.prior import Prior
     from metalora.records import Task
 
@@ -49,30 +49,51 @@ class StepLog:
         }
 
 
+DEPRECATED_FIELDS = {
+    "episodes": "batches", "distributed": "ranks", "encoder": "batches.encode",
+    "run": "protocol (adapt_steps, adapt_lr, ...), batches.batch_size, train_loss and adapter",
+}
+"""Fields of earlier versions, still readable for one release, and what replaces each."""
+
+
 @dataclass
 class LearnerContext:
-    """Everything a learner needs, built by the engine for one run and seed."""
+    """Everything a learner needs, built by the engine for one run and seed.
+
+    All of it is public API: the types are :class:`~metalora.interfaces.contract.BatchSource`,
+    :class:`~metalora.interfaces.contract.ProtocolSpec`,
+    :class:`~metalora.adapter_config.AdapterConfig` and
+    :class:`~metalora.interfaces.contract.Ranks`. The fields of earlier versions
+    (``episodes``, ``encoder``, ``run``, ``distributed``) still read, with a
+    :class:`DeprecationWarning`, for one release.
+    """
 
     model: nn.Module
     """The causal LM with frozen base weights (adapters are attached by the learner)."""
-    encoder: PromptEncoder
-    """Turns records into prompt token ids and batches (``encoder.encode(records)``)."""
-    episodes: EpisodeSampler
-    """Draws batches on the run's device: ``train_batch(task, rng)``,
-    ``shuffled_batches(records, rng)``, ``encode(records)``."""
-    run: RunSettings
-    """The run's core settings (``batch_size``, ``adapt_steps``, ``adapt_lr``, ``rank``, ...)."""
+    batches: BatchSource
+    """Draws training batches on the run's device: ``train_batch(task, rng)``,
+    ``shuffled_batches(records, rng)``, ``encode(records)``; ``batch_size``."""
+    protocol: ProtocolSpec
+    """The evaluation protocol every learner shares; a learner's ``adapt`` takes
+    ``protocol.adapt_steps`` steps at ``protocol.adapt_lr``."""
+    adapter: AdapterConfig
+    """The run's LoRA setup: rank, alpha and target modules."""
     settings: Any
     """The learner's own ``Settings`` instance."""
     rng: random.Random
-    """Seeded Python RNG for task order and batch draws."""
-    make_prior: Callable[[str], Prior] = field(default=lambda name: None)  # type: ignore[arg-type,return-value]
+    """Seeded Python RNG for task order and batch draws (the engine saves and restores it)."""
+    train_loss: str = "vocab"
+    """The answer loss's normalisation: ``vocab`` or ``options`` (pass it to
+    :func:`~metalora.scoring.answer_loss` as ``over``)."""
+    make_prior: Callable[[str], Prior] = field(default=lambda name: None)  # type: ignore[assignment,return-value]
     """Builds a registered prior by name, with its settings resolved from the run's config."""
-    distributed: Distributed = field(default_factory=Distributed)
-    """This process's rank in a ``torchrun`` run (a single process by default); a learner
-    that sets ``supports_distributed`` averages its global gradients with it."""
+    ranks: Ranks = field(default_factory=Distributed)
+    """This process's rank in a ``torchrun`` run (one rank by default); a learner that sets
+    ``supports_distributed`` averages its global gradients with it."""
     seed: int = 0
     """The run's seed for this learner (``rng`` starts from it)."""
+    legacy_run: Any = field(default=None, repr=False)
+    """The core's settings object that ``run`` returned (deprecated; do not use)."""
 
     def stream(self, *keys: object) -> random.Random:
         """A seeded random stream of its own for ``keys``, independent of :attr:`rng`.
@@ -89,14 +110,42 @@ class LearnerContext:
 
     @property
     def adapter_config(self) -> AdapterConfig:
-        """The run's LoRA setup: rank, alpha and target modules."""
-        return AdapterConfig(rank=self.run.rank, alpha=self.run.alpha,
-                             target_modules=tuple(self.run.target_modules))
+        """The same as :attr:`adapter`."""
+        return self.adapter
 
     @property
     def device(self) -> torch.device:
         """The device of the model's parameters."""
         return next(self.model.parameters()).device
+
+    def _deprecated(self, name: str) -> None:
+        warnings.warn(f"LearnerContext.{name} is deprecated; use {DEPRECATED_FIELDS[name]}",
+                      DeprecationWarning, stacklevel=3)
+
+    @property
+    def episodes(self) -> BatchSource:
+        """Deprecated: :attr:`batches`."""
+        self._deprecated("episodes")
+        return self.batches
+
+    @property
+    def encoder(self) -> Any:
+        """Deprecated: :attr:`batches` (``batches.encode``)."""
+        self._deprecated("encoder")
+        return getattr(self.batches, "encoder", None)
+
+    @property
+    def distributed(self) -> Ranks:
+        """Deprecated: :attr:`ranks`."""
+        self._deprecated("distributed")
+        return self.ranks
+
+    @property
+    def run(self) -> Any:
+        """Deprecated: :attr:`protocol`, ``batches.batch_size``, :attr:`train_loss` and
+        :attr:`adapter` hold what a learner needs of the core's settings."""
+        self._deprecated("run")
+        return self.legacy_run
 
 
 class Learner(ABC):
@@ -123,7 +172,7 @@ class Learner(ABC):
     """
     supports_distributed: ClassVar[bool] = False
     """True when the learner can train in a ``torchrun`` run: it averages the gradients of
-    its global parameters over the ranks (``context.distributed.average_gradients``)
+    its global parameters over the ranks (``context.ranks.average_gradients``)
     before every global step, on every rank, and takes the same number of steps per task."""
 
     export_sidecar_pairs: ClassVar[tuple[str, ...] | None] = None

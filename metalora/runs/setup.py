@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from metalora.activity import doing
+from metalora.adapter_config import AdapterConfig
 from metalora.batching import PromptEncoder
 from metalora.config import (
     ResolvedConfig,
@@ -36,6 +37,7 @@ from metalora.distributed import Distributed, world_size_from_environment
 from metalora.episodes import Episode, EpisodeSampler
 from metalora.errors import MetaloraError
 from metalora.interfaces import DataOptions, Learner, LearnerContext, Logger, Metric, Prior
+from metalora.interfaces.contract import ProtocolSpec
 from metalora.models import LoadedModel, load_model
 from metalora.models.checkpointing import enable_gradient_checkpointing
 from metalora.plugins import PluginManager
@@ -330,10 +332,17 @@ class RunSetup:
         rng = seed_everything(seed)
         cls = self.plugins.registry("learner").get(name)
         context = LearnerContext(
-            model=loaded.model, encoder=self.episodes.encoder, episodes=self.episodes,
-            run=self.run, settings=self.learner_settings(name), rng=rng,
-            make_prior=self.make_prior, distributed=self.distributed, seed=seed)
+            model=loaded.model, batches=self.episodes, protocol=self.spec_protocol(),
+            adapter=AdapterConfig(rank=self.run.rank, alpha=self.run.alpha,
+                                  target_modules=tuple(self.run.target_modules)),
+            settings=self.learner_settings(name), rng=rng, train_loss=self.run.train_loss,
+            make_prior=self.make_prior, ranks=self.distributed, seed=seed,
+            legacy_run=self.run)
         return cls(context)
+
+    def spec_protocol(self) -> ProtocolSpec:
+        """The evaluation protocol's settings, typed (what a learner is handed)."""
+        return self.spec.protocol
 
     @property
     def spec(self) -> RunSpec:

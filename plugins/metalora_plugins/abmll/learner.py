@@ -243,7 +243,7 @@ class ABMLLLearner(Learner):
             raise MetaloraError(f"abmll needs the prior {s.prior!r} but no prior registry is "
                                 "available; set gamma = 0 to train without a prior")
         self.delta = ABMLLDelta(s.sampling, self.specs)
-        self._adapters = attach_adapters(context.model, context.adapter_config, PAIR_NAMES,
+        self._adapters = attach_adapters(context.model, context.adapter, PAIR_NAMES,
                                          delta=self.delta)
         if s.log_var_relative is not None:
             try:
@@ -309,7 +309,7 @@ class ABMLLLearner(Learner):
         for i in range(n):
             self.delta.kl = kl if i == 0 else None
             try:
-                loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
+                loss = answer_loss(self.context.model, batch, over=self.context.train_loss)
                 # backward before the request is withdrawn: under gradient checkpointing the
                 # forward pass is recomputed in backward and must save what it saved the first
                 # time (a sampled layer saves theta's factors only while a KL is requested)
@@ -354,7 +354,7 @@ class ABMLLLearner(Learner):
         n = 1 if self.settings.sampling == "mean" else self.settings.train_samples
         with torch.no_grad():
             nll = sum(float(answer_loss(self.context.model, batch,
-                                        over=self.context.run.train_loss))
+                                        over=self.context.train_loss))
                       for _ in range(n)) / n
         reg = backward_regularisers(
             self._adapters.layers.values(), lambda layer: task_factors(layer).detach(),
@@ -399,7 +399,7 @@ class ABMLLLearner(Learner):
             self.delta.straight_through = False
         loss = nll + self.beta * kl + self.gamma * prior
         if apply:  # a torchrun run averages theta's gradients (and the loss) over the ranks
-            loss = self.context.distributed.average_gradients(
+            loss = self.context.ranks.average_gradients(
                 self._adapters.parameters(GLOBAL_PAIRS), loss)
         if apply and math.isfinite(loss):
             self.outer_optimizer.step()
@@ -431,7 +431,7 @@ class ABMLLLearner(Learner):
         return len(tasks) * (self.settings.inner_steps + 1)
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
-        episodes, rng = self.context.episodes, self.context.rng
+        episodes, rng = self.context.batches, self.context.rng
         order = list(tasks)
         rng.shuffle(order)
         k_steps = self.settings.inner_steps
@@ -459,13 +459,13 @@ class ABMLLLearner(Learner):
     def adapt(self, support: Sequence[Batch]) -> None:
         """From the global pairs, ``adapt_steps`` inner steps at ``adapt_lr`` on the support set."""
         self.reset_task()
-        run = self.context.run
-        if run.adapt_steps <= 0 or not support:
+        protocol = self.context.protocol
+        if protocol.adapt_steps <= 0 or not support:
             return
-        optimizer = self._inner_optimizer(run.adapt_lr)
+        optimizer = self._inner_optimizer(protocol.adapt_lr)
         prior = self.prior_value()
         with torch.enable_grad():
-            for step in range(run.adapt_steps):
+            for step in range(protocol.adapt_steps):
                 self.inner_step(support[step % len(support)], optimizer, prior)
         self._clear_grads()
 

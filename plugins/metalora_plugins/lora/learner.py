@@ -46,20 +46,20 @@ class LoraLearner(SinglePairLearner):
         if self.settings.steps_per_task > 0:
             return len(tasks) * self.settings.steps_per_task
         total = sum(len(t) for t in tasks)
-        return -(-total // self.context.run.batch_size)
+        return -(-total // self.context.batches.batch_size)
 
     def steps_per_epoch(self, tasks: Sequence[Task]) -> int:
         return self._batches_per_epoch(tasks)
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
-        if self.settings.steps_per_task <= 0 and self.context.distributed.active:
+        if self.settings.steps_per_task <= 0 and self.context.ranks.active:
             raise MetaloraError("lora: steps_per_task 0 (one pass over every example) gives the "
                                 "ranks of a torchrun run different step counts; set it to 1 "
                                 "or more")
         records = [r for t in tasks for r in t.records]
-        episodes, rng = self.context.episodes, self.context.rng
+        episodes, rng = self.context.batches, self.context.rng
         if self.settings.steps_per_task > 0:
-            k = min(self.context.run.batch_size, len(records))
+            k = min(self.context.batches.batch_size, len(records))
             n_batches = self._batches_per_epoch(tasks)
             batches: Iterator[Batch] = (
                 episodes.encode(rng.sample(records, k)) for _ in range(n_batches))

@@ -139,7 +139,7 @@ class MamlLearner(SinglePairLearner):
         super().__init__(context)
         self.optimizer = adamw(self._adapters.parameters(), self.settings.lr,
                                self.settings.weight_decay)
-        self._loss_module = AnswerLossModule(context.model, context.run.train_loss)
+        self._loss_module = AnswerLossModule(context.model, context.train_loss)
 
     def loss_fn(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
         """The answer loss with the adapter tensors replaced by ``params`` (functional)."""
@@ -161,7 +161,7 @@ class MamlLearner(SinglePairLearner):
                                    second_order=self.settings.second_order)
         for name, param in params.items():
             param.grad = result.grads[name].to(param.dtype)
-        query_loss = self.context.distributed.average_gradients(params.values(),
+        query_loss = self.context.ranks.average_gradients(params.values(),
                                                                 result.query_loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,7 +174,7 @@ class MamlLearner(SinglePairLearner):
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
         """Per task (shuffled): ``inner_steps`` support batches, one query batch, one outer step."""
-        episodes, rng = self.context.episodes, self.context.rng
+        episodes, rng = self.context.batches, self.context.rng
         order = list(tasks)
         rng.shuffle(order)
         for task in order:
@@ -188,12 +188,12 @@ class MamlLearner(SinglePairLearner):
 
     def adapt(self, support: Sequence[Batch]) -> None:
         """Test-time adaptation (``maml_test_adapt``; see the module docstring)."""
-        run = self.context.run
+        protocol = self.context.protocol
         if self.settings.maml_test_adapt == "sgd":
-            if run.adapt_steps <= 0 or not support:
+            if protocol.adapt_steps <= 0 or not support:
                 return
             params = self._adapters.named_parameters()
-            batches = [support[k % len(support)] for k in range(run.adapt_steps)]
+            batches = [support[k % len(support)] for k in range(protocol.adapt_steps)]
             fast, _ = inner_loop(self.loss_fn, {n: p.detach() for n, p in params.items()},
                                  batches, self.settings.maml_inner_lr)
             with torch.no_grad():

@@ -99,7 +99,7 @@ class ReptileLearner(SinglePairLearner):
         log after the interpolation (its loss is the mean inner loss of the task,
         ``shift`` the L2 norm of ``eps (theta_i - theta)`` over all adapter tensors).
         """
-        episodes, rng = self.context.episodes, self.context.rng
+        episodes, rng = self.context.batches, self.context.rng
         order = list(tasks)
         rng.shuffle(order)
         for task in order:
@@ -125,7 +125,7 @@ class ReptileLearner(SinglePairLearner):
         epsilon = self.settings.reptile_epsilon
         params = self._adapters.named_parameters()
         # a torchrun run moves theta towards the mean of the ranks' theta_i
-        self.context.distributed.average_(params.values())
+        self.context.ranks.average_(params.values())
         if self.outer_optimizer is not None:
             for name, param in params.items():
                 param.grad = theta[name] - param

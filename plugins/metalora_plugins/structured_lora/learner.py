@@ -47,7 +47,7 @@ class StructuredLoraLearner(SinglePairLearner):
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
         """Visit the tasks in a freshly shuffled order, ``steps_per_task`` AdamW steps each."""
-        episodes, rng = self.context.episodes, self.context.rng
+        episodes, rng = self.context.batches, self.context.rng
         order = list(tasks)
         rng.shuffle(order)
         for task in order:

@@ -111,7 +111,7 @@ class MetaSGDLearner(Learner):
             raise MetaloraError(f"metasgd: unknown metasgd_test_adapt {s.metasgd_test_adapt!r}; "
                                 f"valid choices: {', '.join(TEST_ADAPT)}")
         # Two pairs per layer; the default delta is the LoRA update of the FIRST pair only.
-        self._adapters = attach_adapters(context.model, context.adapter_config, [THETA, ALPHA])
+        self._adapters = attach_adapters(context.model, context.adapter, [THETA, ALPHA])
         self.pairs: list[tuple[nn.Parameter, nn.Parameter]] = [
             (getattr(layer.pairs[THETA], side), getattr(layer.pairs[ALPHA], side))
             for layer in self._adapters.layers.values() for side in ("A", "B")
@@ -136,7 +136,7 @@ class MetaSGDLearner(Learner):
     # -- the Meta-SGD rule -------------------------------------------------------------
     def _loss_and_grads(self, batch: Batch) -> tuple[float, list[Tensor]]:
         """The answer loss of ``batch`` and its gradient for every ``theta`` tensor."""
-        loss = answer_loss(self.context.model, batch, over=self.context.run.train_loss)
+        loss = answer_loss(self.context.model, batch, over=self.context.train_loss)
         grads = torch.autograd.grad(loss, [theta for theta, _ in self.pairs])
         return float(loss.detach()), list(grads)
 
@@ -159,7 +159,7 @@ class MetaSGDLearner(Learner):
         log whose loss is the query loss at the adapted parameters
         (``alpha_mean`` is the mean inner learning rate after the step).
         """
-        episodes, rng = self.context.episodes, self.context.rng
+        episodes, rng = self.context.batches, self.context.rng
         k_steps = self.settings.inner_steps
         order = list(tasks)
         rng.shuffle(order)
@@ -195,15 +195,15 @@ class MetaSGDLearner(Learner):
     # -- test time ---------------------------------------------------------------------
     def adapt(self, support: Sequence[Batch]) -> None:
         """``adapt_steps`` steps on the support batches, with the learned rates by default."""
-        run = self.context.run
+        protocol = self.context.protocol
         if self.settings.metasgd_test_adapt == "adamw":
             fit_steps(self.context.model, self._adapters.parameters([THETA]), support,
-                      run.adapt_steps, run.adapt_lr, run.train_loss)
+                      protocol.adapt_steps, protocol.adapt_lr, self.context.train_loss)
             return
         if not support:
             return
         with torch.enable_grad():
-            for step in range(run.adapt_steps):
+            for step in range(protocol.adapt_steps):
                 _, grads = self._loss_and_grads(support[step % len(support)])
                 self._sgd_step(grads)
 
