@@ -189,3 +189,24 @@ def test_the_notebook_on_the_python_api_page_runs(tmp_path) -> None:
     assert "test accuracy" in done.stdout and "->" in done.stdout
     assert (tmp_path / "reliability.png").stat().st_size > 1000
     assert (tmp_path / "abmll-my-task" / "adapter_model.safetensors").exists()
+
+
+# -- a run directory written by version 0.1.0 still opens ---------------------------------
+
+
+def test_a_run_written_by_the_previous_version_still_opens(plugins, tmp_path) -> None:
+    """tests/data/run-0.1.0 was written by metalora at commit 6cf6985 (its config.json has no
+    tf32 and none of abmll's later settings; checkpoints and logs left out)."""
+    import shutil
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(ROOT / "tests" / "data" / "run-0.1.0", run_dir)
+    run = ml.open_run(run_dir, plugins=plugins)
+    assert run.learners == ["lora", "abmll"]
+    assert run.spec.settings["abmll"].outer_eps == 1e-8  # a later setting: its default
+    again = ml.evaluate(run_dir, plugins=plugins)
+    for name in run.learners:
+        recorded = run.results[name][0].test.macro
+        assert again.results[name][0].test.macro == pytest.approx(recorded, abs=1e-6), name
+    exported = ml.export(run_dir, tmp_path / "peft", learner="lora", plugins=plugins)
+    assert exported.rank == 8 and exported.target_modules == ["q_proj", "v_proj", "o_proj"]

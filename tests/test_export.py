@@ -58,7 +58,7 @@ def fake_run(plugins, root: Path, learners: list[str], seeds=(0, 1), **values):
     built = {}
     for name in learners:
         for seed in seeds:
-            engine.loaded = None  # every learner gets its own model
+            engine.setup.unload_model()  # every learner gets its own model
             learner = engine.build_learner(name, seed)
             generator = torch.Generator().manual_seed(100 + seed)
             with torch.no_grad():

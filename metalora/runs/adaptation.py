@@ -31,8 +31,7 @@ from metalora.files import atomic_write_bytes
 from metalora.plugins import PluginManager, get_plugin_manager
 from metalora.records import MAX_OPTIONS, TaskRecord
 from metalora.runs.reevaluation import change_settings
-from metalora.runs.rundir import read_config
-from metalora.runs.setup import RunSetup, load_tested_learner, open_run
+from metalora.runs.setup import RunSetup, load_tested_learner, select_from_run
 
 ADAPT_TASK = "adapt"
 """The task name records without one are given."""
@@ -158,11 +157,11 @@ def adapt_run(run_dir: Path | str, support: Path | str | Sequence[QueryRecord],
     support_records = read_records(support) if isinstance(support, str | Path) else support
     query_records = (read_records(query, labelled=False) if isinstance(query, str | Path)
                      else query)
-    recorded = read_config(Path(run_dir))  # the defaults, without setting the run up twice
-    name = learner or _default_learner(list(recorded.get("learner") or []))
-    chosen_seed = (recorded.get("seeds") or [0])[0] if seed is None else seed
-    setup = open_run(run_dir, plugins, overrides={
-        "learner": [name], "seeds": [chosen_seed], **({"device": device} if device else {})})
+    setup = RunSetup.from_run_dir(run_dir, plugins)
+    name = learner or _default_learner(list(setup.run.learner))
+    chosen_seed = setup.run.seeds[0] if seed is None else seed
+    select_from_run(setup, run_dir, {"learner": [name], "seeds": [chosen_seed],
+                                     **({"device": device} if device else {})})
     change_settings(setup, settings or {})
     setup.load_model()
     fitted = load_tested_learner(setup, Path(run_dir), name, chosen_seed)

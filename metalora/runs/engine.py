@@ -53,15 +53,16 @@ from rich.console import Console
 from rich.progress import Progress
 
 from metalora.activity import tag
-from metalora.config import ResolvedConfig
-from metalora.distributed import from_environment
+from metalora.config import ResolvedConfig, RunSettings
+from metalora.distributed import Distributed, from_environment
 from metalora.episodes import Episode
 from metalora.errors import MetaloraError, TrainingDiverged
 from metalora.evaluation import EvalResult, evaluate
 from metalora.files import remove_stale_temporaries, require_writable_directory
-from metalora.interfaces import Learner, Metric, StepLog
+from metalora.interfaces import Learner, Metric
 from metalora.plugins import PluginManager
 from metalora.records import Task
+from metalora.runs.callbacks import RunCallback
 from metalora.runs.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng
 from metalora.runs.logging_sinks import RunLogger
 from metalora.runs.progress import ProgressLog, epoch_description, format_metrics, progress_bars
@@ -72,6 +73,7 @@ from metalora.runs.results import (
     SELECTION_LAST,
     RunSummary,
     SeedResult,
+    protocol_record,
 )
 from metalora.runs.rundir import (
     ADAPTERS_FILE,
@@ -96,21 +98,11 @@ from metalora.runs.state import (
     terminate_as_interrupt,
     write_state,
 )
+from metalora.spec import RunSpec
 from metalora.stats import improves
 
 INITIAL_ADAPTERS_FILE = "adapters-initial.safetensors"
 """Written when training diverges before the first checkpoint: the last good adapters."""
-
-
-class RunCallback:
-    """Optional hooks into a run (subclass and override; every method is a no-op here)."""
-
-    def on_step(self, learner: str, seed: int, step: StepLog) -> None:
-        """After each optimisation step has been logged."""
-
-    def on_epoch_end(self, learner: str, seed: int, epoch: int,
-                     validation: dict[str, float] | None) -> None:
-        """After ``epoch`` epochs are done, validated (if due) and checkpointed."""
 
 
 @dataclass
@@ -127,35 +119,49 @@ class _Protocol:
     higher_is_better: bool
 
 
-class Engine(RunSetup):
-    """Runs learners on a suite under one protocol. See the module docstring."""
+class Engine:
+    """Runs learners on a suite under one protocol. See the module docstring.
 
-    def __init__(self, config: ResolvedConfig, plugins: PluginManager,
+    The engine owns a :class:`~metalora.runs.setup.RunSetup` (``self.setup``: the
+    checked settings, and the suite, model and learners they name) and adds the
+    training loop, the run directory and its records. The set-up's members are
+    reachable through the engine too (``engine.run``, ``engine.build_learner(...)``).
+    """
+
+    def __init__(self, config: ResolvedConfig | RunSpec | RunSetup, plugins: PluginManager,
                  console: Console | None = None,
                  callbacks: Sequence[RunCallback] = ()) -> None:
-        super().__init__(config, plugins, console)
+        self.setup = (config if isinstance(config, RunSetup)
+                      else RunSetup(config, plugins, console))
+        self.plugins = plugins
         self.callbacks = list(callbacks)
-        self.progress_log = ProgressLog(self.console)
+        self.progress_log = ProgressLog(self.setup.console)
         """Plain progress lines (console when it is not a terminal; ``progress.log``)."""
         self._state: dict[str, Any] = {}
         self._current: str = ""
 
-    def protocol_dict(self, validated: bool, metrics: dict[str, Metric]) -> dict[str, Any]:
-        """The protocol the results come from (stored in metrics.json and results.json).
+    @classmethod
+    def from_run_dir(cls, run_dir: Path | str, plugins: PluginManager,
+                     console: Console | None = None,
+                     callbacks: Sequence[RunCallback] = ()) -> Engine:
+        """The engine of the run recorded in ``run_dir`` (to continue it)."""
+        return cls(RunSetup.from_run_dir(run_dir, plugins, console=console), plugins,
+                   callbacks=callbacks)
 
-        ``test_at`` is ``best-validation``, ``last-epoch``, or ``mixed`` when
-        some learner/seed was never validated (``epochs < eval_every``);
-        ``metrics_given`` the metrics asked for (none: every registered one).
-        """
-        return {
-            "epochs": self.run.epochs,
-            "eval_every": self.run.eval_every,
-            "select_metric": self.run.select_metric,
-            "test_at": SELECTION_BEST if validated else SELECTION_LAST,
-            "seeds": list(self.run.seeds),
-            "metrics_given": list(self.run.metrics),
-            "higher_is_better": {n: bool(m.higher_is_better) for n, m in metrics.items()},
-        }
+    def __getattr__(self, name: str) -> Any:
+        # the set-up's members, through the engine (only called for names it lacks)
+        if name == "setup":
+            raise AttributeError(name)
+        return getattr(self.setup, name)
+
+    @property
+    def run(self) -> RunSettings:
+        return self.setup.run
+
+    @property
+    def distributed(self) -> Distributed:
+        return self.setup.distributed
+
 
     # -- running -------------------------------------------------------------------
     def execute(self) -> RunSummary:
@@ -166,40 +172,40 @@ class Engine(RunSetup):
         Under torchrun every rank calls it (see :mod:`metalora.distributed`).
         """
         self._join_ranks()
-        if self.resume_dir is not None:
-            self._state = load_state(self.resume_dir)  # fail fast, before loading anything
+        if self.setup.resume_dir is not None:
+            self._state = load_state(self.setup.resume_dir)  # fail fast, before loading anything
             if self.distributed.is_main:
-                remove_stale_temporaries(self.resume_dir)  # of writes killed mid-way
+                remove_stale_temporaries(self.setup.resume_dir)  # of writes killed mid-way
         if self.distributed.is_main:
-            where = self.resume_dir or Path(self.run.output_dir)
-            require_writable_directory(where, "run directory" if self.resume_dir
+            where = self.setup.resume_dir or Path(self.run.output_dir)
+            require_writable_directory(where, "run directory" if self.setup.resume_dir
                                        else "output directory")
-        suite = self.load_suite()
+        suite = self.setup.load_suite()
         if not suite.test:
             raise MetaloraError(f"suite '{suite.name}' has no test tasks")
-        self.load_model()
+        self.setup.load_model()
         for note in suite.notes:
-            self.console.print(f"[dim]{suite.name}: {note}[/dim]")
-        if self.recommended:
-            self.console.print(f"[dim]{suite.name}: its recommended settings "
-                               f"{', '.join(self.recommended)} (an option overrides each)[/dim]",
-                               soft_wrap=True)
-        metrics = self.metrics()
+            self.setup.console.print(f"[dim]{suite.name}: {note}[/dim]")
+        if self.setup.recommended:
+            self.setup.console.print(f"[dim]{suite.name}: its recommended settings "
+                               f"{', '.join(self.setup.recommended)} (an option overrides "
+                               "each)[/dim]", soft_wrap=True)
+        metrics = self.setup.metrics()
         validated = self.run.eval_every > 0 and bool(suite.validation)
         if self.run.eval_every > 0 and not suite.validation:
-            self.console.print(f"[dim]{suite.name} has no validation tasks: test metrics are "
+            self.setup.console.print(f"[dim]{suite.name} has no validation tasks: test metrics are "
                                "taken at the last epoch[/dim]")
         validation_metrics = dict(metrics)
         select = self.run.select_metric
         if select not in validation_metrics:
             validation_metrics[select] = self.plugins.registry("metric").get(select)()
         # the episodes before the run directory: a problem of the data leaves no directory
-        validation = [self.episodes.episode(t) for t in suite.validation] if validated else []
-        test = [self.episodes.episode(t) for t in suite.test]
+        validation = [self.setup.episodes.episode(t) for t in suite.validation] if validated else []
+        test = [self.setup.episodes.episode(t) for t in suite.test]
         run_dir = self._open_run_dir()
         self.record = RunRecord(run_dir)
-        self.record.start_session(session_record(self.plugins, self.device(), self.run.dtype),
-                                  model_record(self.run.model, self.loaded.model))
+        self.record.start_session(session_record(self.plugins, self.setup.device(), self.run.dtype),
+                                  model_record(self.run.model, self.setup.loaded.model))
         self._state.update(pid=os.getpid(), host=socket.gethostname(),
                            resume=resume_command(run_dir))
         write_state(run_dir, self._state, "running")
@@ -213,7 +219,7 @@ class Engine(RunSetup):
             metrics=metrics, validation_metrics=validation_metrics, select_metric=select,
             higher_is_better=bool(validation_metrics[select].higher_is_better))
         summary = RunSummary(run_dir=run_dir, suite=suite.name, metric_names=list(metrics),
-                             protocol=self.protocol_dict(validated, metrics))
+                             protocol=protocol_record(self.run, validated, metrics))
         try:
             with terminate_as_interrupt():
                 for name in self.run.learner:
@@ -244,7 +250,7 @@ class Engine(RunSetup):
 
     def _join_ranks(self) -> None:
         """Join a torchrun process group, if any; refuse learners that cannot train in one."""
-        self.distributed = from_environment(resolve_device(self.run.device))
+        self.setup.distributed = from_environment(resolve_device(self.run.device))
         if not self.distributed.active:
             return
         registry = self.plugins.registry("learner")
@@ -255,7 +261,7 @@ class Engine(RunSetup):
                                     f"(WORLD_SIZE={self.distributed.world_size}); learners "
                                     f"that can: {', '.join(able)}")
         if not self.distributed.is_main:
-            self.console = Console(quiet=True)
+            self.setup.console = Console(quiet=True)
 
     def _open_run_dir(self) -> Path:
         """The run directory, created (or resumed) by rank 0.
@@ -264,18 +270,18 @@ class Engine(RunSetup):
         (deleted at the end), so that only rank 0 writes the real one.
         """
         if self.distributed.is_main:
-            if self.resume_dir is not None:
-                run_dir = self.resume_dir
-                self.console.print(f"Resuming {run_dir}")
+            if self.setup.resume_dir is not None:
+                run_dir = self.setup.resume_dir
+                self.setup.console.print(f"Resuming {run_dir}")
             else:
-                run_dir = self.make_run_dir()
-                write_json(run_dir / CONFIG_FILE, self.resolved_config())
+                run_dir = self.setup.make_run_dir()
+                write_json(run_dir / CONFIG_FILE, self.setup.resolved_config())
                 self._state = {"pairs": {}}
             self.distributed.broadcast(str(run_dir))
             return run_dir
         shared = Path(self.distributed.broadcast(""))
         private = Path(tempfile.mkdtemp(prefix=f"metalora-rank{self.distributed.rank}-"))
-        if self.resume_dir is not None:
+        if self.setup.resume_dir is not None:
             shutil.copytree(shared, private, dirs_exist_ok=True)
         else:
             self._state = {"pairs": {}}
@@ -287,14 +293,14 @@ class Engine(RunSetup):
         out = seed_dir(run_dir, name, seed)
         key = f"{name}/seed-{seed}"
         self._current = f"{name} seed {seed}"
-        if self.resume_dir is not None and (out / METRICS_FILE).exists():
-            self.console.print(f"[dim]{name} seed {seed}: finished earlier, kept[/dim]")
+        if self.setup.resume_dir is not None and (out / METRICS_FILE).exists():
+            self.setup.console.print(f"[dim]{name} seed {seed}: finished earlier, kept[/dim]")
             return SeedResult.load(name, seed, out)
-        self.record.start_seed(key, self.device())
+        self.record.start_seed(key, self.setup.device())
         log_path = run_dir / LOG_FILE
         store = CheckpointStore(out / CHECKPOINT_DIR)
-        resumed = store.load("latest") if self.resume_dir is not None else None
-        learner = self.build_learner(name, seed)
+        resumed = store.load("latest") if self.setup.resume_dir is not None else None
+        learner = self.setup.build_learner(name, seed)
         try:
             if resumed is not None:
                 learner.adapters.restore(resumed.adapters)
@@ -303,7 +309,7 @@ class Engine(RunSetup):
                 training = resumed.training
                 truncate_file(log_path, training.log_offset)
                 purge_step: int | None = training.global_step + 1
-                self.console.print(f"{name} seed {seed}: resuming after epoch {training.epoch}")
+                self.setup.note(f"{name} seed {seed}: resuming after epoch {training.epoch}")
             else:
                 pair = self._state["pairs"].get(key)
                 if pair is not None:  # started before, interrupted before its first checkpoint
@@ -318,10 +324,10 @@ class Engine(RunSetup):
                 torch.manual_seed(random.Random(rank_seed).getrandbits(63))
             self._state["pairs"][key] = {"status": "running", "log_offset": training.log_offset}
             write_state(run_dir, self._state)
-            loggers = self.make_loggers(run_dir, name, seed, purge_step)
+            loggers = self.setup.make_loggers(run_dir, name, seed, purge_step)
             with RunLogger(log_path, name, seed, loggers) as logger, \
                     self._progress() as progress, \
-                    self.precision():
+                    self.setup.precision():
                 self.train(learner, name, seed, protocol, training, store, logger, progress)
             if training.best_epoch is not None:
                 best = store.load("best")
@@ -331,7 +337,7 @@ class Engine(RunSetup):
             else:
                 tested, selection = training.epoch, SELECTION_LAST
             self._current = f"{name} seed {seed}, testing"
-            with self.precision():
+            with self.setup.precision():
                 result = self.test(learner, name, seed, protocol.test, protocol.metrics)
             save_adapters(out / ADAPTERS_FILE, learner.adapters.snapshot(),
                           metadata={"epoch": str(tested)})
@@ -345,12 +351,12 @@ class Engine(RunSetup):
             return seed_result
         finally:
             learner.adapters.remove()
-            self.record.end_seed(key, self.device(), finished=(out / METRICS_FILE).exists(),
+            self.record.end_seed(key, self.setup.device(), finished=(out / METRICS_FILE).exists(),
                                  gather=self.distributed.gather_all)
 
     def _progress(self) -> contextlib.AbstractContextManager[Progress]:
         """Progress bars in a terminal; elsewhere none (:meth:`_progress_line` reports)."""
-        return progress_bars(self.console)
+        return progress_bars(self.setup.console)
 
     def _progress_line(self, text: str) -> None:
         """One plain progress line (rank 0 only): see :mod:`metalora.runs.progress`."""
@@ -491,4 +497,4 @@ class Engine(RunSetup):
         """Validation curves and reliability diagrams (skipped with a note without matplotlib)."""
         from metalora.runs.plots import plot_run
 
-        return plot_run(summary, self.console) if self.run.plots else []
+        return plot_run(summary, self.setup.console) if self.run.plots else []

@@ -22,8 +22,10 @@ with the mean adapters (for ``lora`` the learner's only pair; for ABMLL the
 posterior mean ``mu_theta``, i.e. metalora's model without weight noise).
 
 The mean pair is the learner's :attr:`~metalora.interfaces.Learner.mean_pair`.
-The sidecar holds the pairs named by the learner's optional class attribute
-``export_sidecar_pairs`` or, without it, every pair but the mean pair. For
+The sidecar holds the pairs named by the learner's
+:attr:`~metalora.interfaces.Learner.export_sidecar_pairs` or, when that is
+``None``, every pair but the mean pair. The run is reopened as ``eval`` and
+``prune`` reopen it (:func:`~metalora.runs.setup.open_run`). For
 ABMLL that includes the variance pair ``logv_theta``: the elementwise
 log-variance of the global posterior is
 ``clamp(s * B @ A + log_var_init, log_var_min, log_var_max)`` with ``s = alpha / r``
@@ -41,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from safetensors.torch import save as save_safetensors
 
-from metalora.adapter_config import DEFAULT_ALPHA, DEFAULT_RANK
+from metalora.config import settings_dict
 from metalora.errors import MetaloraError, unknown_choice
 from metalora.models import loadable_name
 from metalora.plugins import PluginManager
@@ -52,11 +55,11 @@ from metalora.runs.rundir import (
     METRICS_FILE,
     atomic_write_bytes,
     load_adapters,
-    read_config,
     read_json,
-    require_finished,
+    seed_dir,
     write_json,
 )
+from metalora.runs.setup import RunSetup, select_from_run
 
 FORMATS: tuple[str, ...] = ("peft",)
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -152,26 +155,21 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
                 overwrite: bool = False) -> ExportResult:
     """Write one learner/seed's global mean adapters of a finished run as a PEFT adapter."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    learners = [str(n) for n in config.get("learner") or []]
-    seeds = [int(s) for s in config.get("seeds") or []]
+    setup = RunSetup.from_run_dir(run_dir, plugins, console=Console(quiet=True))
+    learners = list(setup.run.learner)
     if learner is None:
         if len(learners) != 1:
             raise MetaloraError(
                 f"run {str(run_dir)!r} holds several learners; pick one with --learner "
                 f"(valid choices: {', '.join(learners)})")
         learner = learners[0]
-    elif learner not in learners:
-        raise MetaloraError(f"learner {learner!r} is not in run {str(run_dir)!r}; valid "
-                            f"choices: {', '.join(learners) or '(none)'}")
-    if seed is None:
-        if not seeds:
-            raise MetaloraError(f"run configuration of {str(run_dir)!r} lists no seeds")
-        seed = seeds[0]
-    elif seed not in seeds:
-        raise MetaloraError(f"seed {seed} is not in run {str(run_dir)!r}; valid choices: "
-                            + ", ".join(str(s) for s in seeds))
-    where = require_finished(run_dir, learner, seed)
+    seed = setup.run.seeds[0] if seed is None else seed
+    select_from_run(setup, run_dir, {"learner": [learner], "seeds": [seed]})
+    run = setup.run
+    config = {"model": run.model, "rank": run.rank, "alpha": run.alpha,
+              "target_modules": list(run.target_modules),
+              "learner_settings": {learner: settings_dict(setup.learner_settings(learner))}}
+    where = seed_dir(run_dir, learner, seed)
     cls = plugins.registry("learner").get(learner)
     mean_pair = cls.mean_pair
     tensors = load_adapters(where / ADAPTERS_FILE)
@@ -181,8 +179,7 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
                              mean_pair, pairs)
     weights = peft_state_dict(tensors, mean_pair)
     modules = sorted({split_adapter_key(k)[0] for k in tensors})
-    rank = int(config.get("rank", DEFAULT_RANK))
-    alpha = float(config.get("alpha", DEFAULT_ALPHA))
+    rank, alpha = run.rank, run.alpha
     for module in modules:
         a = weights.get(f"base_model.model.{module}.lora_A.weight")
         b = weights.get(f"base_model.model.{module}.lora_B.weight")

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metalora.evaluation import EvalResult
 from metalora.runs.rundir import METRICS_FILE, PREDICTIONS_FILE, read_json
 from metalora.stats import mean_se
+
+if TYPE_CHECKING:
+    from metalora.config import RunSettings
+    from metalora.interfaces import Metric
 
 SELECTION_BEST = "best-validation"
 SELECTION_LAST = "last-epoch"
@@ -94,3 +99,22 @@ class RunSummary:
                 for learner, seeds in self.results.items()
             },
         }
+
+
+def protocol_record(run: RunSettings, validated: bool,
+                    metrics: Mapping[str, Metric]) -> dict[str, Any]:
+    """The protocol the results come from (stored in metrics.json and results.json).
+
+    ``test_at`` is ``best-validation``, ``last-epoch``, or ``mixed`` when
+    some learner/seed was never validated (``epochs < eval_every``);
+    ``metrics_given`` the metrics asked for (none: every registered one).
+    """
+    return {
+        "epochs": run.epochs,
+        "eval_every": run.eval_every,
+        "select_metric": run.select_metric,
+        "test_at": SELECTION_BEST if validated else SELECTION_LAST,
+        "seeds": list(run.seeds),
+        "metrics_given": list(run.metrics),
+        "higher_is_better": {n: bool(m.higher_is_better) for n, m in metrics.items()},
+    }

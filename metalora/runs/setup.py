@@ -118,9 +118,9 @@ class RunSetup:
             self.run = with_absolute_task_path(config.run, plugins)
             self._validate_names()
             self.validate_settings()
-        self.suite: Suite | None = None
-        self.loaded: LoadedModel | None = None
-        self.episodes: EpisodeSampler | None = None
+        self._suite: Suite | None = None
+        self._loaded: LoadedModel | None = None
+        self._episodes: EpisodeSampler | None = None
 
     @classmethod
     def from_run_dir(cls, run_dir: Path | str, plugins: PluginManager,
@@ -252,24 +252,42 @@ class RunSetup:
         names = self.run.metrics or registry.names()
         return {name: registry.get(name)() for name in names}
 
+    @property
+    def suite(self) -> Suite:
+        """The suite named by ``tasks`` (loaded on first use)."""
+        return self.load_suite()
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model named by ``model`` (loaded on first use)."""
+        return self.load_model()
+
+    @property
+    def episodes(self) -> EpisodeSampler:
+        """The batch machinery of the loaded model (which it loads on first use)."""
+        self.load_model()
+        assert self._episodes is not None
+        return self._episodes
+
     def load_suite(self) -> Suite:
         """Load (once) the suite named by ``tasks``."""
-        if self.suite is None:
+        if self._suite is None:
             sampler = self.plugins.suite(self.run.tasks)
             data_dir = Path(self.run.data_dir) if self.run.data_dir else None
             settings_cls = getattr(sampler, "Settings", None)
             settings = (build_settings(settings_cls, self.config.values, owner=self.run.tasks)
                         if settings_cls is not None else None)
             with doing(f"loading suite {self.run.tasks!r}"):
-                self.suite = sampler.load(DataOptions(
+                suite = sampler.load(DataOptions(
                     data_dir=data_dir, seed=0, skip_bad_records=self.run.skip_bad_records,
                     settings=settings))
             if self.run.max_train_tasks is not None:
-                self.suite.train = self.suite.train[: self.run.max_train_tasks]
+                suite.train = suite.train[: self.run.max_train_tasks]
             if self.run.max_eval_tasks is not None:
-                self.suite.test = self.suite.test[: self.run.max_eval_tasks]
-                self.suite.validation = self.suite.validation[: self.run.max_eval_tasks]
-        return self.suite
+                suite.test = suite.test[: self.run.max_eval_tasks]
+                suite.validation = suite.validation[: self.run.max_eval_tasks]
+            self._suite = suite
+        return self._suite
 
     def load_test_episodes(self) -> tuple[Suite, dict[str, Metric], list[Episode]]:
         """Load the suite and the model; the suite, the metrics and its test episodes.
@@ -279,25 +297,29 @@ class RunSetup:
         suite = self.load_suite()
         if not suite.test:
             raise MetaloraError(f"suite '{suite.name}' has no test tasks")
-        self.load_model()
         return suite, self.metrics(), [self.episodes.episode(t) for t in suite.test]
 
     def load_model(self) -> LoadedModel:
         """Load (once) the model named by ``model`` and build the batch machinery."""
-        if self.loaded is None:
+        if self._loaded is None:
             device = self.device()
             with doing(f"loading model {self.run.model!r}"):
-                self.loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype],
-                                         device=device, notify=self.note)
+                loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype],
+                                    device=device, notify=self.note)
             allow_tf32(device, self.run.tf32)
             if self.run.gradient_checkpointing:
-                enable_gradient_checkpointing(self.loaded.model, f"model {self.run.model!r}")
-            encoder = PromptEncoder(self.loaded.tokenizer, max_length=self.run.max_length)
-            self.episodes = EpisodeSampler(
+                enable_gradient_checkpointing(loaded.model, f"model {self.run.model!r}")
+            encoder = PromptEncoder(loaded.tokenizer, max_length=self.run.max_length)
+            self._episodes = EpisodeSampler(
                 encoder, batch_size=self.run.batch_size, support_batches=self.run.support_batches,
                 query_cap=self.run.query_cap, eval_batch_size=self.run.eval_batch_size,
                 seed=0, device=device)
-        return self.loaded
+            self._loaded = loaded
+        return self._loaded
+
+    def unload_model(self) -> None:
+        """Forget the loaded model (the next use loads a fresh one)."""
+        self._loaded = self._episodes = None
 
     def note(self, text: str) -> None:
         """Tell the person running this something, on the engine's console (one plain line)."""
@@ -393,13 +415,21 @@ class RunSetup:
 
 def open_run(run_dir: Path | str, plugins: PluginManager, console: Console | None = None,
              overrides: Mapping[str, Any] | None = None) -> RunSetup:
-    """The set-up of a finished run directory, with learner/seed filters and device applied.
+    """The set-up of a finished run directory, with learner/seed filters and device applied:
+    the one way eval, prune, adapt and export reopen a run.
 
     Raises one clear :class:`MetaloraError` when the directory does not exist,
     is not a run directory, or a selected learner/seed has not finished.
     """
+    return select_from_run(RunSetup.from_run_dir(run_dir, plugins, console=console), run_dir,
+                           overrides)
+
+
+def select_from_run(setup: RunSetup, run_dir: Path | str,
+                    overrides: Mapping[str, Any] | None = None) -> RunSetup:
+    """:func:`open_run` on a set-up already read from ``run_dir`` (a caller that needs the
+    recorded learners and seeds to choose its defaults reads the run once)."""
     run_dir = Path(run_dir)
-    setup = RunSetup.from_run_dir(run_dir, plugins, console=console)
     overrides = dict(overrides or {})
     bad = sorted(set(overrides) - set(RUN_OVERRIDES))
     if bad:
