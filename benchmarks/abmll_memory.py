@@ -120,8 +120,8 @@ def _random_sampler(args: argparse.Namespace):
     """An :class:`EpisodeSampler` whose batches are random ``batch x seq`` token sequences."""
     import torch
 
-    from metalora.batching import Batch
     from metalora.episodes import EpisodeSampler
+    from metalora.prompts import Batch
 
     class RandomBatches(EpisodeSampler):
         def __init__(self) -> None:

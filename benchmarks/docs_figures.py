@@ -42,7 +42,7 @@ LAYERS = (
      "RunSetup, Engine (the training loop), results,\nrun directory, checkpoints, reports"),
     ("metalora  (the plugin API)",
      "Learner, Prior, TaskSampler, Metric, Pruner,\nLogger, setting, Task, adapters, ..."),
-    ("components", "adapters, batching, episodes, evaluation,\nscoring, models, settings, files"),
+    ("components", "adapters, prompts, episodes, evaluation,\nscoring, models, settings, files"),
     ("interfaces", "hookspecs, records, settings, errors"),
 )
 LAYER_COLOURS = ("#dbe9f6", "#dcefdc", "#fdebd3", "#eee2f3", "#f2f2f2")

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from metalora.batching import PromptEncoder
 from metalora.episodes import Episode, EpisodeSampler
 from metalora.interfaces import DataOptions
 from metalora.models import load_model
 from metalora.plugins import get_plugin_manager
+from metalora.prompts import PromptEncoder
 from metalora.scoring import option_probs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -63,7 +63,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from metalora.adapters import AdapterConfig, attach_adapters
-    from metalora.batching import Batch
+    from metalora.prompts import Batch
     from metalora.scoring import answer_loss
 
     torch.set_num_threads(args.threads)

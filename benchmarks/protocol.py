@@ -463,11 +463,11 @@ def references(data_dir: Path, query_cap: int) -> dict[str, tuple[float, float]]
     import torch
     from transformers import AutoTokenizer
 
-    from metalora.batching import PromptEncoder
     from metalora.episodes import EpisodeSampler
     from metalora.interfaces import DataOptions
     from metalora.models.smollm2 import cached_checkpoint
     from metalora.plugins import get_plugin_manager
+    from metalora.prompts import PromptEncoder
 
     suite = get_plugin_manager().registry("suite").get("cls45").load(
         DataOptions(data_dir=data_dir, seed=0))

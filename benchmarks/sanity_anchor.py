@@ -9,7 +9,7 @@ For each of the eight tasks below, every ``<task>_16_*_dev.jsonl`` file of
 ``--data-dir`` is read in sorted file-name order (plain string sort, so
 ``anli_16_100`` comes before ``anli_16_13``), the files are concatenated and
 the first ``--n`` records (default 64) are scored zero-shot with metalora's
-own :class:`~metalora.batching.PromptEncoder` (the multiple-choice prompt, no
+own :class:`~metalora.prompts.PromptEncoder` (the multiple-choice prompt, no
 chat template) and :func:`~metalora.scoring.option_probs` (next-token
 probability of the label token, renormalised over the example's options).
 Prints each task's accuracy and the macro average, next to the accuracy of
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from metalora.batching import PromptEncoder, format_prompt
 from metalora.models import load_model
+from metalora.prompts import PromptEncoder, format_prompt
 from metalora.records import MAX_OPTIONS, TaskRecord
 from metalora.scoring import option_probs
 

@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from metalora.batching import PromptEncoder
 from metalora.interfaces import DataOptions
 from metalora.models import load_model
 from metalora.plugins import get_plugin_manager
+from metalora.prompts import PromptEncoder
 from metalora.scoring import option_probs, option_probs_full_logits
 
 

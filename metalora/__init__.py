@@ -57,7 +57,7 @@ _SOURCES: dict[str, str] = {
     "Suite": "metalora.records",
     "MAX_OPTIONS": "metalora.records",
     "filter_by_options": "metalora.records",
-    "Batch": "metalora.batching",
+    "Batch": "metalora.prompts",
     "attach_adapters": "metalora.adapters",
     "AdapterHandle": "metalora.adapters",
     "AdaptedLinear": "metalora.adapters",
@@ -118,7 +118,6 @@ __all__ = [
 if TYPE_CHECKING:
     from metalora.adapter_config import AdapterConfig
     from metalora.adapters import AdaptedLinear, AdapterHandle, LoRAPair, attach_adapters
-    from metalora.batching import Batch
     from metalora.errors import MetaloraError
     from metalora.hookspecs import Register, hookimpl
     from metalora.hub import hub_reachable, offline_hub
@@ -131,6 +130,7 @@ if TYPE_CHECKING:
     from metalora.interfaces.task_sampler import DataOptions, TaskSampler
     from metalora.optim import adamw, fit_steps
     from metalora.precision import float32_products_are_exact
+    from metalora.prompts import Batch
     from metalora.records import MAX_OPTIONS, Suite, Task, TaskRecord, TaskRole, filter_by_options
     from metalora.scoring import answer_loss, option_probs
     from metalora.settings import NoSettings, setting

@@ -31,13 +31,19 @@ from typing import Any
 
 from rich.console import Console
 
-from metalora.config import all_setting_infos, config_sections, read_config_file, resolve_config
+from metalora.config import (
+    ConfigFile,
+    all_setting_infos,
+    config_sections,
+    read_config_file,
+    resolve_config,
+)
 from metalora.plugins import PluginManager, get_plugin_manager
 from metalora.runs.adaptation import Adaptation, QueryRecord, adapt_run, record_from_mapping
 from metalora.runs.engine import Engine, RunCallback
+from metalora.runs.evaluate_run import evaluate_run
 from metalora.runs.export import ExportResult, export_peft
 from metalora.runs.prune import PruneSummary, prune_fresh, prune_run
-from metalora.runs.reevaluation import evaluate_run
 from metalora.runs.results import RunSummary, SeedResult
 from metalora.runs.rundir import seed_dir
 from metalora.runs.setup import RunSetup
@@ -75,8 +81,9 @@ def run_spec(config: Path | str | None = None, *, plugins: PluginManager | None 
     """
     plugins = _plugins(plugins)
     learners = plugins.registry("learner").names()
-    file_values = (read_config_file(Path(config), learners, config_sections(plugins))
-                   if config is not None else {})
+    file_values: ConfigFile | dict[str, Any] = (
+        read_config_file(Path(config), learners, config_sections(plugins))
+        if config is not None else {})
     resolved = resolve_config(all_setting_infos(plugins), file_values, settings)
     return RunSetup(resolved, plugins, console=Console(quiet=True)).spec
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metalora.batching import Batch, PromptEncoder
 from metalora.errors import MetaloraError
+from metalora.prompts import Batch, PromptEncoder
 from metalora.records import Task, TaskRecord
 
 
@@ -95,16 +95,16 @@ class EpisodeSampler:
                 f"task '{task.name}' has {len(task.records)} records; evaluation needs more than "
                 f"the {n_support} support examples"
             )
-        order = list(task.records)
-        random.Random(f"{self.seed}:{task.name}").shuffle(order)
-        support_records = order[:n_support]
-        query_records = order[n_support:]
+        shuffled = list(task.records)
+        random.Random(f"{self.seed}:{task.name}").shuffle(shuffled)
+        support_records = shuffled[:n_support]
+        query_records = shuffled[n_support:]
         if self.query_cap is not None:
             query_records = query_records[: self.query_cap]
         support = [self.encode(support_records[i: i + self.batch_size])
                    for i in range(0, n_support, self.batch_size)]
         ids = [self.encoder.prompt_ids(r) for r in query_records]
-        order = None
+        order: list[int] | None = None
         if self.group_query_by_length:
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             query_records = [query_records[i] for i in order]

@@ -199,7 +199,7 @@ def preserved_rng(learner_rng: random.Random | None = None,
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        if learner_rng is not None:
+        if learner_rng is not None and learner_state is not None:
             learner_rng.setstate(learner_state)
 
 

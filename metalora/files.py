@@ -9,6 +9,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -75,11 +76,14 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator
         if os.name == "nt":  # pragma: no cover - Windows
             import msvcrt
 
+            windows: Any = msvcrt  # its locking functions exist on Windows only
+
             def lock(blocking: bool) -> None:
-                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+                windows.locking(handle.fileno(), windows.LK_LOCK if blocking
+                                else windows.LK_NBLCK, 1)
 
             def unlock() -> None:
-                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+                windows.locking(handle.fileno(), windows.LK_UNLCK, 1)
         else:
             import fcntl
 

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pluggy
-import typer
 
 if TYPE_CHECKING:
+    import typer
+
     from metalora.interfaces import TaskSampler
 
 PROJECT = "metalora"

@@ -56,7 +56,7 @@ def _set_offline_flags() -> list[tuple[object, str, object]]:
     """Set the libraries' offline flags (read when they were imported); return the old ones."""
     import importlib
 
-    changed = []
+    changed: list[tuple[object, str, object]] = []
     for module_name, flag in (("huggingface_hub.constants", "HF_HUB_OFFLINE"),
                               ("datasets.config", "HF_HUB_OFFLINE"),
                               ("datasets.config", "HF_DATASETS_OFFLINE")):

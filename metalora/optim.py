@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from metalora.batching import Batch
+from metalora.prompts import Batch
 from metalora.scoring import answer_loss
 
 

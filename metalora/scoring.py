@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalora.batching import Batch
+from metalora.prompts import Batch
 
 NEG_INF = float("-inf")
 

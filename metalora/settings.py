@@ -104,7 +104,8 @@ class SettingInfo:
     """One settings field as the CLI and config loader see it."""
 
     name: str
-    type: type
+    type: Any
+    """The field's base type (``int``, ``float``, ``str``, ``bool``, ``list``)."""
     default: Any
     help: str
     choices: tuple[str, ...] | None
@@ -112,7 +113,7 @@ class SettingInfo:
     """Who declares it: ``"run"`` for the core, else plugin names."""
     defaults: Mapping[str, Any]
     """The default of each owner (owners may disagree, e.g. learning rates)."""
-    item_type: type = str
+    item_type: Any = str
     """For list settings: the type of the items."""
     bounds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """Declared bounds (``gt``, ``ge``, ``lt``, ``le``). Values of the core's settings are
@@ -125,7 +126,8 @@ def field_infos(settings_cls: type, owner: str) -> list[SettingInfo]:
     hints = typing.get_type_hints(settings_cls)
     infos = []
     for f in dataclasses.fields(settings_cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
         infos.append(
             SettingInfo(
                 name=f.name,
@@ -210,11 +212,12 @@ def coerce(info: SettingInfo, value: Any) -> Any:
             raise ValueError
         if kind is list:
             items = value.split(",") if isinstance(value, str) else list(value)
-            converted = [info.item_type(v.strip() if isinstance(v, str) else v)
-                         for v in items if not (isinstance(v, str) and not v.strip())]
+            listed = [info.item_type(v.strip() if isinstance(v, str) else v)
+                      for v in items if not (isinstance(v, str) and not v.strip())]
             if "run" in info.owners:
-                check_value(info.name, converted, info.bounds)
-            return converted
+                check_value(info.name, listed, info.bounds)
+            return listed
+        converted: Any
         if kind is float and isinstance(value, str):
             converted = float(value)
         elif kind in (int, float) and isinstance(value, bool):

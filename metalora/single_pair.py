@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from metalora.adapters import AdapterHandle, attach_adapters
-from metalora.batching import Batch
 from metalora.interfaces.learner import Learner, LearnerContext
 from metalora.optim import fit_steps
+from metalora.prompts import Batch
 from metalora.scoring import answer_loss, option_probs
 
 

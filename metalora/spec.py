@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from metalora.adapter_config import AdapterConfig
 from metalora.interfaces.contract import ProtocolSpec
@@ -86,9 +86,12 @@ GROUPS: dict[str, type] = {"data": DataSpec, "training": TrainingSpec,
 """Each group of core settings and its dataclass (every core setting is in exactly one)."""
 
 
-def _group(cls: type, run: RunSettings) -> Any:
+G = TypeVar("G")
+
+
+def _group(cls: type[G], run: RunSettings) -> G:
     values = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         value = getattr(run, f.name)
         values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
@@ -140,5 +143,5 @@ class RunSpec:
         """The groups and each owner's settings, as plain JSON-ready mappings."""
         groups = {name: dataclasses.asdict(getattr(self, name)) for name in GROUPS}
         owners = {owner: dataclasses.asdict(s) for owner, s in self.settings.items()
-                  if dataclasses.is_dataclass(s)}
+                  if dataclasses.is_dataclass(s) and not isinstance(s, type)}
         return {**groups, "plugins": owners, "recommended": list(self.recommended)}

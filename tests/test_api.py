@@ -133,8 +133,8 @@ def _peft_probs(out: Path, adapted_records) -> torch.Tensor:
     """Option probabilities of the queries under the saved adapter, loaded by peft."""
     from peft import PeftModel
 
-    from metalora.batching import PromptEncoder
     from metalora.models import load_model
+    from metalora.prompts import PromptEncoder
     from metalora.runs.adaptation import record_from_mapping
     from metalora.scoring import option_probs
 

@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from metalora.batching import PromptEncoder
 from metalora.episodes import EpisodeSampler
 from metalora.errors import MetaloraError
 from metalora.evaluation import evaluate
+from metalora.prompts import PromptEncoder
 from metalora.records import Task, TaskRecord
 from tests.conftest import make_config
 

@@ -19,7 +19,7 @@ from metalora.config import all_setting_infos
 from metalora.files import atomic_write_bytes, remove_stale_temporaries
 from metalora.plugins import ALLOW_LIST_ENV, PluginLoadWarning, PluginManager
 from metalora.runs.engine import Engine
-from metalora.runs.reevaluation import evaluate_run
+from metalora.runs.evaluate_run import evaluate_run
 from metalora.runs.rundir import ADAPTERS_FILE, load_adapters, save_adapters, seed_dir
 from tests.conftest import make_config
 

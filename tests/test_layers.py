@@ -3,7 +3,7 @@ come back unnoticed.
 
 From the top: ``metalora.cli`` (the commands), ``metalora.api`` (the Python API the commands
 wrap), ``metalora.runs`` (set-up, the training loop,
-the run directory), the components (adapters, batching, episodes, evaluation, models, plugin
+the run directory), the components (adapters, prompts, episodes, evaluation, models, plugin
 manager, config, pruning, ...), and the interfaces with the few modules they are made of
 (errors, settings, records, hookspecs, the process group, the LoRA defaults). A module may
 import its own layer or a lower one. The interfaces may *name* component types in
@@ -120,7 +120,7 @@ def test_the_import_reader_sees_what_python_imports():
     assert ("metalora.runs.setup", False) in edges
     assert ("metalora.runs.plots", False) in edges  # imported inside write_plots
     learner_edges = {(t, type_only) for t, type_only, _ in imports("metalora.interfaces.learner")}
-    assert ("metalora.batching", True) in learner_edges
+    assert ("metalora.prompts", True) in learner_edges
     assert ("metalora.distributed", False) in learner_edges
     assert layer("metalora.cli.run") == CLI and layer("metalora.runs.state") == RUNS
     assert layer("metalora.api") == API

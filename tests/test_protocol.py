@@ -30,11 +30,11 @@ import metalora.runs.plots as plots
 import metalora_plugins.loggers.tensorboard as tensorboard_logger
 from metalora import hookimpl
 from metalora.adapters import AdapterHandle, attach_adapters
-from metalora.batching import Batch
 from metalora.cli import build_app
 from metalora.config import all_setting_infos, resolve_config
 from metalora.interfaces import DataOptions, Learner, LearnerContext, StepLog
 from metalora.plugins import PluginManager
+from metalora.prompts import Batch
 from metalora.records import Suite, Task
 from metalora.runs.engine import Engine
 from metalora.runs.results import RunSummary, SeedResult

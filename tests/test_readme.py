@@ -51,3 +51,10 @@ def test_constraints_pin_torch_and_keep_torchvision_out():
              if line.strip() and not line.startswith("#")]
     assert "torch==2.13.0" in lines
     assert not any(line.startswith("torchvision") for line in lines)
+
+
+def test_ci_also_runs_ruff_and_mypy_after_the_tests():
+    ci = _ci_lines()
+    _, tests = _setup_commands()
+    after = ci[ci.index(tests) + 1:]
+    assert any(line.strip() == "ruff check . && mypy" for line in after)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from metalora.adapters import AdapterConfig, attach_adapters
-from metalora.batching import PromptEncoder, format_prompt
+from metalora.prompts import PromptEncoder, format_prompt
 from metalora.records import TaskRecord
 from metalora.scoring import answer_loss, option_probs, option_probs_full_logits
 

@@ -35,7 +35,8 @@ def shown_columns(summary: RunSummary) -> list[Column]:
     shown = {c.metric for c in columns}
     for name in summary.metric_names:
         if name in given and name not in shown:
-            arrow = {True: "↑", False: "↓"}.get(directions.get(name), "")
+            direction = directions.get(name)
+            arrow = "" if direction is None else ("↑" if direction else "↓")
             label = name.upper() if len(name) <= 3 else name.capitalize()
             columns.append(Column(name, label, False, arrow))
     return columns
@@ -150,4 +151,4 @@ _original_formatwarning = warnings.formatwarning
 
 def install_warning_format() -> None:
     """Show plugin load warnings as one ``Warning:`` line (other warnings as usual)."""
-    warnings.formatwarning = _format_plugin_warning  # type: ignore[assignment]
+    warnings.formatwarning = _format_plugin_warning

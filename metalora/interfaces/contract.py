@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from metalora.batching import Batch
+    from metalora.prompts import Batch
     from metalora.records import Task, TaskRecord
 
 
@@ -62,8 +62,15 @@ class BatchSource(Protocol):
 class Ranks(Protocol):
     """This process's place among the ranks of a ``torchrun`` run (one rank otherwise)."""
 
-    rank: int
-    world_size: int
+    @property
+    def rank(self) -> int:
+        """This process's rank, 0 to ``world_size - 1``."""
+        ...
+
+    @property
+    def world_size(self) -> int:
+        """How many ranks."""
+        ...
 
     @property
     def active(self) -> bool:

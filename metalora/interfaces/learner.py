@@ -19,8 +19,8 @@ from metalora.settings import NoSettings
 
 if TYPE_CHECKING:
     from metalora.adapters import AdapterHandle
-    from metalora.batching import Batch
     from metalora.interfaces.prior import Prior
+    from metalora.prompts import Batch
     from metalora.records import Task
 
 
@@ -85,7 +85,7 @@ class LearnerContext:
     train_loss: str = "vocab"
     """The answer loss's normalisation: ``vocab`` or ``options`` (pass it to
     :func:`~metalora.scoring.answer_loss` as ``over``)."""
-    make_prior: Callable[[str], Prior] = field(default=lambda name: None)  # type: ignore[assignment,return-value]
+    make_prior: Callable[[str], Prior] = field(default=lambda name: None)  # type: ignore[assignment]
     """Builds a registered prior by name, with its settings resolved from the run's config."""
     ranks: Ranks = field(default_factory=Distributed)
     """This process's rank in a ``torchrun`` run (one rank by default); a learner that sets

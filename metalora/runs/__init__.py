@@ -9,6 +9,6 @@
   :mod:`~metalora.runs.rundir`: the run directory, interruption and resume;
 * :mod:`~metalora.runs.logging_sinks`, :mod:`~metalora.runs.progress`: what a
   person follows while it runs;
-* :mod:`~metalora.runs.reevaluation`, :mod:`~metalora.runs.prune`,
+* :mod:`~metalora.runs.evaluate_run`, :mod:`~metalora.runs.prune`,
   :mod:`~metalora.runs.export`: ``eval``, ``prune`` and ``export`` of a finished run.
 """

@@ -30,7 +30,7 @@ from metalora.evaluation import compute_metrics, preserved_rng
 from metalora.files import atomic_write_bytes
 from metalora.plugins import PluginManager, get_plugin_manager
 from metalora.records import MAX_OPTIONS, TaskRecord
-from metalora.runs.reevaluation import change_settings
+from metalora.runs.evaluate_run import change_settings
 from metalora.runs.setup import RunSetup, load_tested_learner, select_from_run
 
 ADAPT_TASK = "adapt"

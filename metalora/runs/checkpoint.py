@@ -160,8 +160,8 @@ class CheckpointStore:
              rng: dict[str, Any], training: TrainingState, is_best: bool) -> None:
         """Write the checkpoint of ``training.epoch`` as the latest (and as the best if asked)."""
         stem = f"epoch-{training.epoch:04d}"
-        entry = {"epoch": training.epoch, "adapters": f"{stem}.safetensors",
-                 "state": f"{stem}.pt"}
+        entry: dict[str, Any] = {"epoch": training.epoch, "adapters": f"{stem}.safetensors",
+                                 "state": f"{stem}.pt"}
         save_adapters(self.directory / entry["adapters"], adapters,
                       metadata={"epoch": str(training.epoch)})
         buffer = io.BytesIO()
@@ -195,6 +195,13 @@ class CheckpointStore:
         return Checkpoint(adapters=load_adapters(adapters_path),
                           learner_state=state.get("learner") or {}, rng=state["rng"],
                           training=TrainingState.from_dict(state["training"]))
+
+    def best(self) -> Checkpoint:
+        """The best checkpoint, which exists once a best epoch was recorded."""
+        checkpoint = self.load("best")
+        if checkpoint is None:
+            raise MetaloraError(f"no best checkpoint in {str(self.directory)!r}")
+        return checkpoint
 
 
 def _load_state(path: Path) -> dict[str, Any]:

@@ -330,7 +330,7 @@ class Engine:
                     self.setup.precision():
                 self.train(learner, name, seed, protocol, training, store, logger, progress)
             if training.best_epoch is not None:
-                best = store.load("best")
+                best = store.best()
                 learner.adapters.restore(best.adapters)
                 learner.load_state_dict(best.learner_state)
                 tested, selection = training.best_epoch, SELECTION_BEST

@@ -166,7 +166,7 @@ def export_peft(run_dir: Path | str, plugins: PluginManager, out: Path | str | N
     seed = setup.run.seeds[0] if seed is None else seed
     select_from_run(setup, run_dir, {"learner": [learner], "seeds": [seed]})
     run = setup.run
-    config = {"model": run.model, "rank": run.rank, "alpha": run.alpha,
+    config: dict[str, Any] = {"model": run.model, "rank": run.rank, "alpha": run.alpha,
               "target_modules": list(run.target_modules),
               "learner_settings": {learner: settings_dict(setup.learner_settings(learner))}}
     where = seed_dir(run_dir, learner, seed)

@@ -19,7 +19,6 @@ import csv
 import io
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +47,10 @@ from metalora.runs.rundir import (
     METRICS_FILE,
     RESULTS_CSV,
     RESULTS_JSON,
+    new_stamped_dir,
     read_json,
     seed_dir,
+    time_stamp,
     write_json,
 )
 from metalora.runs.setup import RunSetup, check_tested_adapters, load_tested_learner, open_run
@@ -215,13 +216,8 @@ def make_pruner(plugins: PluginManager, name: str, values: Mapping[str, Any] | N
 
 def sweep_dir(run_dir: Path, pruner: str, scope: str) -> Path:
     """A new directory for one sweep's results: ``RUN_DIR/prune/<stamp>-<pruner>-<scope>``."""
-    base = run_dir / PRUNE_DIR
-    stem = f"{datetime.now():%Y%m%d-%H%M%S}-{pruner}-{scope}"
-    path, suffix = base / stem, 1
-    while path.exists():
-        suffix += 1
-        path = base / f"{stem}-{suffix}"
-    return path
+    return new_stamped_dir(run_dir / PRUNE_DIR, f"{time_stamp()}-{pruner}-{scope}",
+                           create=False)
 
 
 def run_sweep(setup: RunSetup, run_dir: Path, ratios: Sequence[float], pruner: Pruner,
@@ -290,7 +286,7 @@ def _sweep_seed(setup: RunSetup, name: str, seed: int, run_dir: Path, source: st
         learner.adapters.remove()
 
 
-def prune_run(run_dir: Path | str, ratios: Sequence[float], plugins: PluginManager, *,
+def prune_run(run_dir: Path | str, ratios: Sequence[float] | str, plugins: PluginManager, *,
               pruner: str = "magnitude", scope: str = "adapted", baseline: bool = True,
               overrides: Mapping[str, Any] | None = None,
               console: Console | None = None) -> PruneSummary:
@@ -303,7 +299,7 @@ def prune_run(run_dir: Path | str, ratios: Sequence[float], plugins: PluginManag
     return run_sweep(setup, Path(run_dir), ratios, chosen, scope=scope, source="run")
 
 
-def prune_fresh(config: ResolvedConfig | RunSpec, ratios: Sequence[float],
+def prune_fresh(config: ResolvedConfig | RunSpec, ratios: Sequence[float] | str,
                 plugins: PluginManager, *,
                 pruner: str = "magnitude", scope: str = "adapted", baseline: bool = True,
                 console: Console | None = None) -> PruneSummary:

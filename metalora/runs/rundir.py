@@ -39,6 +39,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,27 @@ def require_finished(run_dir: Path, learner: str, seed: int) -> Path:
                 f"metalora run --resume {run_dir}")
     return where
 
+
+def new_stamped_dir(base: Path, stem: str, create: bool = True) -> Path:
+    """``base/stem``, or ``base/stem-2``, ``-3``, ... when that exists: never an existing
+    directory (two runs, sweeps or evaluations started in the same second get their own).
+    Created (atomically claimed) unless ``create`` is False."""
+    if create:
+        base.mkdir(parents=True, exist_ok=True)
+    path, suffix = base / stem, 1
+    while True:
+        try:
+            if create:
+                path.mkdir()
+                return path
+            if not path.exists():
+                return path
+        except FileExistsError:
+            pass
+        suffix += 1
+        path = base / f"{stem}-{suffix}"
+
+
+def time_stamp() -> str:
+    """The time stamp that starts run, sweep and evaluation directory names."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}"

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -24,7 +23,6 @@ from rich.console import Console
 
 from metalora.activity import doing
 from metalora.adapter_config import AdapterConfig
-from metalora.batching import PromptEncoder
 from metalora.config import (
     ResolvedConfig,
     RunSettings,
@@ -42,14 +40,17 @@ from metalora.models import LoadedModel, load_model
 from metalora.models.checkpointing import enable_gradient_checkpointing
 from metalora.plugins import PluginManager
 from metalora.precision import TORCH_DTYPES, allow_tf32, autocast
+from metalora.prompts import PromptEncoder
 from metalora.records import Suite
 from metalora.runs.rundir import (
     ADAPTERS_FILE,
     CONFIG_FILE,
     load_adapters,
+    new_stamped_dir,
     read_config,
     require_finished,
     seed_dir,
+    time_stamp,
 )
 from metalora.seeding import seed_everything
 from metalora.settings import build_settings
@@ -400,17 +401,10 @@ class RunSetup:
 
     def make_run_dir(self) -> Path:
         """Create a fresh run directory (never reusing an existing one)."""
-        base = Path(self.run.output_dir)
         stem = self.run.run_name or (
-            f"{datetime.now():%Y%m%d-%H%M%S}-{self.plugins.suite(self.run.tasks).name}-"
+            f"{time_stamp()}-{self.plugins.suite(self.run.tasks).name}-"
             f"{'+'.join(self.run.learner)}")
-        path = base / stem
-        suffix = 1
-        while path.exists():
-            suffix += 1
-            path = base / f"{stem}-{suffix}"
-        path.mkdir(parents=True)
-        return path
+        return new_stamped_dir(Path(self.run.output_dir), stem)
 
 
 def open_run(run_dir: Path | str, plugins: PluginManager, console: Console | None = None,

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from metalora.cli import build_app
 from metalora.errors import MetaloraError
 from metalora.runs.engine import Engine
-from metalora.runs.reevaluation import evaluate_run
+from metalora.runs.evaluate_run import evaluate_run
 from tests.conftest import make_config
 
 
@@ -103,3 +103,16 @@ def test_the_eval_command_takes_split_and_set(plugins, finished_run):
     bad = CliRunner().invoke(build_app(plugins), ["eval", str(finished_run.run_dir), "--set",
                                                   "adapt_lr"], color=False)
     assert bad.exit_code == 1 and "--set takes NAME=VALUE, got 'adapt_lr'" in bad.output
+
+
+def test_two_evaluations_in_the_same_second_get_folders_of_their_own(plugins, finished_run,
+                                                                     monkeypatch):
+    from metalora.runs import evaluate_run as reevaluation
+
+    monkeypatch.setattr(reevaluation, "time_stamp", lambda: "20261203-000000")
+    first = evaluate_run(finished_run.run_dir, plugins, overrides={"learner": ["lora"]})
+    second = evaluate_run(finished_run.run_dir, plugins, overrides={"learner": ["lora"]})
+    assert first.run_dir != second.run_dir
+    assert second.run_dir.name == first.run_dir.name + "-2"
+    for summary in (first, second):
+        assert (summary.run_dir / "metrics.json").exists()

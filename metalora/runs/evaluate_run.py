@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from metalora.errors import MetaloraError, unknown_choice
-from metalora.evaluation import evaluate
+from metalora.evaluation import EvalResult, evaluate
 from metalora.files import require_writable_directory
 from metalora.plugins import PluginManager
 from metalora.runs.progress import progress_bars
@@ -36,8 +35,10 @@ from metalora.runs.rundir import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     PREDICTIONS_JSONL_FILE,
+    new_stamped_dir,
     read_json,
     seed_dir,
+    time_stamp,
     write_json,
 )
 from metalora.runs.setup import RunSetup, check_tested_adapters, load_tested_learner, open_run
@@ -112,30 +113,37 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
             raise MetaloraError(f"suite '{suite.name}' has no validation tasks")
         episodes = [setup.episodes.episode(t) for t in suite.validation]
     check_tested_adapters(setup, run_dir)
-    stamp = f"{datetime.now():%Y%m%d-%H%M%S}-{suite.name}"
-    out_dir = run_dir / EVAL_DIR / (stamp if split == "test" else f"{stamp}-{split}")
     protocol = dict(read_json(run_dir / METRICS_FILE, "run metrics").get("protocol", {}))
     protocol.update(split=split, changed_settings=changed)
-    summary = RunSummary(run_dir=out_dir, suite=suite.name, metric_names=list(metrics),
-                         protocol=protocol)
-    predictions = {}
+    results: dict[str, list[SeedResult]] = {}
+    predictions: dict[tuple[str, int], EvalResult] = {}
     for name in setup.run.learner:
-        summary.results[name] = []
+        results[name] = []
         for seed in setup.run.seeds:
             recorded = SeedResult.load(name, seed, seed_dir(run_dir, name, seed))
             learner = load_tested_learner(setup, run_dir, name, seed)
             try:
                 with progress_bars(setup.console) as progress, setup.precision():
                     bar = progress.add_task(f"{name} seed {seed}: eval", total=len(episodes))
-                    result = evaluate(learner, episodes, metrics, seed=seed,
-                                      on_task=lambda _task, bar=bar: progress.advance(bar))
+
+                    def advance(_task: str, bar: Any = bar) -> None:
+                        progress.advance(bar)
+
+                    result = evaluate(learner, episodes, metrics, seed=seed, on_task=advance)
             finally:
                 learner.adapters.remove()
             result.example_se = result.bootstrap_se(metrics, seed=seed)
-            summary.results[name].append(dataclasses.replace(recorded, test=result))
-            predictions[seed_dir(out_dir, name, seed)] = result
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for where, result in predictions.items():  # per query, as the run's own test writes them
+            results[name].append(dataclasses.replace(recorded, test=result))
+            predictions[(name, seed)] = result
+    # a directory of its own, claimed only now that there is something to write: never
+    # another evaluation's, even one started in the same second
+    stamp = f"{time_stamp()}-{suite.name}"
+    out_dir = new_stamped_dir(run_dir / EVAL_DIR,
+                              stamp if split == "test" else f"{stamp}-{split}")
+    summary = RunSummary(run_dir=out_dir, suite=suite.name, metric_names=list(metrics),
+                         protocol=protocol, results=results)
+    for (name, seed), result in predictions.items():  # per query, as the run's test writes
+        where = seed_dir(out_dir, name, seed)
         where.mkdir(parents=True, exist_ok=True)
         result.save_predictions(where / PREDICTIONS_FILE)
         result.write_predictions_jsonl(where / PREDICTIONS_JSONL_FILE)
