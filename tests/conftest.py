@@ -35,3 +35,46 @@ def tiny() -> LoadedModel:
 def make_config(plugins: PluginManager, **values) -> ResolvedConfig:
     """A resolved config from keyword settings, as the CLI would build it."""
     return resolve_config(all_setting_infos(plugins), {}, values)
+
+
+class BuiltDocs:
+    """The documentation site built once per test session (``mkdocs build --strict``)."""
+
+    def __init__(self, site, returncode: int, stderr: str) -> None:
+        self.site, self.returncode, self.stderr = site, returncode, stderr
+
+
+@pytest.fixture(scope="session")
+def built_docs(tmp_path_factory) -> BuiltDocs:
+    """The site, built once for every test that reads it (``tests/test_docs*.py``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path_factory.mktemp("docs") / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f",
+                           str(root / "mkdocs.yml"), "-d", str(site)], cwd=site.parent,
+                          env=env, capture_output=True, text=True, timeout=600)
+    return BuiltDocs(site, done.returncode, done.stderr)
+
+
+FINISHED_TINY_RUN = dict(
+    model="tiny", tasks="demo", device="cpu", learner=["pretrained", "lora", "abmll"],
+    seeds=[0, 1], epochs=2, lr=1e-2, inner_lr=1e-2, outer_lr=1e-2, query_cap=8,
+    max_train_tasks=3, max_eval_tasks=2, plots=False, tensorboard=False, run_name="r")
+"""The run :func:`finished_tiny_run` trains."""
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(plugins, tmp_path_factory):
+    """One finished tiny run shared by the tests that only read a run directory: pretrained,
+    lora and abmll, seeds 0 and 1, two epochs (its :class:`RunSummary`)."""
+    from rich.console import Console
+
+    from metalora.runs.engine import Engine
+
+    out = tmp_path_factory.mktemp("finished")
+    config = make_config(plugins, output_dir=str(out), **FINISHED_TINY_RUN)
+    return Engine(config, plugins, console=Console(quiet=True)).execute()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 import subprocess
@@ -28,13 +27,9 @@ TINY = dict(model="tiny", tasks="demo", device="cpu", plots=False, tensorboard=F
 
 
 @pytest.fixture(scope="module")
-def finished(plugins, tmp_path_factory):
-    """One finished tiny run of lora and abmll, trained through the API."""
-    out = tmp_path_factory.mktemp("api")
-    spec = ml.run_spec(plugins=plugins, learner=["lora", "abmll"], epochs=1, lr=1e-2,
-                       inner_lr=1e-2, outer_lr=1e-2, adapt_lr=1e-2, output_dir=str(out),
-                       run_name="r", **TINY)
-    return ml.train(spec, plugins=plugins, console=Console(file=io.StringIO()))
+def finished(finished_tiny_run):
+    """The session's finished tiny run: pretrained, lora and abmll, seeds 0 and 1."""
+    return finished_tiny_run
 
 
 # -- the specification ------------------------------------------------------------------
@@ -92,7 +87,7 @@ def test_setting_a_run_up_never_changes_the_callers_configuration(plugins) -> No
 
 def test_train_returns_the_summary_the_command_line_prints(finished) -> None:
     table = finished.summary()
-    assert set(table) == {"lora", "abmll"}
+    assert set(table) == {"pretrained", "lora", "abmll"}
     recorded = json.loads((finished.run_dir / "metrics.json").read_text())
     for name in table:
         saved = recorded["learners"][name]["summary"]["accuracy"]
@@ -101,13 +96,13 @@ def test_train_returns_the_summary_the_command_line_prints(finished) -> None:
 
 def test_open_run_gives_the_runs_settings_results_and_predictions(plugins, finished) -> None:
     run = ml.open_run(finished.run_dir, plugins=plugins)
-    assert run.learners == ["lora", "abmll"] and run.seeds == [0]
-    assert run.spec.training.epochs == 1 and run.spec.settings["abmll"].inner_lr == 1e-2
+    assert run.learners == ["pretrained", "lora", "abmll"] and run.seeds == [0, 1]
+    assert run.spec.training.epochs == 2 and run.spec.settings["abmll"].inner_lr == 1e-2
     assert run.results["lora"][0].test.macro == finished.results["lora"][0].test.macro
     records = run.predictions("abmll")
     assert records and set(records[0]) == {"task", "index", "probs", "label"}
-    only = ml.open_run(finished.run_dir, learner=["abmll"], plugins=plugins)
-    assert only.learners == ["abmll"]
+    only = ml.open_run(finished.run_dir, learner=["abmll"], seeds=[1], plugins=plugins)
+    assert only.learners == ["abmll"] and only.seeds == [1]
     with pytest.raises(MetaloraError, match="learner 'maml' is not in run"):
         ml.open_run(finished.run_dir, learner=["maml"], plugins=plugins)
 

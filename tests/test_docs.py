@@ -15,10 +15,7 @@ import ast
 import importlib.util
 import inspect
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,14 +205,10 @@ def _mkdocs_missing() -> str | None:
 
 @pytest.mark.skipif(_mkdocs_missing() is not None,
                     reason="the docs extra is not installed (pip install -e '.[docs]')")
-def test_mkdocs_build_strict_passes(tmp_path):
-    site = tmp_path / "site"
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
-         "-d", str(site)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "WARNING" not in result.stderr, result.stderr[-4000:]
+def test_mkdocs_build_strict_passes(built_docs):
+    site = built_docs.site
+    assert built_docs.returncode == 0, built_docs.stderr[-4000:]
+    assert "WARNING" not in built_docs.stderr, built_docs.stderr[-4000:]
     pages = {p: p.read_text(encoding="utf-8") for p in site.rglob("*.html")}
     assert not [p for p, html in pages.items() if "<!-- metalora:" in html]
     cli = (site / "cli" / "index.html").read_text(encoding="utf-8")

@@ -15,8 +15,6 @@ import functools
 import http.server
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -54,12 +52,10 @@ CHECKS = """() => {
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> str:
+def site(built_docs) -> str:
     pytest.importorskip("playwright")
-    out = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f",
-                    str(ROOT / "mkdocs.yml"), "-d", str(out)], check=True, cwd=ROOT,
-                   env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert built_docs.returncode == 0, built_docs.stderr[-4000:]
+    out = built_docs.site
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -15,12 +15,9 @@ from tests.conftest import make_config
 
 
 @pytest.fixture(scope="module")
-def finished_run(plugins, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    config = make_config(plugins, model="tiny", learner=["pretrained", "lora"], epochs=2,
-                         lr=1e-2, query_cap=12, plots=False, tensorboard=False,
-                         output_dir=str(out), run_name="r")
-    return Engine(config, plugins).execute()
+def finished_run(finished_tiny_run):
+    """The session's finished tiny run (pretrained, lora, abmll; seeds 0 and 1)."""
+    return finished_tiny_run
 
 
 def test_eval_reproduces_the_runs_test_metrics_without_touching_the_run(plugins, finished_run):
@@ -32,7 +29,7 @@ def test_eval_reproduces_the_runs_test_metrics_without_touching_the_run(plugins,
     assert json.loads((again.run_dir / "results.json").read_text())
     assert {p: p.read_bytes() for p in before} == before
     # per query too: the same predictions file as the run's own test
-    for name in ("pretrained", "lora"):
+    for name in ("pretrained", "lora", "abmll"):
         for file in ("predictions.jsonl", "predictions.safetensors"):
             assert ((again.run_dir / name / "seed-0" / file).read_bytes()
                     == (run_dir / name / "seed-0" / file).read_bytes()), (name, file)
@@ -73,7 +70,7 @@ def test_eval_with_a_changed_evaluation_setting(plugins, finished_run):
     assert protocol["changed_settings"] == {"adapt_lr": 0.05}
     for settings, message in (({"rank": "4"}, "cannot change what the run is"),
                               ({"nope": "1"}, "unknown setting 'nope'"),
-                              ({"eval_samples": "8"}, "not used by this run"),
+                              ({"maml_test_adapt": "sgd"}, "not used by this run"),
                               ({"adapt_steps": "-1"}, "must be >= 0")):
         with pytest.raises(MetaloraError, match=message):
             evaluate_run(run_dir, plugins, settings=settings)

@@ -15,21 +15,16 @@ import pytest
 import torch
 
 from metalora.evaluation import EvalResult
-from metalora.runs.engine import Engine
 from metalora.runs.provenance import model_record
 from metalora.runs.rundir import PREDICTIONS_FILE, PREDICTIONS_JSONL_FILE, seed_dir
-from tests.conftest import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run_dir(plugins, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    config = make_config(plugins, model="tiny", learner=["pretrained", "lora"], epochs=2,
-                         seeds=[0, 1], query_cap=4, plots=False, tensorboard=False,
-                         output_dir=str(out), run_name="r")
-    return Engine(config, plugins).execute().run_dir
+def run_dir(finished_tiny_run) -> Path:
+    """The session's finished tiny run (pretrained, lora, abmll; seeds 0 and 1)."""
+    return finished_tiny_run.run_dir
 
 
 def test_run_json_records_versions_code_plugins_model_and_cost_per_seed(plugins, run_dir):
@@ -46,7 +41,7 @@ def test_run_json_records_versions_code_plugins_model_and_cost_per_seed(plugins,
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
                               capture_output=True, text=True, check=True).stdout.strip()
         assert session["git"]["commit"] == head and isinstance(session["git"]["dirty"], bool)
-    assert set(record["seeds"]) == {f"{n}/seed-{s}" for n in ("pretrained", "lora")
+    assert set(record["seeds"]) == {f"{n}/seed-{s}" for n in ("pretrained", "lora", "abmll")
                                     for s in (0, 1)}
     for entry in record["seeds"].values():
         assert entry["wall_s"] > 0 and entry["peak_rss_mb"] > 50 and entry["sessions"] == 1
