@@ -51,6 +51,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from metalora.paired import PairedDifference, paired_difference, query_scores, read_predictions
 
@@ -70,35 +71,36 @@ class Arm:
 
     name: str
     learner: str
-    options: tuple[str, ...]
+    options: tuple[tuple[str, Any], ...]
+    """Settings by name beyond the protocol's."""
     role: str
     sampled: bool = False
     """Evaluated again with SAMPLES weight samples and with the mean weights."""
 
 
-LR = ("--inner-lr", "1e-3", "--outer-lr", "1e-3")
+LR = (("inner_lr", "1e-3"), ("outer_lr", "1e-3"))
 ARMS = (
     Arm("A", "abmll", LR, "default (the paper's settings)"),
-    Arm("B", "abmll", (*LR, "--sampling", "mean", "--gamma", "0"), "no noise, no prior"),
-    Arm("C", "abmll", (*LR, "--log-var-init", "-12", "--beta", LAMBDA_BETA),
+    Arm("B", "abmll", (*LR, ("sampling", "mean"), ("gamma", "0")), "no noise, no prior"),
+    Arm("C", "abmll", (*LR, ("log_var_init", "-12"), ("beta", LAMBDA_BETA)),
         "c = -12, lambda held", sampled=True),
-    Arm("D", "abmll", (*LR, "--log-var-relative", "0.013", "--beta", LAMBDA_BETA,
-                       "--prior-log-var", "relative", "--b0", "1", "--prior-jacobian",
-                       "--variance-optimizer", "adamw", "--variance-lr", "1e-2"),
+    Arm("D", "abmll", (*LR, ("log_var_relative", "0.013"), ("beta", LAMBDA_BETA),
+                       ("prior_log_var", "relative"), ("b0", "1"), ("prior_jacobian", True),
+                       ("variance_optimizer", "adamw"), ("variance_lr", "1e-2")),
         "learned variance", sampled=True),
-    Arm("R", "reptile", ("--lr", "1e-3", "--reptile-outer", "adamw",
-                         "--reptile-outer-lr", "1e-3"), "reptile, AdamW outer step"),
-    Arm("F", "abmll", ("--inner-lr", "3e-4", "--outer-lr", "3e-4", "--meta-gradient",
-                       "first-order"), "first-order reading"),
+    Arm("R", "reptile", (("lr", "1e-3"), ("reptile_outer", "adamw"),
+                         ("reptile_outer_lr", "1e-3")), "reptile, AdamW outer step"),
+    Arm("F", "abmll", (("inner_lr", "3e-4"), ("outer_lr", "3e-4"),
+                       ("meta_gradient", "first-order")), "first-order reading"),
 )
 SEEDS = (0, 1)
-EVALS = {
-    # name suffix: (split, --set values)
-    "val": ("validation", ()),
-    "val-8": ("validation", (f"eval_samples={SAMPLES}",)),
-    "val-mean": ("validation", ("sampling=mean",)),
-    "test-8": ("test", (f"eval_samples={SAMPLES}",)),
-    "test-mean": ("test", ("sampling=mean",)),
+EVALS: dict[str, tuple[str, dict[str, Any]]] = {
+    # name suffix: (split, changed settings)
+    "val": ("validation", {}),
+    "val-8": ("validation", {"eval_samples": SAMPLES}),
+    "val-mean": ("validation", {"sampling": "mean"}),
+    "test-8": ("test", {"eval_samples": SAMPLES}),
+    "test-mean": ("test", {"sampling": "mean"}),
 }
 
 
@@ -120,7 +122,7 @@ class Experiment:
     def eval_dir(self, arm: Arm, seed: int, kind: str) -> Path | None:
         """The finished ``metalora eval`` of this kind, if any."""
         split, values = EVALS[kind]
-        wanted = dict(v.split("=", 1) for v in values)
+        wanted = {k: str(v) for k, v in values.items()}
         for metrics in sorted((self.run_dir(arm, seed) / "eval").glob("*/metrics.json")):
             protocol = json.loads(metrics.read_text()).get("protocol", {})
             changed = {k: str(v) for k, v in protocol.get("changed_settings", {}).items()}
@@ -129,36 +131,37 @@ class Experiment:
         return None
 
     # -- the jobs ------------------------------------------------------------
-    def ready(self) -> list[tuple[str, list[str]]]:
-        """The jobs not done whose inputs exist, in the order they should start."""
+    def ready(self) -> list[tuple[str, dict[str, Any]]]:
+        """The jobs (for ``api_job.py``) not done whose inputs exist, in the order they
+        should start."""
         a = self.args
-        jobs: list[tuple[int, str, list[str]]] = []
+        jobs: list[tuple[int, str, dict[str, Any]]] = []
         for seed in SEEDS:
             for order, arm in enumerate(ARMS):
                 name, run_dir = f"{arm.name}-seed{seed}", self.run_dir(arm, seed)
                 if not self.finished(arm, seed):
-                    argv = (["run", "--resume", str(run_dir)] if run_dir.exists() else [
-                        "run", "--learner", arm.learner, "--tasks", a.tasks,
-                        *(["--data-dir", str(a.data_dir)] if a.tasks == "cls45" else []),
-                        "--model", a.model, "--max-train-tasks", str(a.train_tasks),
-                        "--epochs", str(a.epochs), "--eval-every", "0",
-                        "--query-cap", str(a.query_cap), "--adapt-lr", "2e-4",
-                        "--dtype", "float32", "--seeds", str(seed), "--no-plots",
-                        "--no-tensorboard", "--output-dir", str(self.out), "--run-name", name,
-                        *a.extra.split(), *arm.options])
-                    jobs.append((10 * seed + order, name, argv))
+                    job: dict[str, Any] = (
+                        {"kind": "resume", "run_dir": str(run_dir)} if run_dir.exists() else
+                        {"kind": "train", "settings": {
+                            "learner": arm.learner, "tasks": a.tasks, "model": a.model,
+                            **({"data_dir": str(a.data_dir)} if a.tasks == "cls45" else {}),
+                            "max_train_tasks": a.train_tasks, "epochs": a.epochs,
+                            "eval_every": 0, "query_cap": a.query_cap, "adapt_lr": "2e-4",
+                            "dtype": "float32", "seeds": [seed], "plots": False,
+                            "tensorboard": False, "output_dir": str(self.out),
+                            "run_name": name, **json.loads(a.extra), **dict(arm.options)}})
+                    jobs.append((10 * seed + order, name, job))
                     continue
                 kinds = ["val"] + (["val-8", "val-mean", "test-8", "test-mean"]
                                    if arm.sampled else [])
                 for rank, kind in enumerate(kinds):
                     if self.eval_dir(arm, seed, kind) is None:
                         split, values = EVALS[kind]
-                        argv = ["eval", str(run_dir), "--split", split, "--no-per-task"]
-                        for value in values:
-                            argv += ["--set", value]
+                        job = {"kind": "evaluate", "run_dir": str(run_dir),
+                               "options": {"split": split, "settings": values}}
                         priority = 100 + 10 * rank + order if kind.startswith("val") else 200
-                        jobs.append((priority + seed, f"{name}:{kind}", argv))
-        return [(n, argv) for _, n, argv in sorted(jobs, key=lambda j: j[0])]
+                        jobs.append((priority + seed, f"{name}:{kind}", job))
+        return [(n, job) for _, n, job in sorted(jobs, key=lambda j: j[0])]
 
     # -- reading results -------------------------------------------------------
     def scores(self, arm: Arm, kind: str) -> dict[tuple[int, str, int], object] | None:
@@ -317,7 +320,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-tasks", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--query-cap", type=int, default=100)
-    parser.add_argument("--extra", default="", help="more `metalora run` options for every arm")
+    parser.add_argument("--extra", default="{}",
+                        help="more settings for every arm, as JSON (e.g. '{\"device\": \"cpu\"}')")
     return parser.parse_args(argv)
 
 

@@ -6,10 +6,11 @@ Usage::
     python benchmarks/protocol.py --stages ablation     # then the beta ablation at this protocol
     python benchmarks/protocol.py --report-only         # the tables of the finished runs
 
-Every run is one ``metalora run --tasks cls45`` into ``--output-dir`` (default
-``runs/benchmarks/protocol``); a finished run is never run again and an
-interrupted one continues with ``--resume``, so the script can be stopped and
-started at will. ``--jobs`` runs go side by side, each on ``--threads``
+Every run is one :func:`metalora.api.train` of the cls-45 suite (what ``metalora
+run --tasks cls45`` does) into ``--output-dir`` (default
+``runs/benchmarks/protocol``), in a process of its own (``api_job.py``); a
+finished run is never run again and an interrupted one is resumed, so the
+script can be stopped and started at will. ``--jobs`` runs go side by side, each on ``--threads``
 threads (2 x 1 uses both cores better than 1 x 2 at batch 2).
 
 The protocol, the same for every learner:
@@ -98,12 +99,13 @@ def lambda_held_beta(c: str) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One ``metalora run`` of one learner and seed."""
+    """One run of one learner and seed (through :mod:`metalora.api`)."""
 
     name: str
     learner: str
     seed: int
-    options: tuple[str, ...] = field(default=())
+    options: tuple[tuple[str, str], ...] = field(default=())
+    """Settings by name, beyond the protocol's: ``(("lr", "3e-4"), ...)``."""
     kind: str = "run"
     """``run`` (train and test) or ``samples`` (evaluate run ``name`` with 8 samples)."""
 
@@ -124,11 +126,11 @@ class Variant:
     def label(self) -> str:
         return self.learner if self.reading is None else f"{self.learner} ({self.reading})"
 
-    def options(self, lr: str) -> tuple[str, ...]:
-        """The ``metalora run`` options that set this variant's training learning rates."""
+    def options(self, lr: str) -> tuple[tuple[str, str], ...]:
+        """The settings that set this variant's training learning rates."""
         if self.reading is None:
-            return ("--lr", lr)
-        return ("--inner-lr", lr, "--outer-lr", lr, "--meta-gradient", self.reading)
+            return (("lr", lr),)
+        return (("inner_lr", lr), ("outer_lr", lr), ("meta_gradient", self.reading))
 
     def run_name(self, lr: str, seed: int) -> str:
         reading = "" if self.reading is None else f"-{self.reading}"
@@ -229,14 +231,14 @@ class Protocol:
         jobs = []
         for beta in (DEFAULT_BETA, *[b for b in BETAS if b != DEFAULT_BETA]):
             for reading in READINGS:
-                options = (*Variant("abmll", reading).options(lr), "--beta", beta)
+                options = (*Variant("abmll", reading).options(lr), ("beta", beta))
                 jobs.append(Job(self.ablation_name(reading, beta), "abmll", 0, options))
         if self.better_reading() is not None:
             for reading in READINGS:
                 for c in C_CELLS:
                     beta = lambda_held_beta(c)
-                    options = (*Variant("abmll", reading).options(lr), "--beta", beta,
-                               "--log-var-init", c)
+                    options = (*Variant("abmll", reading).options(lr), ("beta", beta),
+                               ("log_var_init", c))
                     jobs.append(Job(self.ablation_name(reading, beta, c), "abmll", 0,
                                     options))
         return jobs
@@ -272,18 +274,20 @@ class Protocol:
         return 1 if f"beta{DEFAULT_BETA}" in job.name else 4
 
     # -- running -------------------------------------------------------------
-    def command(self, job: Job) -> list[str]:
+    def command(self, job: Job) -> dict:
+        """The job for ``api_job.py``: evaluate, resume or train through the Python API."""
         if job.kind == "samples":
-            return ["eval", str(self.out / job.name), "--split", "validation", "--set",
-                    f"eval_samples={SAMPLES}", "--no-per-task"]
+            return {"kind": "evaluate", "run_dir": str(self.out / job.name), "options": {
+                "split": "validation", "settings": {"eval_samples": SAMPLES}}}
         if (self.out / job.name).exists():
-            return ["run", "--resume", str(self.out / job.name)]
+            return {"kind": "resume", "run_dir": str(self.out / job.name)}
         a = self.args
-        return ["run", "--learner", job.learner, "--tasks", "cls45", "--data-dir", str(a.data_dir),
-                "--max-train-tasks", str(a.train_tasks), "--epochs", str(a.epochs),
-                "--eval-every", "1", "--query-cap", str(a.query_cap), "--adapt-lr", a.adapt_lr,
-                "--dtype", "float32", "--seeds", str(job.seed), "--no-plots",
-                "--output-dir", str(self.out), "--run-name", job.name, *job.options]
+        return {"kind": "train", "settings": {
+            "learner": job.learner, "tasks": "cls45", "data_dir": str(a.data_dir),
+            "max_train_tasks": a.train_tasks, "epochs": a.epochs, "eval_every": 1,
+            "query_cap": a.query_cap, "adapt_lr": a.adapt_lr, "dtype": "float32",
+            "seeds": [job.seed], "plots": False, "output_dir": str(self.out),
+            "run_name": job.name, **dict(job.options)}}
 
     def run(self) -> None:
         """Start every ready job, ``--jobs`` at a time, until none is left."""

@@ -73,8 +73,8 @@ def finished_tiny_run(plugins, tmp_path_factory):
     lora and abmll, seeds 0 and 1, two epochs (its :class:`RunSummary`)."""
     from rich.console import Console
 
-    from metalora.runs.engine import Engine
+    import metalora.api as ml
 
     out = tmp_path_factory.mktemp("finished")
-    config = make_config(plugins, output_dir=str(out), **FINISHED_TINY_RUN)
-    return Engine(config, plugins, console=Console(quiet=True)).execute()
+    spec = ml.run_spec(plugins=plugins, output_dir=str(out), **FINISHED_TINY_RUN)
+    return ml.train(spec, plugins=plugins, console=Console(quiet=True))

@@ -1,0 +1,63 @@
+"""The benchmark drivers build jobs the Python API accepts (every setting name and value is
+checked by :func:`metalora.api.run_spec`, as the job would be)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import metalora.api as ml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _train_settings(job: dict) -> dict:
+    assert job["kind"] == "train", job
+    return job["settings"]
+
+
+def test_every_job_of_the_protocol_is_a_valid_run_spec(plugins, tmp_path) -> None:
+    import protocol
+
+    args = protocol.parse_args(["--data-dir", str(tmp_path), "--output-dir",
+                                str(tmp_path / "out")])
+    driver = protocol.Protocol(args)
+    jobs = driver.selection_jobs()
+    assert {j.learner for j in jobs} == {"pretrained", "lora", "structured-lora", "reptile",
+                                        "abmll"}
+    for job in jobs:
+        spec = ml.run_spec(plugins=plugins, **_train_settings(driver.command(job)))
+        assert spec.training.learner == (job.learner,) and spec.data.tasks == "cls45"
+    evaluation = driver.command(protocol.Job("x", "abmll", 0, kind="samples"))
+    assert evaluation == {"kind": "evaluate", "run_dir": str(tmp_path / "out" / "x"),
+                          "options": {"split": "validation",
+                                      "settings": {"eval_samples": protocol.SAMPLES}}}
+
+
+def test_the_c_cells_of_the_ablation_hold_lambda() -> None:
+    import math
+
+    import protocol
+
+    for c in protocol.C_CELLS:
+        beta = float(protocol.lambda_held_beta(c))
+        assert beta * math.exp(-float(c)) == pytest.approx(1e-8 * math.exp(20), rel=1e-3)
+
+
+def test_every_arm_of_the_mechanism_experiment_is_a_valid_run_spec(plugins, tmp_path) -> None:
+    import mechanism
+
+    args = mechanism.parse_args(["--data-dir", str(tmp_path), "--output-dir",
+                                 str(tmp_path / "out")])
+    jobs = dict(mechanism.Experiment(args).ready())
+    assert len(jobs) == len(mechanism.ARMS) * len(mechanism.SEEDS)  # nothing run yet
+    for name, job in jobs.items():
+        spec = ml.run_spec(plugins=plugins, **_train_settings(job))
+        assert spec.training.epochs == 3 and spec.training.eval_every == 0
+        assert spec.protocol.query_cap == 100, name
+    d = ml.run_spec(plugins=plugins, **_train_settings(jobs["D-seed0"]))
+    assert d.settings["abmll"].variance_optimizer == "adamw"
+    assert d.settings["normal-gamma"].prior_jacobian is True
