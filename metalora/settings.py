@@ -171,10 +171,18 @@ def merge_infos(groups: list[list[SettingInfo]], conflicts: dict[str, str] | Non
                 seen,
                 owners=seen.owners + info.owners,
                 defaults={**seen.defaults, **info.defaults},
-                help=seen.help if seen.help else info.help,
+                help=_merged_help(seen.help, info.help),
                 bounds=seen.bounds if seen.bounds == info.bounds else {},
             )
     return merged
+
+
+def _merged_help(first: str, other: str) -> str:
+    """One help text for a name two owners declare: both, unless they say the same (each
+    owner's own text names it, e.g. ``lora: AdamW learning rate``)."""
+    if not first or other in first:
+        return first or other
+    return f"{first} {other}"
 
 
 def build_settings(settings_cls: type, values: Mapping[str, Any],

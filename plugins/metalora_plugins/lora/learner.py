@@ -21,7 +21,7 @@ from metalora import (
 class LoraSettings:
     """Settings of ``lora``."""
 
-    lr: float = setting(5e-5, "Training learning rate (AdamW; for maml the outer step).", gt=0)
+    lr: float = setting(5e-5, "lora: AdamW learning rate (paper: 5e-5).", gt=0)
     weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     steps_per_task: int = setting(
         5, "An epoch of lora draws len(training tasks) x steps_per_task batches from the "

@@ -74,7 +74,7 @@ _PREFIX = "model."
 class MamlSettings:
     """Settings of ``maml``."""
 
-    lr: float = setting(5e-5, "Training learning rate (AdamW; for maml the outer step).", gt=0)
+    lr: float = setting(5e-5, "maml: learning rate of the outer AdamW step.", gt=0)
     weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).", ge=1)
     maml_inner_lr: float = setting(

@@ -44,7 +44,8 @@ from metalora import LearnerContext, SinglePairLearner, StepLog, Task, adamw, se
 class ReptileSettings:
     """Settings of ``reptile``."""
 
-    lr: float = setting(1e-5, "Training learning rate (AdamW; for maml the outer step).", gt=0)
+    lr: float = setting(1e-5, "reptile: learning rate of the inner AdamW steps (paper: 1e-5).",
+                        gt=0)
     weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     inner_steps: int = setting(5, "Inner-loop steps per training task (paper: K = 5).", ge=1)
     reptile_epsilon: float = setting(

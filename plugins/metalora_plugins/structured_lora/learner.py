@@ -22,7 +22,7 @@ from metalora import LearnerContext, SinglePairLearner, StepLog, Task, adamw, se
 class StructuredLoraSettings:
     """Settings of ``structured-lora``."""
 
-    lr: float = setting(1e-5, "Training learning rate (AdamW; for maml the outer step).", gt=0)
+    lr: float = setting(1e-5, "structured-lora: AdamW learning rate (paper: 1e-5).", gt=0)
     weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     steps_per_task: int = setting(
         5, "structured-lora: optimisation steps on each training task per visit (paper: 5).", ge=1)
