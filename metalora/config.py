@@ -196,6 +196,9 @@ def setting_conflicts(plugins: PluginManager) -> dict[str, str]:
 
 LEARNER_TABLES_KEY = "learner_settings"
 """The key under which a run's ``config.json`` records each learner's settings."""
+PLUGIN_TABLES_KEY = "plugin_settings"
+"""The key under which a run's ``config.json`` records the settings of its other plugins
+(every prior, the suite, the loggers), one table per owner."""
 
 
 @dataclass
@@ -273,7 +276,15 @@ def read_config_file(path: Path, learners: Collection[str] = (),
     per_learner: dict[str, dict[str, Any]] = {}
     shared: dict[str, Any] = {}
     for key, value in data.items():
-        if key == LEARNER_TABLES_KEY and isinstance(value, Mapping):
+        if key == PLUGIN_TABLES_KEY and isinstance(value, Mapping):
+            for owner, table in value.items():  # a run's config.json: priors, suite, loggers
+                if not isinstance(table, Mapping):
+                    raise MetaloraError(f"{where}: {key}.{owner} must be a table of settings")
+                if owner in learners:
+                    per_learner.setdefault(owner, {}).update(_flatten(table))
+                else:
+                    shared.update(_flatten(table))
+        elif key == LEARNER_TABLES_KEY and isinstance(value, Mapping):
             for learner, table in value.items():
                 if learners and learner not in learners:
                     raise MetaloraError(f"{where}: unknown learner {learner!r} "

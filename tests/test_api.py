@@ -205,3 +205,13 @@ def test_a_run_written_by_the_previous_version_still_opens(plugins, tmp_path) ->
         assert again.results[name][0].test.macro == pytest.approx(recorded, abs=1e-6), name
     exported = ml.export(run_dir, tmp_path / "peft", learner="lora", plugins=plugins)
     assert exported.rank == 8 and exported.target_modules == ["q_proj", "v_proj", "o_proj"]
+
+
+def test_config_json_holds_every_owners_table_and_reads_back(plugins, finished) -> None:
+    path = finished.run_dir / "config.json"
+    recorded = json.loads(path.read_text())
+    assert recorded["learner_settings"]["abmll"]["inner_lr"] == 1e-2
+    assert recorded["plugin_settings"]["normal-gamma"] == {"a0": 1.0, "b0": 0.01,
+                                                          "prior_jacobian": False}
+    again = ml.run_spec(path, plugins=plugins)  # a run's config.json is a config file
+    assert again.settings["abmll"].inner_lr == 1e-2 and again.training.seeds == (0, 1)

@@ -392,10 +392,14 @@ class RunSetup:
         """Everything needed to rebuild this run: core settings, each learner's settings,
         and the values given explicitly (``given``, which also carries prior settings; a
         suite's recommendations are not in it, they are in the settings they set)."""
+        others = {owner: settings_dict(settings)
+                  for owner, settings in self.plugin_settings().items()
+                  if owner not in self.run.learner and dataclasses.is_dataclass(settings)}
         return {
             **settings_dict(self.run),
             "learner_settings": {n: settings_dict(self.learner_settings(n))
                                  for n in self.run.learner},
+            "plugin_settings": others,
             "given": dict(self.given.values),
         }
 
