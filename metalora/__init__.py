@@ -12,7 +12,7 @@ internal and may change between versions.
   :class:`DataOptions`), :class:`Metric`, :class:`Pruner`, :class:`Logger`;
 * settings: :func:`setting`, :class:`NoSettings`;
 * data: :class:`Task`, :class:`TaskRecord`, :class:`TaskRole`,
-  :class:`Suite`, :data:`MAX_OPTIONS`, :func:`filter_by_options`,
+  :class:`Suite`, :data:`MAX_OPTIONS`, :func:`filter_by_options`, :func:`option_problem`,
   :class:`Batch`;
 * adapters: :func:`attach_adapters`, :class:`AdapterHandle`,
   :class:`AdaptedLinear`, :class:`LoRAPair`, :class:`AdapterConfig`,
@@ -57,6 +57,7 @@ _SOURCES: dict[str, str] = {
     "Suite": "metalora.records",
     "MAX_OPTIONS": "metalora.records",
     "filter_by_options": "metalora.records",
+    "option_problem": "metalora.records",
     "Batch": "metalora.prompts",
     "attach_adapters": "metalora.adapters",
     "AdapterHandle": "metalora.adapters",
@@ -98,6 +99,7 @@ __all__ = [
     "Suite",
     "MAX_OPTIONS",
     "filter_by_options",
+    "option_problem",
     "Batch",
     "attach_adapters",
     "AdapterHandle",
@@ -131,7 +133,15 @@ if TYPE_CHECKING:
     from metalora.optim import adamw, fit_steps
     from metalora.precision import float32_products_are_exact
     from metalora.prompts import Batch
-    from metalora.records import MAX_OPTIONS, Suite, Task, TaskRecord, TaskRole, filter_by_options
+    from metalora.records import (
+        MAX_OPTIONS,
+        Suite,
+        Task,
+        TaskRecord,
+        TaskRole,
+        filter_by_options,
+        option_problem,
+    )
     from metalora.scoring import answer_loss, option_probs
     from metalora.settings import NoSettings, setting
     from metalora.single_pair import SinglePairLearner

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from metalora.distributed import Distributed
 from metalora.episodes import Episode
 from metalora.errors import MetaloraError
 from metalora.files import atomic_write_bytes
@@ -183,6 +184,20 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], metrics: Mapping[str
             on_task(episode.task)
     model.train(was_training)
     return result
+
+
+def evaluate_across_ranks(distributed: Distributed, learner: Learner,
+                          episodes: Sequence[Episode], metrics: Mapping[str, Metric],
+                          seed: int = 0,
+                          on_task: Callable[[str], None] | None = None) -> EvalResult:
+    """:func:`evaluate`; under torchrun each rank takes its share of the episodes and every
+    rank gets all results (they equal a single process's: each task's evaluation is seeded
+    by the task)."""
+    if not distributed.active:
+        return evaluate(learner, episodes, metrics, seed=seed, on_task=on_task)
+    mine = evaluate(learner, distributed.deal_all(episodes), metrics, seed=seed,
+                    on_task=on_task)
+    return EvalResult(tasks=distributed.gather_dealt(mine.tasks, len(episodes)))
 
 
 @contextlib.contextmanager

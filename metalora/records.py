@@ -33,6 +33,10 @@ class TaskRecord:
     input: str
     output: str
     options: tuple[str, ...]
+    source: str | None = field(default=None, compare=False)
+    """Where the record came from, for tracing a prediction back: ``file:line`` for records
+    read from files, a row id for a hub dataset (``None`` when unknown). Not part of the
+    record's identity: identical records from two places are one record."""
 
     def __post_init__(self) -> None:
         if not self.options:
@@ -100,6 +104,21 @@ class Suite:
             TaskRole.VALIDATION: self.validation,
             TaskRole.TEST: self.test,
         }[TaskRole(role)]
+
+
+def option_problem(options: Sequence[str]) -> str | None:
+    """Why ``options`` cannot be a multiple-choice record's (``None`` if they can): fewer
+    than two options, an empty one, or one that appears twice."""
+    if len(options) < 2:
+        return (f"record has {len(options)} option; a multiple-choice record needs at "
+                "least 2")
+    for i, option in enumerate(options):
+        if not option.strip():
+            return f"option {i + 1} of {list(options)!r} is empty"
+    for i, option in enumerate(options):
+        if option in options[:i]:
+            return f"option {option!r} appears twice in {list(options)!r}"
+    return None
 
 
 def filter_by_options(

@@ -29,7 +29,7 @@ from metalora.errors import MetaloraError
 from metalora.evaluation import compute_metrics, preserved_rng
 from metalora.files import atomic_write_bytes
 from metalora.plugins import PluginManager, get_plugin_manager
-from metalora.records import MAX_OPTIONS, TaskRecord
+from metalora.records import MAX_OPTIONS, TaskRecord, option_problem
 from metalora.runs.evaluate_run import change_settings
 from metalora.runs.setup import RunSetup, load_tested_learner, select_from_run
 
@@ -109,7 +109,8 @@ def read_records(path: Path | str, *, labelled: bool = True) -> list[QueryRecord
         if not line.strip():
             continue
         try:
-            records.append(record_from_mapping(json.loads(line), labelled))
+            records.append(record_from_mapping(json.loads(line), labelled,
+                                               source=f"{path}:{number}"))
         except (ValueError, MetaloraError) as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise MetaloraError(f"{path}, line {number}: {reason}") from None
@@ -118,7 +119,7 @@ def read_records(path: Path | str, *, labelled: bool = True) -> list[QueryRecord
     return records
 
 
-def record_from_mapping(data: Any, labelled: bool) -> QueryRecord:
+def record_from_mapping(data: Any, labelled: bool, source: str | None = None) -> QueryRecord:
     """A record from a MetaICL-style mapping ``{"input", "options", "output"}`` (``output``
     required when ``labelled``); ``ValueError`` saying what is wrong otherwise."""
     if not isinstance(data, Mapping):
@@ -135,10 +136,13 @@ def record_from_mapping(data: Any, labelled: bool) -> QueryRecord:
     if len(options) > MAX_OPTIONS:
         raise ValueError(f"record has {len(options)} options; at most {MAX_OPTIONS} are "
                          "supported")
+    problem = option_problem(options)
+    if problem is not None:
+        raise ValueError(problem)
     output = str(data["output"]) if has_output else options[0]
     task = str(data.get("task") or ADAPT_TASK)
     return QueryRecord(TaskRecord(task=task, input=data["input"], output=output,
-                                  options=tuple(options)), labelled=has_output)
+                                  options=tuple(options), source=source), labelled=has_output)
 
 
 def adapt_run(run_dir: Path | str, support: Path | str | Sequence[QueryRecord],

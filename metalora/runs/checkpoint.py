@@ -33,9 +33,17 @@ from torch import Tensor
 
 from metalora.errors import MetaloraError
 from metalora.files import atomic_write_bytes
-from metalora.runs.rundir import load_adapters, read_json, save_adapters, write_json
+from metalora.runs.rundir import (
+    ADAPTERS_FILE,
+    CHECKPOINT_INDEX_FILE,
+    load_adapters,
+    read_json,
+    save_adapters,
+    tested_checkpoint,
+    write_json,
+)
 
-INDEX_FILE = "checkpoints.json"
+INDEX_FILE = CHECKPOINT_INDEX_FILE
 FORMAT_VERSION = 1
 
 
@@ -219,3 +227,19 @@ def _load_state(path: Path) -> dict[str, Any]:
             "containers; it is not loaded (unpickling them could run code)") from None
     except (OSError, RuntimeError, EOFError) as exc:
         raise MetaloraError(f"checkpoint {str(path)!r} is unreadable: {exc}") from None
+
+
+def rebuild_tested_adapters(where: Path) -> int | None:
+    """A finished learner/seed whose ``adapters.safetensors`` is missing: rebuild it from the
+    checkpoint of its tested epoch and return that epoch (``None``: nothing was missing).
+    With no such checkpoint left, one error line naming the file and what can be done."""
+    if (where / ADAPTERS_FILE).exists():
+        return None
+    found = tested_checkpoint(where)
+    if found is None:
+        raise MetaloraError(f"{where / ADAPTERS_FILE} is missing and no checkpoint of its tested "
+                            f"epoch is left, so it cannot be rebuilt; delete {where} to train "
+                            "this learner and seed again, then resume")
+    epoch, path = found
+    save_adapters(where / ADAPTERS_FILE, load_adapters(path), metadata={"epoch": str(epoch)})
+    return epoch

@@ -43,7 +43,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +57,19 @@ from metalora.config import ResolvedConfig, RunSettings
 from metalora.distributed import Distributed, from_environment
 from metalora.episodes import Episode
 from metalora.errors import MetaloraError, TrainingDiverged
-from metalora.evaluation import EvalResult, evaluate
+from metalora.evaluation import EvalResult, evaluate_across_ranks
 from metalora.files import remove_stale_temporaries, require_writable_directory
 from metalora.interfaces import Learner, Metric
 from metalora.plugins import PluginManager
 from metalora.records import Task
 from metalora.runs.callbacks import RunCallback
-from metalora.runs.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng
+from metalora.runs.checkpoint import (
+    CheckpointStore,
+    TrainingState,
+    capture_rng,
+    rebuild_tested_adapters,
+    restore_rng,
+)
 from metalora.runs.logging_sinks import RunLogger
 from metalora.runs.progress import ProgressLog, epoch_description, format_metrics, progress_bars
 from metalora.runs.provenance import RunRecord, model_record, session_record
@@ -294,7 +300,9 @@ class Engine:
         key = f"{name}/seed-{seed}"
         self._current = f"{name} seed {seed}"
         if self.setup.resume_dir is not None and (out / METRICS_FILE).exists():
-            self.setup.console.print(f"[dim]{name} seed {seed}: finished earlier, kept[/dim]")
+            rebuilt = rebuild_tested_adapters(out)  # a damaged run: its tested adapters gone
+            self.setup.note(f"{name} seed {seed}: finished earlier, kept" + (
+                "" if rebuilt is None else f" ({ADAPTERS_FILE} rebuilt from epoch {rebuilt})"))
             return SeedResult.load(name, seed, out)
         self.record.start_seed(key, self.setup.device())
         log_path = run_dir / LOG_FILE
@@ -435,8 +443,9 @@ class Engine:
         self._current = f"{name} seed {seed}, validating epoch {training.epoch}"
         bar = progress.add_task(f"{name} seed {seed}: validate", total=len(protocol.validation))
         started = time.perf_counter()
-        result = self._evaluate(learner, protocol.validation, protocol.validation_metrics, seed,
-                                on_task=lambda _task: progress.advance(bar))
+        result = evaluate_across_ranks(self.distributed, learner, protocol.validation,
+                                       protocol.validation_metrics, seed,
+                                       on_task=lambda _task: progress.advance(bar))
         progress.remove_task(bar)
         metrics = result.macro
         value = metrics[protocol.select_metric]
@@ -474,24 +483,13 @@ class Engine:
         started = time.perf_counter()
         with self._progress() as progress:
             bar = progress.add_task(f"{name} seed {seed}: test", total=len(episodes))
-            result = self._evaluate(learner, episodes, metrics, seed,
-                                    on_task=lambda _task: progress.advance(bar))
+            result = evaluate_across_ranks(self.distributed, learner, episodes, metrics, seed,
+                                           on_task=lambda _task: progress.advance(bar))
         result.example_se = result.bootstrap_se(metrics, seed=seed)
         self._progress_line(
             f"{name} seed {seed}: tested ({len(episodes)} tasks, "
             f"{time.perf_counter() - started:.1f} s): {format_metrics(result.macro)}")
         return result
-
-    def _evaluate(self, learner: Learner, episodes: list[Episode], metrics: dict[str, Metric],
-                  seed: int, on_task: Callable[[str], None] | None = None) -> EvalResult:
-        """:func:`~metalora.evaluation.evaluate`; under torchrun each rank takes its share
-        of the episodes and every rank gets all results (they equal a single process's:
-        each task's evaluation is seeded by the task)."""
-        if not self.distributed.active:
-            return evaluate(learner, episodes, metrics, seed=seed, on_task=on_task)
-        mine = evaluate(learner, self.distributed.deal_all(episodes), metrics, seed=seed,
-                        on_task=on_task)
-        return EvalResult(tasks=self.distributed.gather_dealt(mine.tasks, len(episodes)))
 
     def write_plots(self, summary: RunSummary) -> list[Path]:
         """Validation curves and reliability diagrams (skipped with a note without matplotlib)."""

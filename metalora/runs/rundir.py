@@ -61,6 +61,8 @@ ADAPTERS_FILE = "adapters.safetensors"
 PREDICTIONS_FILE = "predictions.safetensors"
 PREDICTIONS_JSONL_FILE = "predictions.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_INDEX_FILE = "checkpoints.json"
+"""The checkpoint index in a learner/seed's ``checkpoints`` folder."""
 PLOTS_DIR = "plots"
 
 
@@ -136,15 +138,39 @@ def file_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def tested_checkpoint(where: Path) -> tuple[int, Path] | None:
+    """For a finished learner/seed directory: its tested epoch and the adapters file of the
+    checkpoint of that epoch, if one is still there (else ``None``)."""
+    try:
+        tested = read_json(where / METRICS_FILE, "seed metrics").get("tested_epoch")
+        index = read_json(where / CHECKPOINT_DIR / CHECKPOINT_INDEX_FILE, "checkpoint index")
+    except MetaloraError:
+        return None
+    for entry in (index.get("best"), index.get("latest")):
+        if entry and entry.get("epoch") == tested:
+            path = where / CHECKPOINT_DIR / entry["adapters"]
+            if path.exists():
+                return int(tested), path
+    return None
+
+
 def require_finished(run_dir: Path, learner: str, seed: int) -> Path:
-    """The directory of a finished learner/seed pair, or one clear error saying how to finish it."""
+    """The directory of a finished learner/seed pair, or one clear error saying what is
+    wrong and a command that can put it right."""
     where = seed_dir(run_dir, learner, seed)
-    for needed in (METRICS_FILE, ADAPTERS_FILE):
-        if not (where / needed).exists():
-            raise MetaloraError(
-                f"run directory {str(run_dir)!r} is incomplete: {learner} seed {seed} has not "
-                f"finished (no {learner}/seed-{seed}/{needed}); finish it with: "
-                f"metalora run --resume {run_dir}")
+    resume = f"metalora run --resume {run_dir}"
+    if not (where / METRICS_FILE).exists():
+        raise MetaloraError(
+            f"run directory {str(run_dir)!r} is incomplete: {learner} seed {seed} has not "
+            f"finished (no {learner}/seed-{seed}/{METRICS_FILE}); finish it with: {resume}")
+    if not (where / ADAPTERS_FILE).exists():
+        missing = f"{learner}/seed-{seed}/{ADAPTERS_FILE} of run {str(run_dir)!r} is missing"
+        if tested_checkpoint(where) is not None:
+            raise MetaloraError(f"{missing}; {resume} rebuilds it from the checkpoint of its "
+                                "tested epoch")
+        raise MetaloraError(f"{missing}, and no checkpoint of its tested epoch is left: it "
+                            f"cannot be rebuilt; to train this learner and seed again, delete "
+                            f"{where} and run: {resume}")
     return where
 
 

@@ -55,6 +55,7 @@ from metalora.runs.rundir import (
 from metalora.seeding import seed_everything
 from metalora.settings import build_settings
 from metalora.spec import RunSpec
+from metalora.target_modules import find_target_linears
 
 DTYPES = TORCH_DTYPES
 
@@ -308,6 +309,8 @@ class RunSetup:
                 loaded = load_model(self.run.model, dtype=DTYPES[self.run.dtype],
                                     device=device, notify=self.note)
             allow_tf32(device, self.run.tf32)
+            # the adapted layers exist: checked here, before any run directory is made
+            find_target_linears(loaded.model, self.run.target_modules)
             if self.run.gradient_checkpointing:
                 enable_gradient_checkpointing(loaded.model, f"model {self.run.model!r}")
             encoder = PromptEncoder(loaded.tokenizer, max_length=self.run.max_length)

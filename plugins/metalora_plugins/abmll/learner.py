@@ -207,6 +207,9 @@ class ABMLLSettings:
 
     def check(self) -> None:
         """Settings that are fine alone but not together (checked before anything loads)."""
+        if self.log_var_min >= self.log_var_max:
+            raise MetaloraError(f"log_var_min {self.log_var_min} must be below log_var_max "
+                                f"{self.log_var_max}")
         if not self.log_var_min <= self.log_var_init <= self.log_var_max:
             raise MetaloraError(
                 f"log_var_init {self.log_var_init} must lie in [log_var_min, log_var_max] = "

@@ -65,9 +65,13 @@ class FolderSource:
         return {}
 
     def read(self, task: str, role: TaskRole) -> SourcedTask:
-        """The records of ``task`` in ``role``, from its one file."""
+        """The records of ``task`` in ``role``, from its one file (an empty file is one error
+        line: a task cannot be made of nothing)."""
         path = self.files[role][task]
         contents = read_jsonl(path, task, skip_bad=self.skip_bad)
+        if not (contents.records or contents.open_lines or contents.skipped):
+            raise MetaloraError(f"{path} is empty: a task file needs at least one record "
+                                "(one JSON object per line)")
         sourced = SourcedTask(name=task, records=contents.records, origin=str(path))
         if contents.skipped:
             sourced.skipped[str(path)] = len(contents.skipped)
@@ -102,6 +106,9 @@ class FolderSuite(CrossFitSuite):
 
 def folder_suite(path: Path) -> FolderSuite:
     """The suite of the folder or suite file ``path``; any problem is one error line."""
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        raise MetaloraError(f"{str(path)!r} is a task file, not a suite: give a folder with "
+                            "train/ and test/ task files, or a TOML/YAML suite file listing them")
     if path.is_dir():
         files = _files_of_folder(path)
         name, description = path.resolve().name, f"task files of the folder {path}"
@@ -118,18 +125,47 @@ def folder_suite(path: Path) -> FolderSuite:
     return FolderSuite(path.resolve(), name, description, files, remarks)
 
 
+KEPT_BESIDE_DATA: tuple[str, ...] = ("readme", "license", "licence", "notice", "changelog",
+                                     "citation", "thumbs.db", "desktop.ini")
+"""Names (without their extension, any case) of files people keep beside data: accepted in a
+task folder and its role folders, and never read. Hidden files (``.DS_Store``) too."""
+
+
+def kept_beside_data(path: Path) -> bool:
+    """Whether ``path`` is a file people keep beside data (see :data:`KEPT_BESIDE_DATA`)."""
+    return (path.name.startswith(".") or path.stem.lower() in KEPT_BESIDE_DATA
+            or path.name.lower() in KEPT_BESIDE_DATA)
+
+
+def is_task_file(path: Path) -> bool:
+    """A ``<task>.jsonl`` file (the extension in any case: ``.JSONL`` too)."""
+    return path.is_file() and path.suffix.lower() == ".jsonl"
+
+
 def _files_of_folder(root: Path) -> TaskFiles:
-    """``root/<role>/<task>.jsonl`` per role; any other entry of ``root`` is an error."""
+    """``root/<role>/<task>.jsonl`` per role. Anything else in ``root`` or a role folder (a
+    ``.csv``, notes, a subfolder) is one error naming it: nothing is silently left out. Files
+    people keep beside data (README, LICENSE, hidden files) are accepted and not read."""
     known = {str(role) for role in TaskRole}
-    others = sorted(p.name for p in root.iterdir() if p.name not in known
-                    and not p.name.startswith("."))
+    others = sorted(p.name for p in root.iterdir()
+                    if p.name not in known and not kept_beside_data(p))
     if others:
         raise MetaloraError(f"task folder {str(root)!r} has {', '.join(others)}; it may hold "
-                            f"only the folders {', '.join(sorted(known))}")
+                            f"only the folders {', '.join(sorted(known))} (and README, "
+                            "LICENSE or hidden files)")
     files: TaskFiles = {}
     for role in TaskRole:
         folder = root / str(role)
-        paths = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+        paths = [p for p in entries if is_task_file(p)]
+        strays = [p.name + ("/" if p.is_dir() else "") for p in entries
+                  if p not in paths and not kept_beside_data(p)]
+        if strays:
+            raise MetaloraError(
+                f"{folder} holds {', '.join(strays)}, which {'is' if len(strays) == 1 else 'are'}"
+                " not a task file (<task>.jsonl, one JSON record per line); move or rename "
+                f"{'it' if len(strays) == 1 else 'them'} (README, LICENSE and hidden files may "
+                "stay)")
         files[role] = _by_task(paths, f"{folder}")
     return files
 
@@ -210,4 +246,5 @@ def _held_out_of_training(files: TaskFiles) -> tuple[str, ...]:
             "validation or test only",)
 
 
-__all__ = ["SUITE_FILE_KEYS", "FolderSource", "FolderSuite", "folder_suite"]
+__all__ = ["KEPT_BESIDE_DATA", "SUITE_FILE_KEYS", "FolderSource", "FolderSuite", "folder_suite",
+           "is_task_file", "kept_beside_data"]

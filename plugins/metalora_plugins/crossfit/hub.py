@@ -151,7 +151,8 @@ class HubTask:
                     f"hub dataset {self.label}, row {index}: output {output!r} of task "
                     f"'{self.task}' is not one of its options {list(options)!r}"
                 )
-            records.append(TaskRecord(self.task, input_, output, tuple(options)))
+            records.append(TaskRecord(self.task, input_, output, tuple(options),
+                                      source=f"{self.label}, row {index}"))
         return ConvertedRows(records, dropped)
 
 

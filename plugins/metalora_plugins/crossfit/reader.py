@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from metalora import MetaloraError, TaskRecord, TaskRole
+from metalora import MetaloraError, TaskRecord, TaskRole, option_problem
 from metalora_plugins.crossfit.suites import OVERSIZED
 
 DEFAULT_K = 16
@@ -114,11 +114,13 @@ class FileContents:
     """``(line, reason)`` of bad records skipped."""
 
 
-def parse_record(task: str, obj: Any) -> TaskRecord | None:
+def parse_record(task: str, obj: Any, source: str | None = None) -> TaskRecord | None:
     """Validate one decoded JSON line; ``None`` for a record with an empty options list.
 
-    Raises :class:`BadRecord` for anything unusable. The record's ``task`` is
-    set to ``task`` (the folder name), whatever the line's own ``task`` says.
+    Raises :class:`BadRecord` for anything unusable: fewer than two options,
+    an empty or repeated option, an output that is not an option. The
+    record's ``task`` is set to ``task`` (the folder name), whatever the
+    line's own ``task`` says; ``source`` (``file:line``) is kept with it.
     """
     if not isinstance(obj, dict):
         raise BadRecord(f"expected a JSON object, got {type(obj).__name__}")
@@ -134,9 +136,13 @@ def parse_record(task: str, obj: Any) -> TaskRecord | None:
         raise BadRecord("'options' must be a list of strings")
     if not options:
         return None
+    problem = option_problem(options)
+    if problem is not None:
+        raise BadRecord(problem)
     if obj["output"] not in options:
         raise BadRecord(f"output {obj['output']!r} is not one of its options {options!r}")
-    return TaskRecord(task=task, input=obj["input"], output=obj["output"], options=tuple(options))
+    return TaskRecord(task=task, input=obj["input"], output=obj["output"], options=tuple(options),
+                      source=source)
 
 
 def read_jsonl(path: Path, task: str, *, skip_bad: bool = False) -> FileContents:
@@ -148,7 +154,7 @@ def read_jsonl(path: Path, task: str, *, skip_bad: bool = False) -> FileContents
     """
     contents = FileContents(path=path)
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark is not data
             for lineno, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -157,7 +163,7 @@ def read_jsonl(path: Path, task: str, *, skip_bad: bool = False) -> FileContents
                         obj = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise BadRecord(f"malformed JSON ({exc.msg}, column {exc.colno})") from exc
-                    record = parse_record(task, obj)
+                    record = parse_record(task, obj, source=f"{path}:{lineno}")
                 except BadRecord as exc:
                     if not skip_bad:
                         raise MetaloraError(f"{path}, line {lineno}: {exc}; {SKIP_HINT}") from None

@@ -237,8 +237,9 @@ class CrossFitSuite(TaskSampler):
 
     def _summarise(self, report: LoadReport, tasks: Mapping[TaskRole, list[Task]]) -> None:
         for role, listed in report.duplicates.items():
-            report.note(f"dropped duplicate records (the same record in several files; count "
-                        f"per task) in {len(listed)} {role} task(s): {_listing(listed)}")
+            report.note(f"dropped duplicate records (a record identical to an earlier one of "
+                        f"the same task, in one file or across its files; count per task) in "
+                        f"{len(listed)} {role} task(s): {_listing(listed)}")
         if report.kshot_only:
             report.note(f"training task(s) without <task>_test.jsonl, read from their k-shot "
                         f"files only: {_listing(report.kshot_only)}")
