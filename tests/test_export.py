@@ -200,7 +200,7 @@ def test_bad_export_input_is_one_clear_line(app, plugins, tmp_path):
          "unknown export format 'onnx'; valid choices: peft"),
         (["export", str(tmp_path / "nope"), "--learner", "lora"], "does not exist"),
         (["export", str(run_dir), "--learner", "lora", "--seed", "1"],
-         "is incomplete: lora seed 1 has not finished"),
+         "lora/seed-1/adapters.safetensors of run"),
         (["export", str(run_dir), "--learner", "lora", "--seed", "5"], "seed 5 is not in run"),
         (["export", str(run_dir), "--learner", "maml", "--out", str(tmp_path / "o")],
          "learner 'maml' is not in run"),
