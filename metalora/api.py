@@ -127,7 +127,8 @@ class FinishedRun:
 
     def predictions(self, learner: str, seed: int | None = None) -> list[dict[str, Any]]:
         """The test's per-query predictions of one learner and seed (default: the first):
-        ``{"task", "index", "probs", "label"}`` per query, as ``predictions.jsonl`` holds."""
+        ``{"task", "index", "probs", "label", "source", "input", "options"}`` per query, as
+        ``predictions.jsonl`` holds."""
         from metalora.paired import read_predictions
 
         chosen = self.seeds[0] if seed is None else seed

@@ -2,7 +2,8 @@
 
 * Training tasks: batches of ``batch_size`` records drawn from all of a
   task's rows with the learner's seeded RNG.
-* Evaluated tasks: a seeded split (per task name and seed, so independent of
+* Evaluated tasks: a seeded split (per task name, the same for every run seed and
+  learner, so every learner and seed is scored on the same queries; independent of
   the order tasks are visited in) into a support set of ``support_batches x
   batch_size`` records (10 by default) and a query set, the rest, optionally
   capped.
@@ -41,6 +42,16 @@ class Episode:
     @property
     def query_size(self) -> int:
         return sum(len(b) for b in self.query)
+
+    def query_records(self) -> list[TaskRecord]:
+        """The query records in the query set's order (what every result is reported in)."""
+        scored = [r for batch in self.query for r in batch.records]
+        if self.query_order is None:
+            return scored
+        ordered: list[TaskRecord] = list(scored)
+        for position, record in zip(self.query_order, scored, strict=True):
+            ordered[position] = record
+        return ordered
 
     def in_query_order(self, rows: Tensor) -> Tensor:
         """Rows given in batch order (one per query example), put in the query set's order."""

@@ -33,6 +33,7 @@ from metalora.errors import MetaloraError
 from metalora.files import atomic_write_bytes
 from metalora.interfaces.learner import Learner
 from metalora.interfaces.metric import Metric
+from metalora.records import TaskRecord
 
 
 @dataclass
@@ -44,6 +45,8 @@ class TaskResult:
     probs: Tensor
     targets: Tensor
     option_mask: Tensor
+    records: list[TaskRecord] = field(default_factory=list)
+    """The query records, in the same order (empty for results read back from a file)."""
 
     @property
     def size(self) -> int:
@@ -119,15 +122,22 @@ class EvalResult:
         atomic_write_bytes(path, data)
 
     def write_predictions_jsonl(self, path: Path) -> None:
-        """Atomically write one JSON line per query example: ``{"task", "index", "probs"
-        (one per option), "label" (the correct option's index)}``, in query-set order."""
+        """Atomically write one JSON line per query example: ``{"task", "index" (in the
+        seeded query set), "probs" (one per option), "label" (the correct option's index),
+        "source" (file:line or row id, when known), "input", "options"}``, in query-set
+        order; the last three trace a prediction back to its record."""
         lines = []
         for t in self.tasks:
             for index in range(t.size):
                 count = int(t.option_mask[index].sum())
                 probs = [round(float(p), 6) for p in t.probs[index, :count]]
-                lines.append(json.dumps({"task": t.task, "index": index, "probs": probs,
-                                         "label": int(t.targets[index])}))
+                line: dict[str, Any] = {"task": t.task, "index": index, "probs": probs,
+                                        "label": int(t.targets[index])}
+                if t.records:
+                    record = t.records[index]
+                    line.update(source=record.source, input=record.input,
+                                options=list(record.options))
+                lines.append(json.dumps(line))
         atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
 
     @classmethod
@@ -179,7 +189,7 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], metrics: Mapping[str
         mask = episode.in_query_order(torch.cat([b.option_mask.cpu() for b in episode.query]))
         result.tasks.append(TaskResult(
             task=episode.task, metrics=compute_metrics(metrics, probs, targets, mask),
-            probs=probs, targets=targets, option_mask=mask))
+            probs=probs, targets=targets, option_mask=mask, records=episode.query_records()))
         if on_task is not None:
             on_task(episode.task)
     model.train(was_training)

@@ -100,7 +100,8 @@ def test_open_run_gives_the_runs_settings_results_and_predictions(plugins, finis
     assert run.spec.training.epochs == 2 and run.spec.settings["abmll"].inner_lr == 1e-2
     assert run.results["lora"][0].test.macro == finished.results["lora"][0].test.macro
     records = run.predictions("abmll")
-    assert records and set(records[0]) == {"task", "index", "probs", "label"}
+    assert records and set(records[0]) == {"task", "index", "probs", "label", "source", "input",
+                                           "options"}
     only = ml.open_run(finished.run_dir, learner=["abmll"], seeds=[1], plugins=plugins)
     assert only.learners == ["abmll"] and only.seeds == [1]
     with pytest.raises(MetaloraError, match="learner 'maml' is not in run"):

@@ -290,10 +290,10 @@ def test_test_tasks_fall_back_to_other_seeds_without_validation_records(
     assert any("seeds other than 100" in n and "leaving out 1 record" in n for n in suite.notes)
 
 
-def test_test_tasks_without_other_files_use_validation_and_warn(
+def test_test_tasks_without_other_files_use_validation_and_say_so(
     data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger=LOGGER.name):
+    with caplog.at_level(logging.INFO, logger=LOGGER.name):
         suite = load_local(data)
     assert suite.test[0].records == suite.validation[0].records
     assert any("tested on their validation examples: ea" in n for n in suite.notes)
@@ -388,7 +388,7 @@ def test_skip_bad_records_counts_per_file(data: Path, caplog: pytest.LogCaptureF
     first = held_out(data, "ta", [rec("ta", "good"), "{broken", rec("ta", "x", "meh"),
                                   rec("ta", "good 2")])
     second = kshot(data, "tb", "train", [rec("tb", "ok"), "[]"])
-    with caplog.at_level(logging.WARNING, logger=LOGGER.name):
+    with caplog.at_level(logging.INFO, logger=LOGGER.name):
         suite = load_local(data, skip=True)
     assert inputs(suite.train[0])[:2] == ["good", "good 2"]
     assert f"skipped 2 bad record(s) of train task 'ta' in {first}" in suite.notes
@@ -427,7 +427,7 @@ def test_option_filter_removes_tasks_and_examples_and_reports(
         path.unlink()
     held_out(data, "ta", [rec("ta", "two"), rec("ta", "five", "a", FIVE),
                           rec("ta", "four", "a", FIVE[:4])])
-    with caplog.at_level(logging.WARNING, logger=LOGGER.name):
+    with caplog.at_level(logging.INFO, logger=LOGGER.name):
         suite = load_local(data, small_suite(train=("ta", "tb", "big")))
     assert [t.name for t in suite.train] == ["ta", "tb"]
     assert inputs(suite.train[0])[:2] == ["two", "four"]

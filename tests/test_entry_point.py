@@ -137,3 +137,10 @@ def test_ctrl_c_while_importing_is_one_line():
                           text=True, timeout=120)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines() == ["Interrupted while starting metalora."]
+
+
+def test_debug_works_after_the_command_name_too():
+    from metalora.errors import MetaloraError
+
+    with pytest.raises(MetaloraError, match="unknown learner 'nope'"):
+        cli.main(["run", "--learner", "nope", "--model", "tiny", "--debug"])

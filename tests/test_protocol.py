@@ -429,7 +429,7 @@ def test_progress_lines_when_the_output_is_not_a_terminal(plugins, tmp_path) -> 
         return line
 
     assert re.search(r"stub seed 0: epoch 1/2 done, [\d.]+ s elapsed, \d+ steps, "
-                     r"mean loss 1\.0000", one("epoch 1/2 done"))
+                     r"mean NLL 1\.0000", one("epoch 1/2 done"))
     assert "accuracy 25.0%" in one("validated epoch 1 ") and "best accuracy at epoch 1" in \
         one("validated epoch 1 ")
     assert "accuracy 50.0%" in one("validated epoch 2 ")

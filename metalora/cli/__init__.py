@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
+    if debug:  # anywhere on the command line: the application reads it before the command
+        argv = [DEBUG_FLAG, *(a for a in argv if a != DEBUG_FLAG)]
     activity = "starting metalora"
     try:
         from metalora.activity import activity_of

@@ -69,8 +69,11 @@ def make_adapt_command(plugins: PluginManager):
 
 def predictions_table(result: Adaptation) -> Table:
     """One row per query record: the chosen option, its probability, and the options'."""
-    title = (f"{result.learner} seed {result.seed}, adapted on {result.support} support "
-             f"records" + (f", {result.samples} weight samples" if result.samples > 1 else ""))
+    what = (f"adapted on {result.support} support records" if result.adapted else
+            f"not adapted: its adapters did not change on the {result.support} support records "
+            "(a learner that does not adapt, or adapt_steps 0)")
+    title = (f"{result.learner} seed {result.seed}, {what}"
+             + (f", {result.samples} weight samples" if result.samples > 1 else ""))
     table = Table(title=title)
     for column in ("#", "input", "chosen", "p", "options (probability)"):
         table.add_column(column, overflow="fold")

@@ -84,14 +84,24 @@ def _option_counts(task: Task) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
+def _file_of(task: Task) -> str:
+    """The file a task was read from (its first record's ``file:line``), if it came from one."""
+    source = next((r.source for r in task.records if r.source), None) or ""
+    path, _, line = source.rpartition(":")
+    return path if path and line.isdigit() else ""
+
+
 def tasks_table(suite: Suite) -> Table:
     """One row per task: its role, examples, option counts and where it was read from."""
     table = Table(title=f"Tasks of '{suite.name}'")
-    for column in ("task", "role", "examples", "options", "from"):
-        table.add_column(column, overflow="fold")
+    files = {task.name: _file_of(task) for role in TaskRole for task in suite.tasks(role)}
+    table.add_column("task", no_wrap=True)
+    for column in ("role", "examples", "options"):
+        table.add_column(column)
+    if any(files.values()):
+        table.add_column("file", overflow="fold")
     for role in TaskRole:
         for task in suite.tasks(role):
-            first = next((r.source for r in task.records if r.source), "") or ""
-            table.add_row(task.name, role.value, str(len(task.records)), _option_counts(task),
-                          first.rsplit(":", 1)[0])
+            row = [task.name, role.value, str(len(task.records)), _option_counts(task)]
+            table.add_row(*row, *([files[task.name]] if any(files.values()) else []))
     return table

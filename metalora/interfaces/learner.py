@@ -182,6 +182,10 @@ class Learner(ABC):
     """After :meth:`adapt`: the pair holding the task-adapted mean update, then any pairs
     to save beside it (``metalora adapt --save-adapter``); empty: :attr:`mean_pair` alone
     (a learner that adapts its one pair in place)."""
+    evaluation_settings: ClassVar[tuple[str, ...]] = ()
+    """The learner's own settings that act in :meth:`adapt` or prediction, so that
+    ``metalora eval`` and ``adapt`` may change them for an evaluation (``--set NAME=...``);
+    any other of its settings acts in training only and is refused there."""
     supports_gradient_checkpointing: ClassVar[bool] = True
     """False when the learner cannot train with ``gradient_checkpointing`` (e.g. it computes
     gradients with :mod:`torch.func`, which does not support the saved-tensor hooks that

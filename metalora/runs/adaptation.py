@@ -85,6 +85,9 @@ class Adaptation:
     """How many query records have a label."""
     samples: int = 1
     """Weight samples averaged per prediction (1: a single set of weights)."""
+    adapted: bool = True
+    """Whether adaptation changed the adapters (not for ``pretrained`` without
+    ``pretrained_adapt``, or with ``adapt_steps`` 0)."""
     saved: list[str] = field(default_factory=list)
     """The files of the task-adapted adapter written (``save_adapter``), if any."""
 
@@ -220,8 +223,11 @@ def _adapt_and_predict(setup: RunSetup, learner: Any, name: str, seed: int,
     all_probs, all_targets, all_masks = [], [], []
     with preserved_rng(learner.context.rng, learner.context.device):
         torch.manual_seed(seed)
+        before = learner.adapters.snapshot()
         with setup.precision():
             learner.adapt(support_batches)
+        after = learner.adapters.snapshot()
+        result.adapted = any(not torch.equal(before[k], after[k]) for k in before)
         if save_adapter is not None and run_dir is not None:
             result.saved = save_adapted(setup, learner, name, seed, run_dir,
                                         Path(save_adapter), len(support))

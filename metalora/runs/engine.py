@@ -3,11 +3,10 @@
 The protocol (paper section 5.1), identical for every learner:
 
 * For each learner and seed: seed everything, let the learner attach its
-  adapters, and train for ``epochs`` epochs (one pass of
-  ``Learner.train_epoch`` over the training tasks each, in an order the
-  learner shuffles with its seeded ``context.rng``). Every step is logged to
-  ``log.jsonl`` (and every ``--logger``); a NaN/inf loss stops the
-  run with a clear message.
+  adapters, and train for ``epochs`` passes of ``Learner.train_epoch`` over
+  the training tasks. Every step is logged to ``log.jsonl`` (and every
+  ``--logger``), each epoch's mean NLL to the console; a NaN/inf loss stops
+  the run with a clear message.
 * Every ``eval_every`` epochs the learner is validated on the validation
   tasks with the shared test-time adaptation protocol
   (:func:`metalora.evaluation.evaluate`, which restores every RNG state, so
@@ -25,13 +24,12 @@ The protocol (paper section 5.1), identical for every learner:
   :mod:`metalora.runs.reporting`), with figures (:mod:`metalora.runs.plots`).
 
 Interruption and resume: Ctrl-C or SIGTERM stops the run with
-:class:`~metalora.runs.state.RunInterrupted`; the run directory then holds
-every finished learner/seed pair and the latest epoch checkpoint of the
-unfinished one. ``metalora run --resume RUN_DIR``
-(:meth:`~metalora.runs.setup.RunSetup.from_run_dir`) skips finished pairs and
-restarts the unfinished one from its latest checkpoint (adapters, learner
-state, every RNG state, validation history), dropping the log lines written
-after it, so the resumed run ends exactly as an uninterrupted one would.
+:class:`~metalora.runs.state.RunInterrupted`, leaving every finished pair and
+the unfinished one's latest epoch checkpoint. ``metalora run --resume
+RUN_DIR`` skips finished pairs (rebuilding a missing tested-adapters file)
+and restarts the unfinished one from its checkpoint (adapters, learner state,
+RNG states, validation history, log offset): it ends as an uninterrupted
+run would.
 """
 
 from __future__ import annotations
@@ -71,7 +69,13 @@ from metalora.runs.checkpoint import (
     restore_rng,
 )
 from metalora.runs.logging_sinks import RunLogger
-from metalora.runs.progress import ProgressLog, epoch_description, format_metrics, progress_bars
+from metalora.runs.progress import (
+    EpochTerms,
+    ProgressLog,
+    epoch_description,
+    format_metrics,
+    progress_bars,
+)
 from metalora.runs.provenance import RunRecord, model_record, session_record
 from metalora.runs.reporting import write_results
 from metalora.runs.results import (
@@ -135,8 +139,7 @@ class Engine:
     """
 
     def __init__(self, config: ResolvedConfig | RunSpec | RunSetup, plugins: PluginManager,
-                 console: Console | None = None,
-                 callbacks: Sequence[RunCallback] = ()) -> None:
+                 console: Console | None = None, callbacks: Sequence[RunCallback] = ()) -> None:
         self.setup = (config if isinstance(config, RunSetup)
                       else RunSetup(config, plugins, console))
         self.plugins = plugins
@@ -391,11 +394,10 @@ class Engine:
         while training.trains and training.epoch < epochs:
             epoch = training.epoch
             self._current = f"{name} seed {seed}, training epoch {epoch + 1}"
-            steps, loss_sum = 0, 0.0
+            terms = EpochTerms()
             tasks = self.distributed.deal_epoch(protocol.tasks, seed, epoch)
             for step in learner.train_epoch(tasks, epoch):
-                steps += 1
-                loss_sum += step.loss
+                terms.add(step)
                 training.global_step += 1
                 logger.step(step, training.global_step)
                 for callback in self.callbacks:
@@ -413,7 +415,7 @@ class Engine:
                         f"{name} (seed {seed}): loss became {step.loss} at epoch {epoch}, "
                         f"task {step.task or '-'}, step {step.step}; {kept}")
                 progress.advance(bar)
-            if steps == 0 and epoch == 0:
+            if terms.steps == 0 and epoch == 0:
                 training.trains = False
                 progress.update(bar, total=0, description=f"{name} seed {seed}: no training")
                 self._progress_line(f"{name} seed {seed}: no training (tested as it is)")
@@ -421,8 +423,8 @@ class Engine:
             training.epoch += 1
             self._progress_line(
                 f"{name} seed {seed}: epoch {training.epoch}/{epochs} done, "
-                f"{time.perf_counter() - started:.1f} s elapsed, {steps} steps, "
-                f"mean loss {loss_sum / steps:.4f}")
+                f"{time.perf_counter() - started:.1f} s elapsed, {terms.steps} steps, "
+                f"{terms.describe()}")
             record = None
             if protocol.validation and training.epoch % self.run.eval_every == 0:
                 record = self._validate(learner, name, seed, protocol, training, logger,

@@ -53,6 +53,22 @@ FIXED_SETTINGS: tuple[str, ...] = (
 """Settings ``--set`` may not change (what the run is, or options of their own)."""
 
 
+EVALUATION_SETTINGS: tuple[str, ...] = (
+    "adapt_steps", "adapt_lr", "support_batches", "batch_size", "query_cap", "eval_batch_size",
+    "metrics", "max_eval_tasks", "train_loss", "max_length", "dtype", "autocast", "tf32",
+    "gradient_checkpointing")
+"""The core settings that act when trained adapters are evaluated: the protocol (support
+set, test-time adaptation, queries, metrics) and the precision."""
+
+
+def evaluation_settings(setup: RunSetup) -> set[str]:
+    """What ``--set`` may change for an evaluation of ``setup``'s run: the core's
+    :data:`EVALUATION_SETTINGS` and each selected learner's ``evaluation_settings``."""
+    learners = setup.plugins.registry("learner")
+    return {*EVALUATION_SETTINGS,
+            *(n for name in setup.run.learner for n in learners.get(name).evaluation_settings)}
+
+
 def change_settings(setup: RunSetup, values: Mapping[str, Any]) -> dict[str, Any]:
     """Apply evaluation-time setting changes to a reopened run; return them, typed.
 
@@ -73,6 +89,11 @@ def change_settings(setup: RunSetup, values: Mapping[str, Any]) -> dict[str, Any
         if not used & set(info.owners):
             raise MetaloraError(f"setting {name!r} ({', '.join(info.owners)}) is not used by "
                                 f"this run ({', '.join(setup.run.learner)})")
+        acting = evaluation_settings(setup)
+        if name not in acting:
+            raise MetaloraError(f"--set {name}=...: it acts in training, not in an evaluation "
+                                "of the trained adapters, so it would change nothing; "
+                                f"settings that can: {', '.join(sorted(acting))}")
         value = coerce(info, raw)
         changed[name] = value
         setup.config.values[name] = value

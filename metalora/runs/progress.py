@@ -30,6 +30,42 @@ from rich.progress import (
 
 from metalora.runs.reporting import format_mean_se
 
+TERM_LABELS = {"kl": "KL", "prior": "-log p(theta)"}
+"""The loss terms shown beside the NLL after each epoch, and how they are named there."""
+
+
+class EpochTerms:
+    """The mean NLL of an epoch's steps (the number comparable across learners) and the
+    means of the other terms learners log (ABMLL's KL and prior), for the epoch's line."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, step: Any) -> None:
+        """One :class:`~metalora.interfaces.StepLog`."""
+        self.steps += 1
+        terms = {"loss": step.loss, **step.components}
+        for name in ("loss", "nll", *TERM_LABELS):
+            if name in terms:
+                self._sums[name] = self._sums.get(name, 0.0) + float(terms[name])
+                self._counts[name] = self._counts.get(name, 0) + 1
+
+    def mean(self, name: str) -> float | None:
+        return self._sums[name] / self._counts[name] if self._counts.get(name) else None
+
+    def describe(self) -> str:
+        """``mean NLL 0.8612, KL 1.2e+05, -log p(theta) 993.1, objective 1.23``."""
+        nll = self.mean("nll")
+        parts = [f"mean NLL {nll:.4f}" if nll is not None else f"mean loss {self.mean('loss'):.4f}"]
+        parts += [f"{label} {value:.4g}" for name, label in TERM_LABELS.items()
+                  if (value := self.mean(name)) is not None]
+        loss = self.mean("loss")
+        if nll is not None and loss is not None and abs(loss - nll) > 1e-6 * max(1.0, nll):
+            parts.append(f"objective {loss:.4g}")
+        return ", ".join(parts)
+
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """``accuracy 45.0%, ece 0.123``: accuracy as a percentage, the rest with 4 digits."""

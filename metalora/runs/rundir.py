@@ -197,3 +197,18 @@ def new_stamped_dir(base: Path, stem: str, create: bool = True) -> Path:
 def time_stamp() -> str:
     """The time stamp that starts run, sweep and evaluation directory names."""
     return f"{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def claim_named_run_dir(path: Path) -> Path:
+    """Create the run directory a user named (``--run-name``); if it exists, one error line
+    saying what it is (and how to continue it, when it can be), never another name."""
+    if path.exists():
+        state = path / "state.json"
+        status = read_json(state, "run state").get("status") if state.exists() else None
+        again = (f"continue it with: metalora run --resume {path}, or "
+                 if status in ("running", "interrupted", "failed") else "")
+        raise MetaloraError(f"run directory {str(path)!r} exists"
+                            + (f" ({status})" if status else "")
+                            + f"; {again}give another --run-name")
+    path.mkdir(parents=True)
+    return path

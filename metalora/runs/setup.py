@@ -45,6 +45,7 @@ from metalora.records import Suite
 from metalora.runs.rundir import (
     ADAPTERS_FILE,
     CONFIG_FILE,
+    claim_named_run_dir,
     load_adapters,
     new_stamped_dir,
     read_config,
@@ -408,9 +409,10 @@ class RunSetup:
 
     def make_run_dir(self) -> Path:
         """Create a fresh run directory (never reusing an existing one)."""
-        stem = self.run.run_name or (
-            f"{time_stamp()}-{self.plugins.suite(self.run.tasks).name}-"
-            f"{'+'.join(self.run.learner)}")
+        if self.run.run_name:  # a name given is that name, or an error; never another one
+            return claim_named_run_dir(Path(self.run.output_dir) / self.run.run_name)
+        stem = (f"{time_stamp()}-{self.plugins.suite(self.run.tasks).name}-"
+                f"{'+'.join(self.run.learner)}")
         return new_stamped_dir(Path(self.run.output_dir), stem)
 
 

@@ -227,6 +227,9 @@ class ABMLLLearner(Learner):
     Settings = ABMLLSettings
     mean_pair = MU_THETA
     adapted_pairs = (MU_PHI, LOGV_PHI)  # the task posterior after adapt()
+    evaluation_settings = ("eval_samples", "sampling", "beta", "train_samples", "weight_decay",
+                           "log_var_min", "log_var_max", "variance_optimizer",
+                           "variance_inner_lr", "variance_eps")
     supports_distributed = True
 
     def __init__(self, context: LearnerContext) -> None:

@@ -102,10 +102,12 @@ class LoadReport:
     kshot_only: list[str] = field(default_factory=list)
 
     def note(self, text: str, *, warn: bool = False) -> None:
-        """Add a note; with ``warn`` also log it as a warning."""
+        """Add a note (whoever loads the suite shows its notes, once); with ``warn`` it is
+        also logged, at INFO level so that a console that prints the notes does not say it
+        twice (Python code without the notes can turn the logger up)."""
         self.notes.append(text)
         if warn:
-            LOGGER.warning("suite %s: %s", self.suite, text)
+            LOGGER.info("suite %s: %s", self.suite, text)
 
 
 def _listing(names: Sequence[str]) -> str:
@@ -269,7 +271,7 @@ class CrossFitSuite(TaskSampler):
         else:
             report.note(f"option filter (at most {MAX_OPTIONS} options) removed nothing")
         if report.skipped_records:
-            LOGGER.warning("suite %s: skipped %d bad record(s) in total (see the suite notes)",
+            LOGGER.info("suite %s: skipped %d bad record(s) in total (see the suite notes)",
                            self.name, report.skipped_records)
         counts = ", ".join(
             f"{len(tasks[role])} {role} tasks ({sum(len(t) for t in tasks[role])} examples)"

@@ -259,5 +259,6 @@ def generate_task(family: Family, seed: int, n_examples: int = EXAMPLES_PER_TASK
             )
         seen.add(text)
         records.append(TaskRecord(
-            task=family.task_name, input=text, output=options[answer], options=options))
+            task=family.task_name, input=text, output=options[answer], options=options,
+            source=f"demo generator, seed {seed}, {family.task_name} #{len(records)}"))
     return Task(name=family.task_name, records=records)

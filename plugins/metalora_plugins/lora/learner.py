@@ -26,7 +26,7 @@ class LoraSettings:
     steps_per_task: int = setting(
         5, "An epoch of lora draws len(training tasks) x steps_per_task batches from the "
            "shuffled union of all training examples (the compute of one pass of the "
-           "task-structured learners); 0 = one full pass over every example.", ge=1)
+           "task-structured learners); 0 = one full pass over every example.", ge=0)
 
 
 class LoraLearner(SinglePairLearner):

@@ -134,6 +134,7 @@ class MamlLearner(SinglePairLearner):
     Settings = MamlSettings
     supports_distributed = True
     supports_gradient_checkpointing = False  # torch.func has no saved-tensor hooks
+    evaluation_settings = ("maml_test_adapt", "maml_inner_lr")
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)

@@ -23,6 +23,7 @@ class PretrainedLearner(SinglePairLearner):
     description = "The pretrained model, evaluated zero-shot (baseline)."
     supports_distributed = True  # no training step to synchronise
     Settings = PretrainedSettings
+    evaluation_settings = ("pretrained_adapt",)
 
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
         return iter(())

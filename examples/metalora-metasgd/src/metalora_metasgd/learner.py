@@ -101,6 +101,7 @@ class MetaSGDLearner(Learner):
     description = ("Meta-SGD: learned LoRA initialisation and per-parameter inner learning "
                    "rates, first order (example third-party plugin).")
     Settings = MetaSGDSettings
+    evaluation_settings = ("metasgd_test_adapt",)
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
