@@ -6,10 +6,10 @@ The rest (``metalora.runs``, ``metalora.cli`` and the other submodules) is
 internal and may change between versions.
 
 * registering: :data:`hookimpl`, :class:`Register`;
-* the six interfaces: :class:`Learner` (with :class:`LearnerContext`,
+* the seven interfaces: :class:`Learner` (with :class:`LearnerContext`,
   :class:`StepLog` and what a context holds: :class:`BatchSource`,
   :class:`ProtocolSpec`, :class:`Ranks`), :class:`Prior`, :class:`TaskSampler` (with
-  :class:`DataOptions`), :class:`Metric`, :class:`Pruner`, :class:`Logger`;
+  :class:`DataOptions`), :class:`Metric`, :class:`Calibrator`, :class:`Pruner`, :class:`Logger`;
 * settings: :func:`setting`, :class:`NoSettings`;
 * data: :class:`Task`, :class:`TaskRecord`, :class:`TaskRole`,
   :class:`Suite`, :data:`MAX_OPTIONS`, :func:`filter_by_options`, :func:`option_problem`,
@@ -48,6 +48,7 @@ _SOURCES: dict[str, str] = {
     "TaskSampler": "metalora.interfaces.task_sampler",
     "DataOptions": "metalora.interfaces.task_sampler",
     "Metric": "metalora.interfaces.metric",
+    "Calibrator": "metalora.interfaces.calibrator",
     "Pruner": "metalora.interfaces.pruner",
     "setting": "metalora.settings",
     "NoSettings": "metalora.settings",
@@ -90,6 +91,7 @@ __all__ = [
     "TaskSampler",
     "DataOptions",
     "Metric",
+    "Calibrator",
     "Pruner",
     "setting",
     "NoSettings",
@@ -123,6 +125,7 @@ if TYPE_CHECKING:
     from metalora.errors import MetaloraError
     from metalora.hookspecs import Register, hookimpl
     from metalora.hub import hub_reachable, offline_hub
+    from metalora.interfaces.calibrator import Calibrator
     from metalora.interfaces.contract import BatchSource, ProtocolSpec, Ranks
     from metalora.interfaces.learner import Learner, LearnerContext, StepLog
     from metalora.interfaces.logger import Logger

@@ -11,6 +11,7 @@
     adapted = ml.adapt(run.run_dir, support=[...], query=[...])   # your own few-shot task
     swept = ml.prune(run.run_dir, [0.1, 0.2])
     exported = ml.export(run.run_dir, learner="lora")
+    paired = ml.compare([f"{run.run_dir}:lora", f"{run.run_dir}:abmll"], output="cmp")
 
 Settings are passed by their names (``epochs=2``, ``beta=1e-8``, ``learner=["abmll"]``),
 as keyword arguments, a config file, or both (the arguments win), exactly as on the
@@ -38,8 +39,12 @@ from metalora.config import (
     read_config_file,
     resolve_config,
 )
+from metalora.paired import QueryScore
+from metalora.paired import score as score_query
 from metalora.plugins import PluginManager, get_plugin_manager
 from metalora.runs.adaptation import Adaptation, QueryRecord, adapt_run, record_from_mapping
+from metalora.runs.compare import Comparison, PredictionSource, read_source
+from metalora.runs.compare import compare as _compare
 from metalora.runs.engine import Engine, RunCallback
 from metalora.runs.evaluate_run import evaluate_run
 from metalora.runs.export import ExportResult, export_peft
@@ -50,8 +55,10 @@ from metalora.runs.setup import RunSetup
 from metalora.runs.setup import open_run as _open_setup
 from metalora.spec import RunSpec
 
-__all__ = ["FinishedRun", "PluginManager", "RunCallback", "RunSpec", "RunSummary", "adapt",
-           "evaluate", "export", "open_run", "plugins", "prune", "resume", "run_spec", "train"]
+__all__ = ["Comparison", "FinishedRun", "PluginManager", "PredictionSource", "RunCallback",
+           "RunSpec", "RunSummary", "adapt", "compare", "evaluate", "export", "open_run",
+           "plugins", "predictions", "prune", "QueryScore", "resume", "run_spec", "score_query",
+           "train"]
 
 Records = Path | str | Sequence[Mapping[str, Any] | QueryRecord]
 
@@ -217,3 +224,19 @@ def export(run_dir: Path | str, out: Path | str | None = None, *, learner: str |
     export --format peft``), loadable with ``PeftModel.from_pretrained``."""
     return export_peft(run_dir, _plugins(plugins), out, learner=learner, seed=seed,
                        overwrite=overwrite)
+
+
+def predictions(source: Path | str) -> PredictionSource:
+    """The per-query predictions of ``PATH[:LEARNER]`` (a run directory, one of its
+    ``eval/`` directories or an ensemble's output), for each of its seeds."""
+    return read_source(str(source))
+
+
+def compare(sources: Sequence[Path | str], output: Path | str | None = None,
+            plots: bool = True) -> Comparison:
+    """Two or more sources (``PATH[:LEARNER]``) on the same queries: each one's mean
+    accuracy, NLL and Brier, and every source's paired per-query differences from the
+    first with bootstrap SE (``metalora compare``). With ``output``, ``comparison.json``
+    and the risk-coverage and reliability figures (PNG and PDF) are written there."""
+    return _compare([str(s) for s in sources], None if output is None else Path(output),
+                    plots=plots)

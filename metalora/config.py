@@ -29,7 +29,7 @@ from metalora.plugins import PluginManager
 from metalora.precision import AUTOCAST_DTYPES, WEIGHT_DTYPES
 from metalora.settings import SettingInfo, coerce, field_infos, merge_infos, setting
 
-SETTINGS_KINDS = ("learner", "prior", "suite", "pruner", "logger")
+SETTINGS_KINDS = ("learner", "prior", "suite", "pruner", "logger", "metric", "calibrator")
 """Registry kinds whose implementations may declare a ``Settings`` dataclass."""
 
 
@@ -88,6 +88,15 @@ class RunSettings:
     max_train_tasks: int | None = setting(None, "Use only the first N training tasks.", ge=1)
     max_eval_tasks: int | None = setting(None, "Evaluate only the first N test tasks.", ge=1)
     metrics: list[str] = setting([], "Metrics to report (default: every registered metric).")
+    in_context: int = setting(
+        0, "In-context demonstrations: put the first N support examples, with their answers, "
+           "before each query's prompt (dropped from the front when over max_length). With "
+           "the pretrained learner this is in-context learning; with another learner, "
+           "in-context learning plus its adaptation. 0 = none.", ge=0)
+    calibrate: str = setting(
+        "none", "Recalibrate each evaluated task's predictions with this calibrator (see "
+                "`metalora plugins`), fitted on the task's support set after test-time "
+                "adaptation, e.g. temperature; none = as the learner predicts.")
     device: str = setting("auto", "Device: auto, cpu, cuda, cuda:N.")
     dtype: str = setting(
         "float32", "Model weights' dtype (adapters stay float32). On a GPU, bfloat16 halves "

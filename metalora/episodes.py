@@ -12,6 +12,11 @@
   maps the scored examples back to the query set's order, in which every
   result is reported. Support batches keep their seeded order: which examples
   share an adaptation step is part of the protocol.
+* In-context demonstrations (``in_context = k``): the first ``k`` support records,
+  in their seeded order, are placed before every query's prompt (with their
+  answers), so the model sees the support set in its prompt as well as, or
+  instead of, adapting on it. :attr:`Episode.demonstrations` records how many
+  each query really got after truncation to ``max_length``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class Episode:
     query_order: list[int] | None = None
     """For the examples of ``query`` in batch order, their positions in the query set
     (``None``: batch order is the query set's order)."""
+    demonstrations: list[int] | None = None
+    """In-context demonstrations in each query's prompt, in query-set order (``None``: no
+    demonstrations were asked for)."""
 
     @property
     def query_size(self) -> int:
@@ -67,7 +75,8 @@ class EpisodeSampler:
 
     def __init__(self, encoder: PromptEncoder, batch_size: int = 2, support_batches: int = 5,
                  query_cap: int | None = None, eval_batch_size: int = 8, seed: int = 0,
-                 device: str = "cpu", group_query_by_length: bool = True) -> None:
+                 device: str = "cpu", group_query_by_length: bool = True,
+                 in_context: int = 0) -> None:
         if batch_size < 1:
             raise MetaloraError(f"batch_size must be at least 1, got {batch_size}")
         self.encoder = encoder
@@ -78,6 +87,7 @@ class EpisodeSampler:
         self.seed = seed
         self.device = device
         self.group_query_by_length = group_query_by_length
+        self.in_context = in_context
 
     def encode(self, records: Sequence[TaskRecord],
                sequences: Sequence[list[int]] | None = None) -> Batch:
@@ -98,6 +108,17 @@ class EpisodeSampler:
         return [self.encode(order[i: i + self.batch_size])
                 for i in range(0, len(order), self.batch_size)]
 
+    def query_ids(self, queries: Sequence[TaskRecord], support: Sequence[TaskRecord]
+                  ) -> tuple[list[list[int]], list[int] | None]:
+        """The queries' prompt ids, after the first ``in_context`` support records as
+        demonstrations, and how many demonstrations each holds (``None`` when none were
+        asked for: the plain prompts)."""
+        if self.in_context == 0:
+            return [self.encoder.prompt_ids(r) for r in queries], None
+        demos = list(support)[: self.in_context]
+        pairs = [self.encoder.prompt_ids_after(r, demos) for r in queries]
+        return [ids for ids, _ in pairs], [given for _, given in pairs]
+
     def episode(self, task: Task) -> Episode:
         """The seeded support/query split of an evaluated task."""
         n_support = self.support_batches * self.batch_size
@@ -114,7 +135,7 @@ class EpisodeSampler:
             query_records = query_records[: self.query_cap]
         support = [self.encode(support_records[i: i + self.batch_size])
                    for i in range(0, n_support, self.batch_size)]
-        ids = [self.encoder.prompt_ids(r) for r in query_records]
+        ids, demonstrations = self.query_ids(query_records, support_records)
         order: list[int] | None = None
         if self.group_query_by_length:
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -123,4 +144,5 @@ class EpisodeSampler:
         size = self.eval_batch_size
         query = [self.encode(query_records[i: i + size], ids[i: i + size])
                  for i in range(0, len(query_records), size)]
-        return Episode(task=task.name, support=support, query=query, query_order=order)
+        return Episode(task=task.name, support=support, query=query, query_order=order,
+                       demonstrations=demonstrations)

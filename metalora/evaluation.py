@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,6 +48,8 @@ class TaskResult:
     option_mask: Tensor
     records: list[TaskRecord] = field(default_factory=list)
     """The query records, in the same order (empty for results read back from a file)."""
+    demonstrations: list[int] | None = None
+    """In-context demonstrations in each query's prompt (``None``: none asked for)."""
 
     @property
     def size(self) -> int:
@@ -80,34 +83,34 @@ class EvalResult:
         gen = torch.Generator().manual_seed(seed)
         draws: dict[str, list[float]] = {name: [] for name in metrics}
         for _ in range(resamples):
-            totals = dict.fromkeys(metrics, 0.0)
+            per_task: dict[str, list[float]] = {name: [] for name in metrics}
             for task in self.tasks:
                 pick = torch.randint(task.size, (task.size,), generator=gen)
-                values = compute_metrics(metrics, task.probs[pick], task.targets[pick],
+                scores = compute_metrics(metrics, task.probs[pick], task.targets[pick],
                                          task.option_mask[pick])
-                for name, value in values.items():
-                    totals[name] += value / len(self.tasks)
-            for name, value in totals.items():
-                draws[name].append(value)
-        return {name: float(torch.tensor(values, dtype=torch.float64).std())
-                for name, values in draws.items()}
+                for name, value in scores.items():
+                    per_task[name].append(value)
+            for name, values in per_task.items():
+                draws[name].append(macro_average(values))
+        return {name: _finite_std(values) for name, values in draws.items()}
 
     @property
     def macro(self) -> dict[str, float]:
-        """Each metric averaged over tasks (every task weighs the same)."""
+        """Each metric averaged over tasks (every task weighs the same; a task where a
+        metric is not defined, ``nan``, is left out of that metric's average)."""
         if not self.tasks:
             return {}
         names = self.tasks[0].metrics.keys()
-        return {n: sum(t.metrics[n] for t in self.tasks) / len(self.tasks) for n in names}
+        return {n: macro_average([t.metrics[n] for t in self.tasks]) for n in names}
 
     def to_dict(self) -> dict:
-        """JSON-ready metrics (predictions are left out)."""
+        """JSON-ready metrics (predictions are left out; a metric not defined is null)."""
         data = {
-            "macro": self.macro,
-            "tasks": {t.task: {"n": t.size, **t.metrics} for t in self.tasks},
+            "macro": _json_numbers(self.macro),
+            "tasks": {t.task: {"n": t.size, **_json_numbers(t.metrics)} for t in self.tasks},
         }
         if self.example_se:
-            data["macro_se_over_examples"] = dict(self.example_se)
+            data["macro_se_over_examples"] = _json_numbers(self.example_se)
         return data
 
     def save_predictions(self, path: Path) -> None:
@@ -124,8 +127,9 @@ class EvalResult:
     def write_predictions_jsonl(self, path: Path) -> None:
         """Atomically write one JSON line per query example: ``{"task", "index" (in the
         seeded query set), "probs" (one per option), "label" (the correct option's index),
-        "source" (file:line or row id, when known), "input", "options"}``, in query-set
-        order; the last three trace a prediction back to its record."""
+        "demonstrations" (in-context ones in its prompt, when asked for), "source"
+        (file:line or row id, when known), "input", "options"}``, in query-set order; the
+        last three trace a prediction back to its record."""
         lines = []
         for t in self.tasks:
             for index in range(t.size):
@@ -133,6 +137,8 @@ class EvalResult:
                 probs = [round(float(p), 6) for p in t.probs[index, :count]]
                 line: dict[str, Any] = {"task": t.task, "index": index, "probs": probs,
                                         "label": int(t.targets[index])}
+                if t.demonstrations is not None:
+                    line["demonstrations"] = t.demonstrations[index]
                 if t.records:
                     record = t.records[index]
                     line.update(source=record.source, input=record.input,
@@ -149,14 +155,31 @@ class EvalResult:
             names = json.loads((handle.metadata() or {}).get("tasks", "[]"))
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         per_task = metrics.get("tasks", {})
-        result = cls(example_se={k: float(v) for k, v in
+        result = cls(example_se={k: math.nan if v is None else float(v) for k, v in
                                  (metrics.get("macro_se_over_examples") or {}).items()})
         for i, name in enumerate(names):
-            values = {k: float(v) for k, v in per_task.get(name, {}).items() if k != "n"}
+            values = {k: math.nan if v is None else float(v)
+                      for k, v in per_task.get(name, {}).items() if k != "n"}
             result.tasks.append(TaskResult(
                 task=name, metrics=values, probs=tensors[f"{i}.probs"],
                 targets=tensors[f"{i}.targets"], option_mask=tensors[f"{i}.option_mask"]))
         return result
+
+
+def macro_average(values: Sequence[float]) -> float:
+    """The mean of the defined (finite) values; ``nan`` when none is."""
+    defined = [v for v in values if math.isfinite(v)]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
+def _finite_std(values: Sequence[float]) -> float:
+    defined = [v for v in values if math.isfinite(v)]
+    return float(torch.tensor(defined, dtype=torch.float64).std()) if len(defined) > 1 \
+        else math.nan
+
+
+def _json_numbers(values: Mapping[str, float]) -> dict[str, float | None]:
+    return {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()}
 
 
 def compute_metrics(metrics: Mapping[str, Metric], probs: Tensor, targets: Tensor,
@@ -189,7 +212,8 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], metrics: Mapping[str
         mask = episode.in_query_order(torch.cat([b.option_mask.cpu() for b in episode.query]))
         result.tasks.append(TaskResult(
             task=episode.task, metrics=compute_metrics(metrics, probs, targets, mask),
-            probs=probs, targets=targets, option_mask=mask, records=episode.query_records()))
+            probs=probs, targets=targets, option_mask=mask, records=episode.query_records(),
+            demonstrations=episode.demonstrations))
         if on_task is not None:
             on_task(episode.task)
     model.train(was_training)

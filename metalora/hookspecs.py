@@ -9,7 +9,7 @@ once per implementation, in the manner of simonw/llm's ``register_models``::
     def register_learners(register):
         register(MyLearner)
 
-Learners, priors, metrics, pruners and loggers are registered as classes (with a
+Learners, priors, metrics, calibrators, pruners and loggers are registered as classes (with a
 ``name`` class attribute); task samplers as instances (one per suite, so one
 class can provide several suites). ``register`` also takes an explicit name:
 ``register(obj, name="alias")``.
@@ -64,6 +64,11 @@ def register_metrics(register: Register) -> None:
 
 
 @hookspec
+def register_calibrators(register: Register) -> None:
+    """Register :class:`metalora.interfaces.Calibrator` subclasses (``--calibrate NAME``)."""
+
+
+@hookspec
 def register_pruners(register: Register) -> None:
     """Register :class:`metalora.interfaces.Pruner` subclasses."""
 
@@ -83,6 +88,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_priors": "prior",
     "register_task_samplers": "suite",
     "register_metrics": "metric",
+    "register_calibrators": "calibrator",
     "register_pruners": "pruner",
     "register_loggers": "logger",
 }

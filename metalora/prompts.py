@@ -16,6 +16,9 @@ LABELS = "ABCD"
 
 INSTRUCTION = "Return the label of the correct answer for the question below."
 
+DEMONSTRATION_SEPARATOR = "\n\n"
+"""Between in-context demonstrations, and between the last one and the query's prompt."""
+
 
 def format_prompt(record: TaskRecord) -> str:
     """The multiple-choice prompt, ending with ``Answer:`` (the label is the next token)."""
@@ -98,6 +101,26 @@ class PromptEncoder:
         if len(ids) + len(self.prefix_ids) > self.max_length:
             ids = self._truncated(record)
         return ids + self.prefix_ids
+
+    def prompt_ids_after(self, record: TaskRecord,
+                         demonstrations: Sequence[TaskRecord]) -> tuple[list[int], int]:
+        """Token ids of ``record``'s prompt after in-context demonstrations, and how many
+        demonstrations it holds.
+
+        Each demonstration is its own prompt followed by its answer's label
+        (``... Answer: B``), in the format of every prompt; they are joined by
+        :data:`DEMONSTRATION_SEPARATOR` before the query's prompt. When the whole does
+        not fit ``max_length``, demonstrations are dropped from the front, one at a
+        time; when none fits, the query's prompt stands alone (truncated as usual).
+        """
+        texts = [f"{format_prompt(d)} {LABELS[d.answer_index]}" for d in demonstrations]
+        query = format_prompt(record)
+        for start in range(len(texts)):
+            ids = self._encode(DEMONSTRATION_SEPARATOR.join([*texts[start:], query]),
+                               special=True)
+            if len(ids) + len(self.prefix_ids) <= self.max_length:
+                return ids + self.prefix_ids, len(texts) - start
+        return self.prompt_ids(record), 0
 
     def _encode(self, text: str, special: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample std / sqrt(n); 0 for one value)."""
+    """Mean and standard error of the mean (sample std / sqrt(n); 0 for one value) of the
+    finite values (a metric not defined for a seed, ``nan``, is left out)."""
+    values = [v for v in values if math.isfinite(v)]
     n = len(values)
     if n == 0:
         return math.nan, math.nan

@@ -77,7 +77,8 @@ def test_plugins_lists_implementations_with_their_package(app, plugins, monkeypa
     assert max(len(line) for line in result.output.splitlines()) <= 80
     sections = [line for line in result.output.splitlines() if line.endswith("):")]
     assert sections == [f"{kind.capitalize()}s ({len(plugins.registry(kind).names())}):"
-                        for kind in ("learner", "prior", "suite", "metric", "pruner", "logger")]
+                        for kind in ("learner", "prior", "suite", "metric", "calibrator", "pruner",
+                                     "logger")]
     for reg in plugins.registrations():
         assert f"\n  {reg.name} " in result.output
     assert "Amortized Bayesian Meta-Learning for LoRA" in result.output

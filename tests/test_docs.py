@@ -28,7 +28,16 @@ from typer.testing import CliRunner
 from metalora import hookimpl, hookspecs
 from metalora.adapters import AdapterHandle, attach_adapters
 from metalora.cli import build_app
-from metalora.interfaces import DataOptions, Learner, Metric, Prior, Pruner, StepLog, TaskSampler
+from metalora.interfaces import (
+    Calibrator,
+    DataOptions,
+    Learner,
+    Metric,
+    Prior,
+    Pruner,
+    StepLog,
+    TaskSampler,
+)
 from metalora.records import Suite, Task, TaskRecord, TaskRole
 from metalora.runs.engine import Engine
 from metalora.scoring import option_probs
@@ -380,6 +389,45 @@ def test_hook_register_metrics(tmp_path):
                          .read_text())
     assert "test-confidence" in json.dumps(metrics)
     assert "## `test-confidence`" in docs_hooks.registry_reference(manager, "metric")
+
+
+class SharpenCalibrator(Calibrator):
+    """Square every probability and renormalise (a test calibrator)."""
+
+    name = "test-sharpen"
+    description = "Square and renormalise (a test calibrator)."
+    fitted = 0
+
+    def fit(self, probs: Tensor, targets: Tensor, option_mask: Tensor) -> None:
+        SharpenCalibrator.fitted += 1
+
+    def apply(self, probs: Tensor, option_mask: Tensor) -> Tensor:
+        squared = probs**2
+        return squared / squared.sum(-1, keepdim=True)
+
+
+def test_hook_register_calibrators(tmp_path):
+    class Plugin:
+        @hookimpl
+        def register_calibrators(self, register):
+            register(SharpenCalibrator)
+
+    manager = _manager_with(Plugin(), "sharpen-plugin")
+    app = build_app(manager)
+    runs = {}
+    for calibrate in ("none", "test-sharpen"):
+        result = invoke(app, "run", "--learner", "pretrained", "--tasks", "demo", *QUICK_RUN,
+                        "--max-eval-tasks", "1", "--calibrate", calibrate,
+                        "--output-dir", str(tmp_path), "--run-name", calibrate)
+        assert result.exit_code == 0, result.output
+        runs[calibrate] = [json.loads(line)["probs"] for line in
+                           (tmp_path / calibrate / "pretrained" / "seed-0" / "predictions.jsonl")
+                           .read_text().splitlines()]
+    assert SharpenCalibrator.fitted >= 1  # once per evaluated task
+    for plain, sharp in zip(runs["none"], runs["test-sharpen"], strict=True):
+        squared = [p * p for p in plain]
+        assert sharp == pytest.approx([q / sum(squared) for q in squared], abs=1e-5)
+    assert "## `test-sharpen`" in docs_hooks.registry_reference(manager, "calibrator")
 
 
 class FirstRowsPruner(Pruner):

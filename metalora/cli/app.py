@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 
 from metalora import __version__
 from metalora.cli.adapt import ADAPT_HELP, make_adapt_command
+from metalora.cli.compare import COMPARE_HELP, make_compare_command
 from metalora.cli.eval import EVAL_HELP, make_eval_command
 from metalora.cli.export import EXPORT_HELP, make_export_command
 from metalora.cli.help import PanelledCommand
@@ -84,6 +85,8 @@ def build_app(plugins: PluginManager | None = None) -> typer.Typer:
     app.command("export", help=EXPORT_HELP, cls=PanelledCommand)(make_export_command(plugins))
     app.command("eval", help=EVAL_HELP, cls=PanelledCommand)(make_eval_command(plugins))
     app.command("adapt", help=ADAPT_HELP, cls=PanelledCommand)(make_adapt_command(plugins))
+    app.command("compare", help=COMPARE_HELP, cls=PanelledCommand)(
+        make_compare_command(plugins))
     app.command("settings", cls=PanelledCommand)(make_settings_command(plugins))
     plugins.add_commands(app)
     return app

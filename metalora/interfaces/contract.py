@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 class ProtocolSpec:
     """The evaluation protocol every learner shares: support and query sets, test-time
     adaptation (``adapt_steps`` steps at ``adapt_lr`` on the support set, from the tested
-    adapters, restored afterwards), metrics."""
+    adapters, restored afterwards), a calibrator fitted on the support set (``calibrate``),
+    support examples shown in each query's prompt (``in_context``), metrics."""
 
     support_batches: int = 5
     query_cap: int | None = None
@@ -37,6 +38,8 @@ class ProtocolSpec:
     adapt_steps: int = 5
     adapt_lr: float = 1e-5
     metrics: tuple[str, ...] = ()
+    calibrate: str = "none"
+    in_context: int = 0
 
 
 @runtime_checkable

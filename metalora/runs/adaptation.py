@@ -57,6 +57,8 @@ class Prediction:
     label: str | None = None
     spread: list[float] | None = None
     """Per option, the standard deviation of its probability over weight samples."""
+    demonstrations: int | None = None
+    """Support examples shown in its prompt (``in_context``; ``None`` when none asked for)."""
 
     def to_dict(self) -> dict[str, Any]:
         """One JSON line of the output."""
@@ -68,6 +70,8 @@ class Prediction:
             data["correct"] = self.chosen == self.label
         if self.spread is not None:
             data["spread"] = self.spread
+        if self.demonstrations is not None:
+            data["demonstrations"] = self.demonstrations
         return data
 
 
@@ -234,7 +238,9 @@ def _adapt_and_predict(setup: RunSetup, learner: Any, name: str, seed: int,
         with torch.no_grad(), setup.precision():
             for start in range(0, len(query), eval_size):
                 chunk = query[start: start + eval_size]
-                batch = episodes.encode([r.record for r in chunk])
+                ids, demos = episodes.query_ids([r.record for r in chunk],
+                                                [r.record for r in support])
+                batch = episodes.encode([r.record for r in chunk], ids)
                 samples = learner.predict_samples(batch)
                 probs = (samples.mean(0) if samples is not None
                          else learner.predict_proba(batch)).float().cpu()
@@ -242,9 +248,9 @@ def _adapt_and_predict(setup: RunSetup, learner: Any, name: str, seed: int,
                 if samples is not None:
                     result.samples = int(samples.shape[0])
                 for row, item in enumerate(chunk):
-                    result.predictions.append(_prediction(start + row, item, probs[row],
-                                                          None if spread is None
-                                                          else spread[row]))
+                    result.predictions.append(_prediction(
+                        start + row, item, probs[row], None if spread is None else spread[row],
+                        None if demos is None else demos[row]))
                 all_probs.append(probs)
                 all_targets.append(batch.targets.cpu())
                 all_masks.append(batch.option_mask.cpu())
@@ -258,7 +264,7 @@ def _adapt_and_predict(setup: RunSetup, learner: Any, name: str, seed: int,
 
 
 def _prediction(index: int, item: QueryRecord, probs: torch.Tensor,
-                spread: torch.Tensor | None) -> Prediction:
+                spread: torch.Tensor | None, demonstrations: int | None) -> Prediction:
     options = list(item.record.options)
     values = [round(float(p), 6) for p in probs[: len(options)]]
     best = max(range(len(options)), key=lambda i: values[i])
@@ -266,7 +272,8 @@ def _prediction(index: int, item: QueryRecord, probs: torch.Tensor,
         index=index, input=item.record.input, options=options, probs=values,
         chosen=options[best], label=item.record.output if item.labelled else None,
         spread=None if spread is None else [round(float(s), 6) for s in
-                                            spread[: len(options)]])
+                                            spread[: len(options)]],
+        demonstrations=demonstrations)
 
 
 __all__ = ["Adaptation", "Prediction", "QueryRecord", "adapt_run", "read_records",

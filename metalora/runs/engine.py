@@ -207,7 +207,7 @@ class Engine:
         validation_metrics = dict(metrics)
         select = self.run.select_metric
         if select not in validation_metrics:
-            validation_metrics[select] = self.plugins.registry("metric").get(select)()
+            validation_metrics[select] = self.setup.make_metric(select)
         # the episodes before the run directory: a problem of the data leaves no directory
         validation = [self.setup.episodes.episode(t) for t in suite.validation] if validated else []
         test = [self.setup.episodes.episode(t) for t in suite.test]

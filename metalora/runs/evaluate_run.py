@@ -55,10 +55,10 @@ FIXED_SETTINGS: tuple[str, ...] = (
 
 EVALUATION_SETTINGS: tuple[str, ...] = (
     "adapt_steps", "adapt_lr", "support_batches", "batch_size", "query_cap", "eval_batch_size",
-    "metrics", "max_eval_tasks", "train_loss", "max_length", "dtype", "autocast", "tf32",
-    "gradient_checkpointing")
+    "metrics", "calibrate", "in_context", "max_eval_tasks", "train_loss", "max_length",
+    "dtype", "autocast", "tf32", "gradient_checkpointing")
 """The core settings that act when trained adapters are evaluated: the protocol (support
-set, test-time adaptation, queries, metrics) and the precision."""
+set, test-time adaptation, calibration, queries, metrics) and the precision."""
 
 
 def evaluation_settings(setup: RunSetup) -> set[str]:

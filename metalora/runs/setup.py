@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-import torch
 from rich.console import Console
 
 from metalora.activity import doing
 from metalora.adapter_config import AdapterConfig
+from metalora.calibration import CalibratedLearner, build_calibrator
 from metalora.config import (
     ResolvedConfig,
     RunSettings,
@@ -31,10 +31,12 @@ from metalora.config import (
     setting_conflicts,
     settings_dict,
 )
+from metalora.devices import resolve_device
 from metalora.distributed import Distributed, world_size_from_environment
 from metalora.episodes import Episode, EpisodeSampler
 from metalora.errors import MetaloraError
 from metalora.interfaces import DataOptions, Learner, LearnerContext, Logger, Metric, Prior
+from metalora.interfaces.calibrator import Calibrator
 from metalora.interfaces.contract import ProtocolSpec
 from metalora.models import LoadedModel, load_model
 from metalora.models.checkpointing import enable_gradient_checkpointing
@@ -62,24 +64,6 @@ DTYPES = TORCH_DTYPES
 
 RUN_OVERRIDES: tuple[str, ...] = ("learner", "seeds", "device")
 """Settings that may be given together with a run directory (learner/seed filters, device)."""
-
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-"""The devices ``device`` accepts."""
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; a name that is no device, or CUDA
-    where there is none, is one error line."""
-    if not DEVICE_PATTERN.match(name):
-        raise MetaloraError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N, "
-                            "mps")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MetaloraError(
-            f"device {name!r} requested but CUDA is not available; valid choices: auto, cpu")
-    return name
 
 
 def with_absolute_task_path(run: RunSettings, plugins: PluginManager) -> RunSettings:
@@ -175,6 +159,7 @@ class RunSetup:
                 raise MetaloraError(f"{name!r} cannot run: {clashes[name]}")
         for name in self.run.metrics:
             self.plugins.registry("metric").get(name)
+        self.make_calibrator()
         self.logger_classes()
         self.plugins.registry("metric").get(self.run.select_metric)
         if self.run.data_dir is not None and not Path(self.run.data_dir).is_dir():
@@ -213,6 +198,7 @@ class RunSetup:
                                  "Settings", None)
         if suite_settings is not None:
             build_settings(suite_settings, self.config.values, owner=self.run.tasks)
+        self.metrics()
 
     def logger_classes(self, note: bool = False) -> list[type[Logger]]:
         """The loggers this run writes to: ``logger`` (its default less ``tensorboard`` with
@@ -250,10 +236,14 @@ class RunSetup:
                 for cls in self.logger_classes(note=True)]
 
     def metrics(self) -> dict[str, Metric]:
-        """The metrics to report, instantiated."""
-        registry = self.plugins.registry("metric")
-        names = self.run.metrics or registry.names()
-        return {name: registry.get(name)() for name in names}
+        """The metrics to report, instantiated with their settings."""
+        names = self.run.metrics or self.plugins.registry("metric").names()
+        return {name: self.make_metric(name) for name in names}
+
+    def make_metric(self, name: str) -> Metric:
+        """A registered metric with its settings resolved from this run's config."""
+        cls = self.plugins.registry("metric").get(name)
+        return cls(build_settings(cls.Settings, self.config.values, owner=name))
 
     @property
     def suite(self) -> Suite:
@@ -318,7 +308,7 @@ class RunSetup:
             self._episodes = EpisodeSampler(
                 encoder, batch_size=self.run.batch_size, support_batches=self.run.support_batches,
                 query_cap=self.run.query_cap, eval_batch_size=self.run.eval_batch_size,
-                seed=0, device=device)
+                seed=0, device=device, in_context=self.run.in_context)
             self._loaded = loaded
         return self._loaded
 
@@ -365,7 +355,13 @@ class RunSetup:
             settings=self.learner_settings(name), rng=rng, train_loss=self.run.train_loss,
             make_prior=self.make_prior, ranks=self.distributed, seed=seed,
             legacy_run=self.run)
-        return cls(context)
+        learner = cls(context)
+        calibrator = self.make_calibrator()
+        return learner if calibrator is None else CalibratedLearner(learner, calibrator)
+
+    def make_calibrator(self) -> Calibrator | None:
+        """The ``calibrate`` calibrator with its settings, or None for ``none``."""
+        return build_calibrator(self.plugins, self.run.calibrate, self.config.values)
 
     def spec_protocol(self) -> ProtocolSpec:
         """The evaluation protocol's settings, typed (what a learner is handed)."""
@@ -390,6 +386,12 @@ class RunSetup:
                                                  owner=self.run.tasks)
         for cls in self.logger_classes():
             out[cls.name] = build_settings(cls.Settings, self.config.values, owner=cls.name)
+        calibrator = self.make_calibrator()
+        owned = [(name, metric.settings) for name, metric in self.metrics().items()]
+        if calibrator is not None:
+            owned.append((calibrator.name, calibrator.settings))
+        out.update({name: s for name, s in owned
+                    if dataclasses.is_dataclass(s) and dataclasses.fields(s)})
         return out
 
     def resolved_config(self) -> dict[str, Any]:
