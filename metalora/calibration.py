@@ -35,10 +35,14 @@ NO_CALIBRATION = "none"
 def build_calibrator(plugins: PluginManager, name: str,
                      values: Mapping[str, Any]) -> Calibrator | None:
     """The registered calibrator ``name`` with its settings read from ``values``, or None
-    for ``none``; an unknown name is one error line listing the choices."""
+    for ``none``; an unknown name, or a bad value for any calibrator's setting, is one
+    error line."""
+    registry = plugins.registry("calibrator")
+    for registration in registry:  # every calibrator's settings are checked, selected or not
+        cls = registration.implementation
+        build_settings(cls.Settings, values, owner=registration.name)
     if name == NO_CALIBRATION:
         return None
-    registry = plugins.registry("calibrator")
     if name not in registry:
         raise MetaloraError(f"unknown calibrator {name!r}; valid choices: "
                             + ", ".join([NO_CALIBRATION, *registry.names()]))

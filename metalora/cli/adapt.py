@@ -54,7 +54,7 @@ def make_adapt_command(plugins: PluginManager):
         console.print(predictions_table(result))
         if result.metrics:
             console.print(f"over the {result.labelled} labelled query records: " + ", ".join(
-                f"{name} {value:.4g}" for name, value in sorted(result.metrics.items())))
+                f"{name} {value:.4g}" for name, value in result.metrics.items()))
         if out is not None:
             result.write_jsonl(out)
             err_console.print(f"predictions written to {out}")

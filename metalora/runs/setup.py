@@ -236,8 +236,9 @@ class RunSetup:
                 for cls in self.logger_classes(note=True)]
 
     def metrics(self) -> dict[str, Metric]:
-        """The metrics to report, instantiated with their settings."""
-        names = self.run.metrics or self.plugins.registry("metric").names()
+        """The metrics to report (``metrics``, or every registered one), with settings."""
+        names = self.run.metrics or sorted(  # the selection metric first, then by name
+            self.plugins.registry("metric").names(), key=lambda n: (n != self.run.select_metric, n))
         return {name: self.make_metric(name) for name in names}
 
     def make_metric(self, name: str) -> Metric:
