@@ -157,3 +157,19 @@ def test_ece_bins_is_read_from_the_run_settings_and_checked():
     assert spec.settings["ece"].ece_bins == 4 and spec.settings["adaptive_ece"].ece_bins == 4
     with pytest.raises(MetaloraError, match="ece_bins"):
         api.run_spec(learner="lora", tasks="demo", model="tiny", ece_bins=0)
+
+
+def test_a_metric_undefined_on_a_task_is_left_out_of_the_macro_average_and_saved_as_null():
+    from metalora.evaluation import EvalResult, TaskResult
+
+    def task(name, auroc):
+        return TaskResult(task=name, metrics={"accuracy": 0.5, "misclassification_auroc": auroc},
+                          probs=torch.zeros(1, 2), targets=torch.zeros(1, dtype=torch.long),
+                          option_mask=torch.ones(1, 2, dtype=torch.bool))
+
+    result = EvalResult(tasks=[task("a", 0.8), task("b", math.nan), task("c", 0.6)])
+    assert result.macro["misclassification_auroc"] == pytest.approx(0.7)
+    saved = result.to_dict()
+    assert saved["tasks"]["b"]["misclassification_auroc"] is None
+    alone = EvalResult(tasks=[task("b", math.nan)])
+    assert math.isnan(alone.macro["misclassification_auroc"])
