@@ -20,6 +20,7 @@ internal and may change between versions.
 * scoring and optimisation: :func:`answer_loss`, :func:`option_probs`,
   :func:`adamw`, :func:`fit_steps`;
 * precision: :func:`float32_products_are_exact` (False under TF32 on a GPU);
+* selective prediction: :func:`risk_coverage`, :func:`confidence_and_correct`;
 * errors: :class:`MetaloraError` (one line for the user, no traceback);
 * the hub: :func:`hub_reachable`, :func:`offline_hub` (fail at once offline).
 
@@ -71,6 +72,8 @@ _SOURCES: dict[str, str] = {
     "adamw": "metalora.optim",
     "fit_steps": "metalora.optim",
     "float32_products_are_exact": "metalora.precision",
+    "risk_coverage": "metalora.selective",
+    "confidence_and_correct": "metalora.selective",
     "MetaloraError": "metalora.errors",
     "hub_reachable": "metalora.hub",
     "offline_hub": "metalora.hub",
@@ -114,6 +117,8 @@ __all__ = [
     "adamw",
     "fit_steps",
     "float32_products_are_exact",
+    "risk_coverage",
+    "confidence_and_correct",
     "MetaloraError",
     "hub_reachable",
     "offline_hub",
@@ -146,6 +151,7 @@ if TYPE_CHECKING:
         option_problem,
     )
     from metalora.scoring import answer_loss, option_probs
+    from metalora.selective import confidence_and_correct, risk_coverage
     from metalora.settings import NoSettings, setting
     from metalora.single_pair import SinglePairLearner
 

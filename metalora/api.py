@@ -39,8 +39,8 @@ from metalora.config import (
     read_config_file,
     resolve_config,
 )
-from metalora.paired import QueryScore
-from metalora.paired import score as score_query
+from metalora.paired import mean_scores as _mean_scores
+from metalora.paired import query_scores
 from metalora.plugins import PluginManager, get_plugin_manager
 from metalora.runs.adaptation import Adaptation, QueryRecord, adapt_run, record_from_mapping
 from metalora.runs.compare import Comparison, PredictionSource, read_source
@@ -57,8 +57,7 @@ from metalora.spec import RunSpec
 
 __all__ = ["Comparison", "FinishedRun", "PluginManager", "PredictionSource", "RunCallback",
            "RunSpec", "RunSummary", "adapt", "compare", "evaluate", "export", "open_run",
-           "plugins", "predictions", "prune", "QueryScore", "resume", "run_spec", "score_query",
-           "train"]
+           "mean_scores", "plugins", "predictions", "prune", "resume", "run_spec", "train"]
 
 Records = Path | str | Sequence[Mapping[str, Any] | QueryRecord]
 
@@ -230,6 +229,12 @@ def predictions(source: Path | str) -> PredictionSource:
     """The per-query predictions of ``PATH[:LEARNER]`` (a run directory, one of its
     ``eval/`` directories or an ensemble's output), for each of its seeds."""
     return read_source(str(source))
+
+
+def mean_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean accuracy, NLL and Brier over prediction records (``predictions.jsonl`` lines:
+    ``task``, ``index``, ``probs``, ``label``), as :func:`compare` reports them."""
+    return _mean_scores(query_scores(records).values())
 
 
 def compare(sources: Sequence[Path | str], output: Path | str | None = None,

@@ -9,6 +9,7 @@ small differences become decidable.
 
 * :func:`query_scores`: per-query correctness, negative log-likelihood and
   Brier score, keyed by ``(task, index)``.
+* :func:`mean_scores`: those scores averaged over queries.
 * :func:`paired_difference`: the mean of ``a - b`` over the queries both
   have, with its bootstrap standard error (queries resampled with
   replacement, within each stratum, e.g. each seed).
@@ -67,6 +68,14 @@ def query_scores(records: Iterable[Mapping]) -> dict[tuple[str, int], QueryScore
         out[(str(record["task"]), int(record["index"]))] = score(
             [float(p) for p in record["probs"]], int(record["label"]))
     return out
+
+
+def mean_scores(scores: Iterable[QueryScore]) -> dict[str, float]:
+    """Each of :data:`SCORES` averaged over ``scores`` (at least one)."""
+    values = list(scores)
+    if not values:
+        raise MetaloraError("no query to average scores over")
+    return {name: sum(v.get(name) for v in values) / len(values) for name in SCORES}
 
 
 def read_predictions(path: Path | str) -> list[dict]:

@@ -29,6 +29,7 @@ from metalora.paired import (
     SCORES,
     PairedDifference,
     QueryScore,
+    mean_scores,
     paired_difference,
     query_scores,
     read_predictions,
@@ -135,8 +136,7 @@ def compare_sources(sources: Sequence[PredictionSource]) -> Comparison:
     if len(set(labels)) != len(labels):
         raise MetaloraError(f"a source is given twice in {labels}")
     scored = [s.scores() for s in sources]
-    means = {s.label: {name: sum(v.get(name) for v in sc.values()) / len(sc) for name in SCORES}
-             for s, sc in zip(sources, scored, strict=True)}
+    means = {s.label: mean_scores(sc.values()) for s, sc in zip(sources, scored, strict=True)}
     result = Comparison(sources=labels, means=means)
     reference, ref_scores = sources[0], scored[0]
     for source, scores in zip(sources[1:], scored[1:], strict=True):

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from metalora.files import atomic_write_bytes
+from metalora.selective import risk_coverage
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -304,17 +305,6 @@ def plot_reliability_combined(pooled: Mapping[str, tuple[Tensor, Tensor]], path:
     return _save(fig, path)
 
 
-def risk_coverage_curve(probs: Tensor, targets: Tensor) -> tuple[list[float], list[float]]:
-    """Coverage ``k / N`` and error rate when only the ``k`` most confident predictions are
-    answered, ``k = 1..N`` (ties in the given order)."""
-    confidence, predicted = probs.float().max(dim=-1)
-    wrong = (predicted != targets).float()
-    order = torch.sort(confidence, descending=True, stable=True).indices
-    answered = torch.arange(1, len(order) + 1, dtype=torch.float32)
-    risk = torch.cumsum(wrong[order], dim=0) / answered
-    return (answered / len(order)).tolist(), risk.tolist()
-
-
 def plot_risk_coverage(pooled: Mapping[str, tuple[Tensor, Tensor]], path: Path,
                        title: str) -> Path | None:
     """Every source's risk-coverage curve, with its area (AURC) in the legend."""
@@ -323,9 +313,9 @@ def plot_risk_coverage(pooled: Mapping[str, tuple[Tensor, Tensor]], path: Path,
     fig, axes = _figure(5.0, 3.8)
     ax = axes[0]
     for index, (name, (probs, targets)) in enumerate(pooled.items()):
-        coverage, risk = risk_coverage_curve(probs, targets)
-        ax.plot(coverage, risk, color=f"C{index % 10}",
-                label=f"{name} (AURC {sum(risk) / len(risk):.3f})")
+        coverage, risk = risk_coverage(probs, targets)
+        ax.plot(coverage.tolist(), risk.tolist(), color=f"C{index % 10}",
+                label=f"{name} (AURC {float(risk.mean()):.3f})")
     ax.set_xlim(0, 1)
     ax.set_xlabel("coverage (most confident fraction answered)")
     ax.set_ylabel("error rate on the answered")

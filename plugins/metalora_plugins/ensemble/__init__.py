@@ -36,15 +36,6 @@ class Ensemble:
     """Member (and ``"ensemble"``) -> accuracy, nll, brier averaged over the queries."""
 
 
-def mean_scores(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Mean accuracy, NLL and Brier over prediction records."""
-    from metalora.api import score_query
-
-    scored = [score_query(r["probs"], int(r["label"])) for r in records]
-    return {name: sum(s.get(name) for s in scored) / len(scored)
-            for name in ("accuracy", "nll", "brier")}
-
-
 def average_members(members: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Each query's option probabilities averaged over the members; the members must hold
     the same queries with the same answers (one error line naming the first that does not)."""
@@ -77,7 +68,7 @@ def build_ensemble(runs: Sequence[Path | str], learner: str | None = None,
                    output: Path | str | None = None) -> Ensemble:
     """The ensemble of every seed of ``learner`` in every run of ``runs`` (see the module),
     written to ``output`` when given."""
-    from metalora.api import predictions
+    from metalora.api import mean_scores, predictions
 
     members: dict[str, list[dict[str, Any]]] = {}
     chosen = learner

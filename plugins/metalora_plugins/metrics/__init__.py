@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from metalora import Metric, hookimpl, setting
+from metalora import Metric, confidence_and_correct, hookimpl, risk_coverage, setting
 
 ECE_BINS = 15
 
@@ -35,22 +35,6 @@ class BinSettings:
 
     ece_bins: int = setting(ECE_BINS, "Bins of the calibration errors ece (equal-width) and "
                                       "adaptive_ece (equal-mass).", ge=1)
-
-
-def confidence_and_correct(probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Each query's confidence (the chosen option's probability) and whether it is right."""
-    confidence, chosen = probs.float().max(dim=-1)
-    return confidence, (chosen == targets).float()
-
-
-def risk_coverage(probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """The risk-coverage curve: answering only the ``k`` most confident queries
-    (``k = 1..N``, ties in query order), the coverage ``k / N`` and the error rate."""
-    confidence, correct = confidence_and_correct(probs, targets)
-    order = torch.sort(confidence, descending=True, stable=True).indices
-    errors = torch.cumsum(1.0 - correct[order], dim=0)
-    answered = torch.arange(1, len(order) + 1, dtype=torch.float32)
-    return answered / len(order), errors / answered
 
 
 class Accuracy(Metric):
