@@ -38,16 +38,14 @@ def build_calibrator(plugins: PluginManager, name: str,
     for ``none``; an unknown name, or a bad value for any calibrator's setting, is one
     error line."""
     registry = plugins.registry("calibrator")
-    for registration in registry:  # every calibrator's settings are checked, selected or not
-        cls = registration.implementation
-        build_settings(cls.Settings, values, owner=registration.name)
+    settings = {reg.name: build_settings(reg.implementation.Settings, values, owner=reg.name)
+                for reg in registry}  # every calibrator's settings are checked, selected or not
     if name == NO_CALIBRATION:
         return None
     if name not in registry:
         raise MetaloraError(f"unknown calibrator {name!r}; valid choices: "
                             + ", ".join([NO_CALIBRATION, *registry.names()]))
-    cls = registry.get(name)
-    return cls(build_settings(cls.Settings, values, owner=cls.name))
+    return registry.get(name)(settings[name])
 
 
 class CalibratedLearner(Learner):
