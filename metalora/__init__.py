@@ -17,7 +17,7 @@ internal and may change between versions.
 * adapters: :func:`attach_adapters`, :class:`AdapterHandle`,
   :class:`AdaptedLinear`, :class:`LoRAPair`, :class:`AdapterConfig`,
   :class:`SinglePairLearner` (a learner with one LoRA pair);
-* scoring and optimisation: :func:`answer_loss`, :func:`option_probs`,
+* scoring and optimisation: :func:`answer_loss`, :func:`option_logits`, :func:`option_probs`,
   :func:`adamw`, :func:`fit_steps`;
 * precision: :func:`float32_products_are_exact` (False under TF32 on a GPU);
 * selective prediction: :func:`risk_coverage`, :func:`confidence_and_correct`;
@@ -69,6 +69,7 @@ _SOURCES: dict[str, str] = {
     "SinglePairLearner": "metalora.single_pair",
     "answer_loss": "metalora.scoring",
     "option_probs": "metalora.scoring",
+    "option_logits": "metalora.scoring",
     "adamw": "metalora.optim",
     "fit_steps": "metalora.optim",
     "float32_products_are_exact": "metalora.precision",
@@ -114,6 +115,7 @@ __all__ = [
     "SinglePairLearner",
     "answer_loss",
     "option_probs",
+    "option_logits",
     "adamw",
     "fit_steps",
     "float32_products_are_exact",
@@ -150,7 +152,7 @@ if TYPE_CHECKING:
         filter_by_options,
         option_problem,
     )
-    from metalora.scoring import answer_loss, option_probs
+    from metalora.scoring import answer_loss, option_logits, option_probs
     from metalora.selective import confidence_and_correct, risk_coverage
     from metalora.settings import NoSettings, setting
     from metalora.single_pair import SinglePairLearner

@@ -55,6 +55,22 @@ class Batch:
         """Token id of each example's correct label."""
         return self.option_ids.gather(1, self.targets[:, None]).squeeze(1)
 
+    def example(self, index: int) -> Batch:
+        """Example ``index`` alone, as a batch of one, cut after its last prompt token
+        (the batch is right-padded, so the causal model's outputs there are unchanged)."""
+        end = int(self.last_index[index]) + 1
+        row = slice(index, index + 1)
+        return replace(
+            self,
+            input_ids=self.input_ids[row, :end],
+            attention_mask=self.attention_mask[row, :end],
+            last_index=self.last_index[row],
+            option_ids=self.option_ids[row],
+            option_mask=self.option_mask[row],
+            targets=self.targets[row],
+            records=self.records[row],
+        )
+
     def to(self, device: torch.device | str) -> Batch:
         """The same batch with its tensors on ``device``."""
         return replace(

@@ -30,10 +30,15 @@ class SinglePairLearner(Learner):
     """
 
     pair = "default"
+    extra_pairs: tuple[str, ...] = ()
+    """More pairs attached beside :attr:`pair` (e.g. a variational learner's variance
+    parameters); the forward pass uses :attr:`pair` alone unless the learner installs
+    its own delta, and test-time adaptation changes :attr:`pair` alone."""
 
     def __init__(self, context: LearnerContext) -> None:
         super().__init__(context)
-        self._adapters = attach_adapters(context.model, context.adapter, [self.pair])
+        self._adapters = attach_adapters(context.model, context.adapter,
+                                         [self.pair, *self.extra_pairs])
         self.optimizer: torch.optim.Optimizer | None = None
 
     @property
@@ -58,10 +63,11 @@ class SinglePairLearner(Learner):
         return value
 
     def adapt(self, support: Sequence[Batch]) -> None:
-        """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr``."""
+        """Test-time adaptation: ``adapt_steps`` fresh-AdamW steps at ``adapt_lr`` on
+        :attr:`pair`."""
         protocol = self.context.protocol
-        fit_steps(self.context.model, self._adapters.parameters(), support, protocol.adapt_steps,
-                  protocol.adapt_lr, self.context.train_loss)
+        fit_steps(self.context.model, self._adapters.parameters([self.pair]), support,
+                  protocol.adapt_steps, protocol.adapt_lr, self.context.train_loss)
 
     def predict_proba(self, batch: Batch) -> Tensor:
         return option_probs(self.context.model, batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -35,6 +36,38 @@ def tiny() -> LoadedModel:
 def make_config(plugins: PluginManager, **values) -> ResolvedConfig:
     """A resolved config from keyword settings, as the CLI would build it."""
     return resolve_config(all_setting_infos(plugins), {}, values)
+
+
+@pytest.fixture
+def build_learner(plugins: PluginManager) -> Iterator:
+    """``build_learner(name, **settings)``: a learner on the tiny model and the demo suite,
+    with its suite and engine; its adapters are removed afterwards."""
+    from metalora.runs.engine import Engine
+
+    made = []
+
+    def _build(name: str, **values):
+        engine = Engine(make_config(plugins, learner=[name], model="tiny", device="cpu",
+                                    tasks="demo", **values), plugins)
+        suite = engine.load_suite()
+        learner = engine.build_learner(name, 0)
+        made.append(learner)
+        return learner, suite, engine
+
+    yield _build
+    for learner in made:
+        learner.adapters.remove()
+
+
+def train_adapt_predict(learner, suite, engine, train_tasks: int = 2):
+    """One epoch on the first ``train_tasks`` training tasks, adaptation to the first test
+    task; the adapters after adaptation and the first query batch's probabilities."""
+    for _ in learner.train_epoch(suite.train[:train_tasks], epoch=1):
+        pass
+    episode = engine.episodes.episode(suite.test[0])
+    learner.adapt(episode.support)
+    with torch.no_grad():
+        return learner.adapters.snapshot(), learner.predict_proba(episode.query[0])
 
 
 class BuiltDocs:

@@ -296,3 +296,21 @@ def test_the_results_table_shows_every_metric_asked_for(app, tmp_path):
     default = invoke(app, *common, "--no-per-task")  # no --metrics: the paper's Table 1
     table = default.output.split("Test results on 'demo'", 1)[1]
     assert "Acc ↑" in table and "ECE ↓" in table and "NLL" not in table
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--learner", "blob", "--init-eps", "0"],
+     "blob: init_eps 0 puts sigma at 0, where the KL is infinite"),
+    (["--learner", "laplace-lora", "--prior-precision", "-1"],
+     "laplace-lora: prior_precision '-1' is neither 'marglik' nor a positive number"),
+    (["--learner", "laplace-lora", "--prior-precision", "evidence"],
+     "laplace-lora: prior_precision 'evidence' is neither"),
+])
+def test_bad_uncertainty_baseline_settings_are_one_line_before_anything_loads(
+        app, tmp_path, args, message):
+    result = runner.invoke(app, ["run", *args, "--model", "no-such-model", "--output-dir",
+                                 str(tmp_path)], color=False)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert not any(tmp_path.iterdir())

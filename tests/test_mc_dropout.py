@@ -2,57 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 
-from metalora.config import all_setting_infos, resolve_config
-from metalora.interfaces import Learner
-from metalora.plugins import PluginManager
-from metalora.runs.engine import Engine
 from metalora_plugins.mc_dropout import DropoutLowRankDelta
+from tests.conftest import train_adapt_predict
 
 
-@pytest.fixture
-def build(plugins: PluginManager) -> Iterator:
-    made: list[Learner] = []
-
-    def _build(name: str, **values):
-        config = resolve_config(all_setting_infos(plugins), {}, {
-            "learner": [name], "model": "tiny", "device": "cpu", "tasks": "demo", **values})
-        engine = Engine(config, plugins)
-        suite = engine.load_suite()
-        learner = engine.build_learner(name, 0)
-        made.append(learner)
-        return learner, suite, engine
-
-    yield _build
-    for learner in made:
-        learner.adapters.remove()
-
-
-def _train_and_predict(learner, suite, engine):
-    for _ in learner.train_epoch(suite.train[:2], epoch=1):
-        pass
-    episode = engine.episodes.episode(suite.test[0])
-    learner.adapt(episode.support)
-    with torch.no_grad():
-        return learner.adapters.snapshot(), learner.predict_proba(episode.query[0])
-
-
-def test_without_dropout_it_is_lora(build):
-    lora = _train_and_predict(*build("lora", lr=1e-3))
-    plain = _train_and_predict(*build("mc-dropout", lr=1e-3, dropout=0.0, mc_samples=3))
+def test_without_dropout_it_is_lora(build_learner):
+    lora = train_adapt_predict(*build_learner("lora", lr=1e-3))
+    plain = train_adapt_predict(*build_learner("mc-dropout", lr=1e-3, dropout=0.0, mc_samples=3))
     assert lora[0].keys() == plain[0].keys()
     for key in lora[0]:
         assert torch.equal(lora[0][key], plain[0][key]), key
     assert torch.allclose(lora[1], plain[1], atol=1e-6)
 
 
-def test_dropout_makes_the_masks_disagree_and_the_mean_is_their_average(build):
-    learner, suite, engine = build("mc-dropout", dropout=0.5, mc_samples=6)
-    _train_and_predict(learner, suite, engine)
+def test_dropout_makes_the_masks_disagree_and_the_mean_is_their_average(build_learner):
+    learner, suite, engine = build_learner("mc-dropout", dropout=0.5, mc_samples=6)
+    train_adapt_predict(learner, suite, engine)
     batch = engine.episodes.episode(suite.test[0]).query[0]
     with torch.no_grad():
         torch.manual_seed(1)

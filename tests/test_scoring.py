@@ -38,6 +38,18 @@ def test_label_token_scoring_equals_the_full_logits_reference(tiny):
     assert fast[0, 2:].eq(0).all() and fast[2, 3].eq(0)
 
 
+def test_one_example_cut_from_a_padded_batch_scores_as_in_the_batch(tiny):
+    batch = PromptEncoder(tiny.tokenizer).encode(RECORDS)
+    with torch.no_grad():
+        together = option_probs(tiny.model, batch)
+        for i in range(len(batch)):
+            alone = batch.example(i)
+            assert alone.input_ids.shape == (1, int(batch.last_index[i]) + 1)
+            assert alone.records == (RECORDS[i],)
+            torch.testing.assert_close(option_probs(tiny.model, alone)[0], together[i],
+                                       rtol=1e-5, atol=1e-6)
+
+
 def test_answer_loss_is_the_cross_entropy_of_the_label_token(tiny):
     batch = PromptEncoder(tiny.tokenizer).encode(RECORDS)
     logits = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

@@ -51,20 +51,26 @@ class LoraLearner(SinglePairLearner):
     def steps_per_epoch(self, tasks: Sequence[Task]) -> int:
         return self._batches_per_epoch(tasks)
 
+    def epoch_batches(self, tasks: Sequence[Task]) -> Iterator[Batch]:
+        """One epoch's training batches, drawn from the run's ``rng``."""
+        records = [r for t in tasks for r in t.records]
+        episodes, rng = self.context.batches, self.context.rng
+        if self.settings.steps_per_task > 0:
+            k = min(self.context.batches.batch_size, len(records))
+            for _ in range(self._batches_per_epoch(tasks)):
+                yield episodes.encode(rng.sample(records, k))
+        else:
+            yield from episodes.shuffled_batches(records, rng)
+
+    def train_step(self, batch: Batch, epoch: int, step: int, tasks: Sequence[Task]) -> StepLog:
+        """One training step on ``batch`` (a subclass may change the objective)."""
+        value = self.gradient_step(batch, self.optimizer, synchronise=True)
+        return StepLog(epoch=epoch, task=None, step=step, loss=value, components={"nll": value})
+
     def train_epoch(self, tasks: Sequence[Task], epoch: int) -> Iterator[StepLog]:
         if self.settings.steps_per_task <= 0 and self.context.ranks.active:
             raise MetaloraError("lora: steps_per_task 0 (one pass over every example) gives the "
                                 "ranks of a torchrun run different step counts; set it to 1 "
                                 "or more")
-        records = [r for t in tasks for r in t.records]
-        episodes, rng = self.context.batches, self.context.rng
-        if self.settings.steps_per_task > 0:
-            k = min(self.context.batches.batch_size, len(records))
-            n_batches = self._batches_per_epoch(tasks)
-            batches: Iterator[Batch] = (
-                episodes.encode(rng.sample(records, k)) for _ in range(n_batches))
-        else:
-            batches = iter(episodes.shuffled_batches(records, rng))
-        for step, batch in enumerate(batches):
-            value = self.gradient_step(batch, self.optimizer, synchronise=True)
-            yield StepLog(epoch=epoch, task=None, step=step, loss=value, components={"nll": value})
+        for step, batch in enumerate(self.epoch_batches(tasks)):
+            yield self.train_step(batch, epoch, step, tasks)
