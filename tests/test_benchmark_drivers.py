@@ -61,3 +61,27 @@ def test_every_arm_of_the_mechanism_experiment_is_a_valid_run_spec(plugins, tmp_
     d = ml.run_spec(plugins=plugins, **_train_settings(jobs["D-seed0"]))
     assert d.settings["abmll"].variance_optimizer == "adamw"
     assert d.settings["normal-gamma"].prior_jacobian is True
+
+
+def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins,
+                                                                         tmp_path) -> None:
+    import uncertainty
+
+    from metalora.runs.evaluate_run import EVALUATION_SETTINGS
+
+    args = uncertainty.parse_args(["--data-dir", str(tmp_path), "--output-dir",
+                                   str(tmp_path / "out")])
+    jobs = dict(uncertainty.Comparison(args).ready())
+    assert len(jobs) == len(uncertainty.ARMS) * 3  # three seeds, nothing run yet
+    for name, job in jobs.items():
+        spec = ml.run_spec(plugins=plugins, **_train_settings(job))
+        assert spec.training.epochs == 3 and spec.training.eval_every == 0, name
+        assert spec.protocol.query_cap == 100, name
+    arms = {arm.name: arm for arm in uncertainty.ARMS}
+    for row in uncertainty.ROWS:
+        learner = plugins.registry("learner").get(arms[row.arm].learner)
+        for key, _ in row.evaluation:  # what `metalora eval --set` accepts for that learner
+            assert key in EVALUATION_SETTINGS or key in learner.evaluation_settings, (row, key)
+    assert sum(r.name == uncertainty.REFERENCE for r in uncertainty.ROWS) == 1
+    blob = ml.run_spec(plugins=plugins, **_train_settings(jobs["blob-seed0"]))
+    assert blob.settings["blob"].lr == 3e-4

@@ -1,0 +1,360 @@
+"""The uncertainty baselines beside ABMLL, scored per query on the same queries.
+
+Usage::
+
+    nohup python benchmarks/uncertainty.py > runs/benchmarks/uncertainty/driver.log 2>&1 &
+    python benchmarks/uncertainty.py --report-only        # the tables of what has finished
+
+The protocol is ``mechanism.py``'s (cls-45, the first 12 training tasks, 3
+epochs, every arm tested at its last epoch, up to 100 test queries per task,
+test-time adaptation 5 AdamW steps at 2e-4, SmolLM2-135M, float32; seeds 0, 1
+and 2), so that ABMLL's runs there (arms A, the defaults, and D, the
+learned-variance settings) can be this comparison's ABMLL rows
+(``--mechanism-dir``, when they were made by the same code version); seeds they
+lack are trained here with the same settings.
+At one seed every learner sees the same support sets and queries, and the
+task-structured learners the same training batches (common random numbers).
+
+The arms:
+
+* ``pretrained``: the frozen model, zero-shot; ``icl``: the same with the 10
+  support examples in the prompt (``in_context = 10``);
+* ``laplace``: ``laplace-lora`` (trained exactly as ``lora``), whose evaluations
+  with ``prior_precision = inf`` are ``lora`` itself (the MAP prediction,
+  bitwise the same training), ``lora`` with temperature scaling
+  (``calibrate = temperature``) and ``lora`` with the support set also in the
+  prompt (``in_context = 10``); the ``lora`` ensemble averages its seeds;
+* ``mc-dropout``, ``blob``: the other uncertainty baselines;
+* ``abmll`` and ``abmll-lv``: ABMLL at its defaults and with the learned-variance
+  settings of ``mechanism.py``'s arm D.
+
+How settings were chosen (one rule, written before these runs, for every
+learner): a learner's training learning rate is the one ``protocol.py``'s
+validation rule kept for it, and a learner built on ``lora``'s training
+(mc-dropout, blob, laplace-lora) takes ``lora``'s (3e-4); ABMLL's are
+``mechanism.py``'s (1e-3); each method's own settings are its published
+defaults (BLoB's init_eps 0.05, prior_std 0.2, kl_lr 0.02, 10 test draws; MC
+dropout 0.1 with 8 masks; Laplace's prior precision by marginal likelihood on each
+support set). Nothing here is chosen by a test score, or by any score: no
+setting is searched.
+
+The report gives, on the test queries, each arm's accuracy, NLL, Brier, ECE,
+adaptive ECE, AURC, accuracy at 50% and 80% coverage, misclassification
+AUROC and macro-F1 (macro over tasks, mean over seeds), the per-query paired
+difference of accuracy, NLL and Brier against ABMLL at its defaults (bootstrap
+SE, queries resampled within each seed), and the always-first-option and
+majority-answer references on the same queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metalora.paired import (
+    PairedDifference,
+    QueryScore,
+    paired_difference,
+    query_scores,
+    read_predictions,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from jobqueue import run_queue  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
+LORA_LR = "3e-4"
+"""The learning rate protocol.py's validation rule kept for lora."""
+IN_CONTEXT = 10
+METRICS = ("ece", "adaptive_ece", "aurc", "acc_at_50", "acc_at_80",
+           "misclassification_auroc", "macro_f1")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training (or zero-shot) run per seed, and the evaluations made of it."""
+
+    name: str
+    learner: str
+    options: tuple[tuple[str, Any], ...]
+    mechanism: str | None = None
+    """The arm of mechanism.py whose runs this one is, where they exist."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: an arm's run or one of its evaluations."""
+
+    name: str
+    arm: str
+    evaluation: tuple[tuple[str, Any], ...] = ()
+    """Settings changed for a ``metalora eval`` of the test split (none: the run's own test)."""
+
+
+ABMLL_LR = (("inner_lr", "1e-3"), ("outer_lr", "1e-3"))
+ARMS = (
+    Arm("pretrained", "pretrained", ()),
+    Arm("icl", "pretrained", (("in_context", IN_CONTEXT),)),
+    Arm("laplace", "laplace-lora", (("lr", LORA_LR),)),
+    Arm("mc-dropout", "mc-dropout", (("lr", LORA_LR),)),
+    Arm("blob", "blob", (("lr", LORA_LR),)),
+    Arm("abmll", "abmll", ABMLL_LR, mechanism="A"),
+    Arm("abmll-lv", "abmll", (*ABMLL_LR, ("log_var_relative", "0.013"), ("beta", "2.98e-5"),
+                              ("prior_log_var", "relative"), ("b0", "1"),
+                              ("prior_jacobian", True), ("variance_optimizer", "adamw"),
+                              ("variance_lr", "1e-2")), mechanism="D"),
+)
+MAP = (("prior_precision", "inf"),)
+ROWS = (
+    Row("pretrained (zero-shot)", "pretrained"),
+    Row(f"in-context ({IN_CONTEXT} examples)", "icl"),
+    Row("lora", "laplace", MAP),
+    Row("lora + temperature", "laplace", (*MAP, ("calibrate", "temperature"))),
+    Row(f"lora + in-context ({IN_CONTEXT})", "laplace", (*MAP, ("in_context", IN_CONTEXT))),
+    Row("laplace-lora", "laplace"),
+    Row("mc-dropout", "mc-dropout"),
+    Row("blob", "blob"),
+    Row("abmll (defaults)", "abmll"),
+    Row("abmll (learned variance)", "abmll-lv"),
+)
+REFERENCE = "abmll (defaults)"
+ENSEMBLE_OF = "lora"
+
+
+class Comparison:
+    """The runs and evaluations, their state on disk, and the report."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: Path = args.output_dir
+        self.arms = {arm.name: arm for arm in ARMS}
+
+    # -- state on disk -------------------------------------------------------
+    def run_dir(self, arm: Arm, seed: int) -> Path:
+        if arm.mechanism is not None and self.args.mechanism_dir is not None:
+            borrowed = self.args.mechanism_dir / f"{arm.mechanism}-seed{seed}"
+            if _finished(borrowed):
+                return borrowed
+        return self.out / f"{arm.name}-seed{seed}"
+
+    def predictions_dir(self, row: Row, seed: int) -> Path | None:
+        """Where ``row``'s test predictions of ``seed`` are, once they exist."""
+        arm = self.arms[row.arm]
+        run_dir = self.run_dir(arm, seed)
+        if not _finished(run_dir):
+            return None
+        if not row.evaluation:
+            return run_dir
+        wanted = {k: str(v) for k, v in row.evaluation}
+        for metrics in sorted((run_dir / "eval").glob("*/metrics.json")):
+            protocol = json.loads(metrics.read_text()).get("protocol", {})
+            changed = {k: str(v) for k, v in protocol.get("changed_settings", {}).items()}
+            if protocol.get("split") == "test" and changed == wanted:
+                return metrics.parent
+        return None
+
+    # -- the jobs ------------------------------------------------------------
+    def ready(self) -> list[tuple[str, dict[str, Any]]]:
+        """The jobs (for ``api_job.py``) not done whose inputs exist, trainings first."""
+        a = self.args
+        jobs: list[tuple[int, str, dict[str, Any]]] = []
+        for seed in a.seeds:
+            for order, arm in enumerate(ARMS):
+                run_dir = self.run_dir(arm, seed)
+                if not _finished(run_dir):
+                    job: dict[str, Any] = (
+                        {"kind": "resume", "run_dir": str(run_dir)} if run_dir.exists() else
+                        {"kind": "train", "settings": {
+                            "learner": arm.learner, "tasks": a.tasks, "model": a.model,
+                            **({"data_dir": str(a.data_dir)} if a.tasks == "cls45" else {}),
+                            "max_train_tasks": a.train_tasks, "epochs": a.epochs,
+                            "eval_every": 0, "query_cap": a.query_cap, "adapt_lr": "2e-4",
+                            "dtype": "float32", "seeds": [seed], "plots": False,
+                            "tensorboard": False, "output_dir": str(self.out),
+                            "run_name": f"{arm.name}-seed{seed}", **json.loads(a.extra),
+                            **dict(arm.options)}})
+                    jobs.append((100 * seed + order, f"{arm.name}-seed{seed}", job))
+                    continue
+                for rank, row in enumerate(r for r in ROWS if r.arm == arm.name):
+                    if row.evaluation and self.predictions_dir(row, seed) is None:
+                        jobs.append((1000 + 100 * seed + 10 * order + rank,
+                                     f"{arm.name}-seed{seed}:{rank}",
+                                     {"kind": "evaluate", "run_dir": str(run_dir), "options": {
+                                         "split": "test", "settings": dict(row.evaluation)}}))
+        return [(n, job) for _, n, job in sorted(jobs, key=lambda j: j[0])]
+
+    # -- reading results -------------------------------------------------------
+    def records(self, row: Row) -> dict[int, list[dict[str, Any]]]:
+        """Each finished seed's prediction records of ``row``."""
+        arm, out = self.arms[row.arm], {}
+        for seed in self.args.seeds:
+            where = self.predictions_dir(row, seed)
+            if where is not None:
+                out[seed] = read_predictions(where / arm.learner / f"seed-{seed}"
+                                             / "predictions.jsonl")
+        return out
+
+    def report(self) -> str:
+        from metalora.plugins import PluginManager
+
+        registry = PluginManager().registry("metric")
+        metrics = {name: registry.get(name)(registry.get(name).Settings()) for name in METRICS}
+        table = [("| row | seeds | queries | accuracy | NLL | Brier | "
+                  + " | ".join(METRICS) + f" | Δacc vs {REFERENCE} (points) | ΔNLL | ΔBrier |"),
+                 "| --- " * (9 + len(METRICS)) + "|"]
+        reference = _keyed(self.records(next(r for r in ROWS if r.name == REFERENCE)))
+        all_records: dict[int, list[dict[str, Any]]] = {}
+        for row in ROWS:
+            by_seed = self.records(row)
+            if not by_seed:
+                table.append(f"| {row.name} | 0 | (not finished) |" + " |" * (6 + len(METRICS)))
+                continue
+            all_records.update(by_seed)
+            table.append(_line(row.name, by_seed, metrics, reference))
+            if row.name == ENSEMBLE_OF and len(by_seed) >= 2:
+                table.append(_ensemble_line(by_seed, reference))
+        lines = ["# Uncertainty baselines beside ABMLL at the cls-45 protocol (test queries)",
+                 "", *table, "", *_references(all_records), "",
+                 "Metrics: macro over tasks, mean over the seeds finished. Differences are per "
+                 "query, paired over (seed, task, query), with the bootstrap SE (queries "
+                 "resampled within each seed); accuracy in points; * marks a difference beyond "
+                 "2 SE, the rest are within the noise. The ensemble averages the lora seeds' "
+                 "probabilities and is paired with the reference's seed-mean scores.", ""]
+        return "\n".join(lines)
+
+
+def _finished(run_dir: Path) -> bool:
+    state = run_dir / "state.json"
+    return state.exists() and json.loads(state.read_text()).get("status") == "finished"
+
+
+def _keyed(by_seed: dict[int, list[dict[str, Any]]]) -> dict[tuple, QueryScore]:
+    return {(seed, *key): s for seed, records in by_seed.items()
+            for key, s in query_scores(records).items()}
+
+
+def _diff(a: dict, b: dict, metric: str, strata: bool = True) -> str:
+    if not b or not any(k in b for k in a):
+        return ""
+    diff: PairedDifference = paired_difference(
+        {k: s.get(metric) for k, s in a.items()}, {k: s.get(metric) for k, s in b.items()},
+        strata={k: k[0] for k in a} if strata else None)
+    scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
+    return diff.format(digits, scale) + ("" if diff.within_noise() else " *")
+
+
+def _task_tensors(records: list[dict[str, Any]]) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per task: ``(probs, targets, option_mask)`` padded to the most options."""
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        tasks.setdefault(record["task"], []).append(record)
+    out = {}
+    for task, rows in tasks.items():
+        width = max(len(r["probs"]) for r in rows)
+        probs = torch.zeros(len(rows), width)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            probs[i, :len(r["probs"])] = torch.tensor(r["probs"])
+            mask[i, :len(r["probs"])] = True
+        out[task] = (probs, torch.tensor([int(r["label"]) for r in rows]), mask)
+    return out
+
+
+def _macro(metric: Any, records: list[dict[str, Any]]) -> float:
+    values = [float(metric.compute(*t)) for t in _task_tensors(records).values()]
+    defined = [v for v in values if math.isfinite(v)]
+    return sum(defined) / len(defined) if defined else float("nan")
+
+
+def _line(name: str, by_seed: dict[int, list[dict[str, Any]]], metrics: dict[str, Any],
+          reference: dict) -> str:
+    scores = _keyed(by_seed)
+    means = {m: sum(s.get(m) for s in scores.values()) / len(scores)
+             for m in ("accuracy", "nll", "brier")}
+    macro = [sum(_macro(metric, r) for r in by_seed.values()) / len(by_seed)
+             for metric in metrics.values()]
+    diffs = ["", "", ""] if name == REFERENCE else [
+        _diff(scores, reference, m) for m in ("accuracy", "nll", "brier")]
+    return (f"| {name} | {len(by_seed)} | {len(scores)} | {100 * means['accuracy']:.1f}% | "
+            f"{means['nll']:.4f} | {means['brier']:.4f} | "
+            + " | ".join(f"{v:.3f}" for v in macro) + " | " + " | ".join(diffs) + " |")
+
+
+def _ensemble_line(by_seed: dict[int, list[dict[str, Any]]], reference: dict) -> str:
+    from metalora_plugins.ensemble import average_members
+
+    averaged = query_scores(average_members({str(s): r for s, r in by_seed.items()}))
+    seed_mean: dict[tuple, list[QueryScore]] = {}
+    for (_, *key), s in reference.items():
+        seed_mean.setdefault(tuple(key), []).append(s)
+    ref = {k: QueryScore(*(sum(getattr(s, f) for s in v) / len(v)
+                           for f in ("accuracy", "nll", "brier", "confidence")))
+           for k, v in seed_mean.items()}
+    means = {m: sum(s.get(m) for s in averaged.values()) / len(averaged)
+             for m in ("accuracy", "nll", "brier")}
+    diffs = [_diff({(0, *k): s for k, s in averaged.items()}, {(0, *k): s for k, s in ref.items()},
+                   m, strata=False) for m in ("accuracy", "nll", "brier")]
+    return (f"| lora ensemble ({len(by_seed)} seeds) | - | {len(averaged)} | "
+            f"{100 * means['accuracy']:.1f}% | {means['nll']:.4f} | {means['brier']:.4f} | "
+            + " | " * len(METRICS) + " | ".join(diffs) + " |")
+
+
+def _references(by_seed: dict[int, list[dict[str, Any]]]) -> list[str]:
+    """Always-the-first-option and the query set's majority answer, macro over tasks."""
+    if not by_seed:
+        return []
+    records = next(iter(by_seed.values()))
+    first, majority = [], []
+    for _, targets, _ in _task_tensors(records).values():
+        first.append(float((targets == 0).float().mean()))
+        majority.append(int(torch.bincount(targets).max()) / targets.numel())
+    return [f"References on the same queries: always the first option "
+            f"{100 * sum(first) / len(first):.1f}%, always the query set's majority answer "
+            f"{100 * sum(majority) / len(majority):.1f}%."]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--output-dir", type=Path,
+                        default=REPO / "runs" / "benchmarks" / "uncertainty")
+    parser.add_argument("--mechanism-dir", type=Path, default=None,
+                        help="mechanism.py's output: its finished A and D runs become the abmll "
+                             "arms' runs (only if made by the same code version)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true")
+    # the protocol; change them only to try the driver out (e.g. --model tiny --tasks demo)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--tasks", default="cls45")
+    parser.add_argument("--train-tasks", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--query-cap", type=int, default=100)
+    parser.add_argument("--extra", default="{}",
+                        help="more settings for every arm, as JSON (e.g. '{\"device\": \"cuda\"}')")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    comparison = Comparison(args)
+    if not args.report_only:
+        run_queue(comparison.ready, args.output_dir, args.jobs, args.threads)
+    text = comparison.report()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "report.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
