@@ -365,7 +365,8 @@ def test_float16_is_refused_in_one_line_naming_the_choices(plugins) -> None:
 
 # -- every learner x weights' dtype x autocast x checkpointing runs, or refuses in one line --
 
-MATRIX_LEARNERS = ("pretrained", "lora", "structured-lora", "reptile", "maml", "abmll")
+MATRIX_LEARNERS = ("pretrained", "lora", "structured-lora", "reptile", "maml", "abmll",
+                   "mc-dropout", "blob", "laplace-lora")
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["no-gc", "gc"])
