@@ -57,9 +57,14 @@ from metalora.paired import PairedDifference, paired_difference, query_scores, r
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from jobqueue import run_queue  # noqa: E402
+from protocol_runs import (  # noqa: E402
+    REPO,
+    add_protocol_arguments,
+    evaluation_dir,
+    finished,
+    run_job,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
 LAMBDA_BETA = "2.98e-5"
 """beta = 4.85 * e^-12: lambda = beta * e^-c held at the default's 4.85 for c = -12."""
 SAMPLES = 8
@@ -116,19 +121,12 @@ class Experiment:
         return self.out / f"{arm.name}-seed{seed}"
 
     def finished(self, arm: Arm, seed: int) -> bool:
-        state = self.run_dir(arm, seed) / "state.json"
-        return state.exists() and json.loads(state.read_text()).get("status") == "finished"
+        return finished(self.run_dir(arm, seed))
 
     def eval_dir(self, arm: Arm, seed: int, kind: str) -> Path | None:
         """The finished ``metalora eval`` of this kind, if any."""
         split, values = EVALS[kind]
-        wanted = {k: str(v) for k, v in values.items()}
-        for metrics in sorted((self.run_dir(arm, seed) / "eval").glob("*/metrics.json")):
-            protocol = json.loads(metrics.read_text()).get("protocol", {})
-            changed = {k: str(v) for k, v in protocol.get("changed_settings", {}).items()}
-            if protocol.get("split") == split and changed == wanted:
-                return metrics.parent
-        return None
+        return evaluation_dir(self.run_dir(arm, seed), split, values)
 
     # -- the jobs ------------------------------------------------------------
     def ready(self) -> list[tuple[str, dict[str, Any]]]:
@@ -140,17 +138,8 @@ class Experiment:
             for order, arm in enumerate(ARMS):
                 name, run_dir = f"{arm.name}-seed{seed}", self.run_dir(arm, seed)
                 if not self.finished(arm, seed):
-                    job: dict[str, Any] = (
-                        {"kind": "resume", "run_dir": str(run_dir)} if run_dir.exists() else
-                        {"kind": "train", "settings": {
-                            "learner": arm.learner, "tasks": a.tasks, "model": a.model,
-                            **({"data_dir": str(a.data_dir)} if a.tasks == "cls45" else {}),
-                            "max_train_tasks": a.train_tasks, "epochs": a.epochs,
-                            "eval_every": 0, "query_cap": a.query_cap, "adapt_lr": "2e-4",
-                            "dtype": "float32", "seeds": [seed], "plots": False,
-                            "tensorboard": False, "output_dir": str(self.out),
-                            "run_name": name, **json.loads(a.extra), **dict(arm.options)}})
-                    jobs.append((10 * seed + order, name, job))
+                    jobs.append((10 * seed + order, name,
+                                 run_job(a, run_dir, arm.learner, seed, dict(arm.options))))
                     continue
                 kinds = ["val"] + (["val-8", "val-mean", "test-8", "test-mean"]
                                    if arm.sampled else [])
@@ -308,20 +297,7 @@ def log_var_moves(run_dir: Path, seed: int) -> dict[str, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--output-dir", type=Path,
-                        default=REPO / "runs" / "benchmarks" / "mechanism")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--report-only", action="store_true")
-    # the protocol; change them only to try the driver out (e.g. --model tiny --tasks demo)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--tasks", default="cls45")
-    parser.add_argument("--train-tasks", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--query-cap", type=int, default=100)
-    parser.add_argument("--extra", default="{}",
-                        help="more settings for every arm, as JSON (e.g. '{\"device\": \"cpu\"}')")
+    add_protocol_arguments(parser, REPO / "runs" / "benchmarks" / "mechanism")
     return parser.parse_args(argv)
 
 

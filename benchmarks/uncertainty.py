@@ -49,7 +49,6 @@ majority-answer references on the same queries.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -68,9 +67,14 @@ from metalora.paired import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from jobqueue import run_queue  # noqa: E402
+from protocol_runs import (  # noqa: E402
+    REPO,
+    add_protocol_arguments,
+    evaluation_dir,
+    finished,
+    run_job,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
 LORA_LR = "3e-4"
 """The learning rate protocol.py's validation rule kept for lora."""
 IN_CONTEXT = 10
@@ -141,25 +145,16 @@ class Comparison:
     def run_dir(self, arm: Arm, seed: int) -> Path:
         if arm.mechanism is not None and self.args.mechanism_dir is not None:
             borrowed = self.args.mechanism_dir / f"{arm.mechanism}-seed{seed}"
-            if _finished(borrowed):
+            if finished(borrowed):
                 return borrowed
         return self.out / f"{arm.name}-seed{seed}"
 
     def predictions_dir(self, row: Row, seed: int) -> Path | None:
         """Where ``row``'s test predictions of ``seed`` are, once they exist."""
-        arm = self.arms[row.arm]
-        run_dir = self.run_dir(arm, seed)
-        if not _finished(run_dir):
+        run_dir = self.run_dir(self.arms[row.arm], seed)
+        if not finished(run_dir):
             return None
-        if not row.evaluation:
-            return run_dir
-        wanted = {k: str(v) for k, v in row.evaluation}
-        for metrics in sorted((run_dir / "eval").glob("*/metrics.json")):
-            protocol = json.loads(metrics.read_text()).get("protocol", {})
-            changed = {k: str(v) for k, v in protocol.get("changed_settings", {}).items()}
-            if protocol.get("split") == "test" and changed == wanted:
-                return metrics.parent
-        return None
+        return evaluation_dir(run_dir, "test", dict(row.evaluation)) if row.evaluation else run_dir
 
     # -- the jobs ------------------------------------------------------------
     def ready(self) -> list[tuple[str, dict[str, Any]]]:
@@ -169,19 +164,9 @@ class Comparison:
         for seed in a.seeds:
             for order, arm in enumerate(ARMS):
                 run_dir = self.run_dir(arm, seed)
-                if not _finished(run_dir):
-                    job: dict[str, Any] = (
-                        {"kind": "resume", "run_dir": str(run_dir)} if run_dir.exists() else
-                        {"kind": "train", "settings": {
-                            "learner": arm.learner, "tasks": a.tasks, "model": a.model,
-                            **({"data_dir": str(a.data_dir)} if a.tasks == "cls45" else {}),
-                            "max_train_tasks": a.train_tasks, "epochs": a.epochs,
-                            "eval_every": 0, "query_cap": a.query_cap, "adapt_lr": "2e-4",
-                            "dtype": "float32", "seeds": [seed], "plots": False,
-                            "tensorboard": False, "output_dir": str(self.out),
-                            "run_name": f"{arm.name}-seed{seed}", **json.loads(a.extra),
-                            **dict(arm.options)}})
-                    jobs.append((100 * seed + order, f"{arm.name}-seed{seed}", job))
+                if not finished(run_dir):
+                    jobs.append((100 * seed + order, f"{arm.name}-seed{seed}",
+                                 run_job(a, run_dir, arm.learner, seed, dict(arm.options))))
                     continue
                 for rank, row in enumerate(r for r in ROWS if r.arm == arm.name):
                     if row.evaluation and self.predictions_dir(row, seed) is None:
@@ -229,11 +214,6 @@ class Comparison:
                  "2 SE, the rest are within the noise. The ensemble averages the lora seeds' "
                  "probabilities and is paired with the reference's seed-mean scores.", ""]
         return "\n".join(lines)
-
-
-def _finished(run_dir: Path) -> bool:
-    state = run_dir / "state.json"
-    return state.exists() and json.loads(state.read_text()).get("status") == "finished"
 
 
 def _keyed(by_seed: dict[int, list[dict[str, Any]]]) -> dict[tuple, QueryScore]:
@@ -323,25 +303,12 @@ def _references(by_seed: dict[int, list[dict[str, Any]]]) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--output-dir", type=Path,
-                        default=REPO / "runs" / "benchmarks" / "uncertainty")
+    add_protocol_arguments(parser, REPO / "runs" / "benchmarks" / "uncertainty")
     parser.add_argument("--mechanism-dir", type=Path, default=None,
                         help="mechanism.py's output: its finished A and D runs become the abmll "
                              "arms' runs (only if made by the same code version)")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
                         default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--report-only", action="store_true")
-    # the protocol; change them only to try the driver out (e.g. --model tiny --tasks demo)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--tasks", default="cls45")
-    parser.add_argument("--train-tasks", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--query-cap", type=int, default=100)
-    parser.add_argument("--extra", default="{}",
-                        help="more settings for every arm, as JSON (e.g. '{\"device\": \"cuda\"}')")
     return parser.parse_args(argv)
 
 
