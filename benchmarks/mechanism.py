@@ -53,15 +53,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metalora.paired import PairedDifference, paired_difference, query_scores, read_predictions
+from metalora.paired import query_scores, read_predictions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jobqueue import run_queue  # noqa: E402
 from protocol_runs import (  # noqa: E402
     REPO,
     add_protocol_arguments,
     evaluation_dir,
     finished,
+    paired_cell,
+    run_and_report,
     run_job,
 )
 
@@ -202,7 +203,7 @@ class Experiment:
                          for m in ("accuracy", "nll", "brier")}
                 ece = self.macro_ece(arm, kind)
                 diffs = (["", "", ""] if reference is None or arm.name == "A" else
-                         [self._diff(scores, reference, m) for m in ("accuracy", "nll", "brier")])
+                         [paired_cell(scores, reference, m) for m in ("accuracy", "nll", "brier")])
                 lines.append(
                     f"| {arm.name} | {arm.role} | {len(scores)} | {100 * means['accuracy']:.1f}% | "
                     f"{means['nll']:.4f} | {means['brier']:.4f} | "
@@ -224,22 +225,13 @@ class Experiment:
                     scores = self.scores(arm, other)
                     for m in ("nll", "brier", "accuracy"):
                         cells.append("" if scores is None or base is None
-                                     else self._diff(scores, base, m))
+                                     else paired_cell(scores, base, m))
                 lines.append(f"| {arm.name} | {split} | " + " | ".join(cells) + " |")
         lines += ["", "Differences are per query, paired over (seed, task, query), with the "
                   "bootstrap SE (queries resampled within each seed); accuracy in points. * marks "
                   "a difference beyond 2 SE; the rest are within the noise.", "",
                   *self.sigma_report()]
         return "\n".join(lines) + "\n"
-
-    @staticmethod
-    def _diff(a: dict, b: dict, metric: str) -> str:
-        diff: PairedDifference = paired_difference(
-            {k: s.get(metric) for k, s in a.items()}, {k: s.get(metric) for k, s in b.items()},
-            strata={k: k[0] for k in a})
-        scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
-        mark = "" if diff.within_noise() else " *"
-        return diff.format(digits, scale) + mark
 
     def sigma_report(self) -> list[str]:
         """How far the global log-variance moved from its initial value in each abmll arm."""
@@ -303,13 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    experiment = Experiment(args)
-    if not args.report_only:
-        run_queue(experiment.ready, args.output_dir, args.jobs, args.threads)
-    text = experiment.report()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "report.md").write_text(text)
-    print(text)
+    run_and_report(Experiment(args), args)
 
 
 if __name__ == "__main__":

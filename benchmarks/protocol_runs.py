@@ -6,15 +6,21 @@ last epoch, up to 100 test queries per task, test-time adaptation at 2e-4,
 float32), one run directory per arm and seed, and evaluate finished runs again
 with changed settings. This module holds what they share: the command-line
 options, the job that trains (or resumes) one run, and how to tell whether a
-run or an evaluation of it has finished.
+run or an evaluation of it has finished; and the driver's main loop and the
+paired-difference cells of its report.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from jobqueue import run_queue
+
+from metalora.paired import QueryScore, paired_difference
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
@@ -68,3 +74,36 @@ def evaluation_dir(run_dir: Path, split: str, settings: dict[str, Any]) -> Path 
         if protocol.get("split") == split and changed == wanted:
             return metrics.parent
     return None
+
+
+def paired_cell(a: Mapping[Any, QueryScore], b: Mapping[Any, QueryScore], metric: str,
+                strata: bool = True) -> str:
+    """``a - b`` of one per-query score over the keys both have, ``mean ± SE`` (bootstrap;
+    within each seed, the key's first element, when ``strata``), accuracy in points, ``*``
+    beyond 2 SE; empty when they share no key."""
+    if not any(k in b for k in a):
+        return ""
+    diff = paired_difference({k: s.get(metric) for k, s in a.items()},
+                             {k: s.get(metric) for k, s in b.items()},
+                             strata={k: k[0] for k in a} if strata else None)
+    scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
+    return diff.format(digits, scale) + ("" if diff.within_noise() else " *")
+
+
+class Driver(Protocol):
+    """What :func:`run_and_report` drives."""
+
+    def ready(self) -> list[tuple[str, dict[str, Any]]]: ...
+
+    def report(self) -> str: ...
+
+
+def run_and_report(driver: Driver, args: argparse.Namespace,
+                   queue: Callable[..., Any] = run_queue) -> None:
+    """Run ``driver``'s jobs (unless ``--report-only``), then write and print its report."""
+    if not args.report_only:
+        queue(driver.ready, args.output_dir, args.jobs, args.threads)
+    text = driver.report()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "report.md").write_text(text)
+    print(text)

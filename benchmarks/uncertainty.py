@@ -58,20 +58,19 @@ from typing import Any
 import torch
 
 from metalora.paired import (
-    PairedDifference,
     QueryScore,
-    paired_difference,
     query_scores,
     read_predictions,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jobqueue import run_queue  # noqa: E402
 from protocol_runs import (  # noqa: E402
     REPO,
     add_protocol_arguments,
     evaluation_dir,
     finished,
+    paired_cell,
+    run_and_report,
     run_job,
 )
 
@@ -221,16 +220,6 @@ def _keyed(by_seed: dict[int, list[dict[str, Any]]]) -> dict[tuple, QueryScore]:
             for key, s in query_scores(records).items()}
 
 
-def _diff(a: dict, b: dict, metric: str, strata: bool = True) -> str:
-    if not b or not any(k in b for k in a):
-        return ""
-    diff: PairedDifference = paired_difference(
-        {k: s.get(metric) for k, s in a.items()}, {k: s.get(metric) for k, s in b.items()},
-        strata={k: k[0] for k in a} if strata else None)
-    scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
-    return diff.format(digits, scale) + ("" if diff.within_noise() else " *")
-
-
 def _task_tensors(records: list[dict[str, Any]]) -> dict[str, tuple[torch.Tensor, ...]]:
     """Per task: ``(probs, targets, option_mask)`` padded to the most options."""
     tasks: dict[str, list[dict[str, Any]]] = {}
@@ -262,7 +251,7 @@ def _line(name: str, by_seed: dict[int, list[dict[str, Any]]], metrics: dict[str
     macro = [sum(_macro(metric, r) for r in by_seed.values()) / len(by_seed)
              for metric in metrics.values()]
     diffs = ["", "", ""] if name == REFERENCE else [
-        _diff(scores, reference, m) for m in ("accuracy", "nll", "brier")]
+        paired_cell(scores, reference, m) for m in ("accuracy", "nll", "brier")]
     return (f"| {name} | {len(by_seed)} | {len(scores)} | {100 * means['accuracy']:.1f}% | "
             f"{means['nll']:.4f} | {means['brier']:.4f} | "
             + " | ".join(f"{v:.3f}" for v in macro) + " | " + " | ".join(diffs) + " |")
@@ -280,8 +269,7 @@ def _ensemble_line(by_seed: dict[int, list[dict[str, Any]]], reference: dict) ->
            for k, v in seed_mean.items()}
     means = {m: sum(s.get(m) for s in averaged.values()) / len(averaged)
              for m in ("accuracy", "nll", "brier")}
-    diffs = [_diff({(0, *k): s for k, s in averaged.items()}, {(0, *k): s for k, s in ref.items()},
-                   m, strata=False) for m in ("accuracy", "nll", "brier")]
+    diffs = [paired_cell(averaged, ref, m, strata=False) for m in ("accuracy", "nll", "brier")]
     return (f"| lora ensemble ({len(by_seed)} seeds) | - | {len(averaged)} | "
             f"{100 * means['accuracy']:.1f}% | {means['nll']:.4f} | {means['brier']:.4f} | "
             + " | " * len(METRICS) + " | ".join(diffs) + " |")
@@ -314,13 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    comparison = Comparison(args)
-    if not args.report_only:
-        run_queue(comparison.ready, args.output_dir, args.jobs, args.threads)
-    text = comparison.report()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "report.md").write_text(text)
-    print(text)
+    run_and_report(Comparison(args), args)
 
 
 if __name__ == "__main__":
