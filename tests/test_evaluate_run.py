@@ -92,6 +92,27 @@ def test_eval_samples_changes_abmll_predictions_without_retraining(plugins, tmp_
     assert changed["changed_settings"] == {"eval_samples": 4}
 
 
+def test_the_sampled_uncertainty_baselines_evaluate_again_to_the_same_predictions(plugins,
+                                                                                   tmp_path):
+    """Their weight draws, masks and logit draws come from the protocol's per-task seed, so
+    a finished run evaluated again predicts bitwise the same; a changed prior precision
+    changes laplace-lora's predictions, not its adapters."""
+    learners = ["mc-dropout", "blob", "laplace-lora"]
+    config = make_config(plugins, model="tiny", learner=learners, epochs=1, query_cap=6,
+                         max_train_tasks=2, max_eval_tasks=2, lr=1e-3, laplace_samples=200,
+                         plots=False, tensorboard=False, output_dir=str(tmp_path), run_name="u")
+    run = Engine(config, plugins).execute()
+    again = evaluate_run(run.run_dir, plugins)
+    for name in learners:
+        assert ((again.run_dir / name / "seed-0" / "predictions.jsonl").read_bytes()
+                == (run.run_dir / name / "seed-0" / "predictions.jsonl").read_bytes()), name
+    wider = evaluate_run(run.run_dir, plugins, overrides={"learner": ["laplace-lora"]},
+                         settings={"prior_precision": "0.01"})
+    before = [t.probs for t in run.results["laplace-lora"][0].test.tasks]
+    after = [t.probs for t in wider.results["laplace-lora"][0].test.tasks]
+    assert any((a - b).abs().max() > 1e-3 for a, b in zip(before, after, strict=True))
+
+
 def test_the_eval_command_takes_split_and_set(plugins, finished_run):
     result = CliRunner().invoke(build_app(plugins), [
         "eval", str(finished_run.run_dir), "--split", "validation", "--set", "adapt-lr=1e-3",
