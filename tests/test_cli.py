@@ -47,8 +47,16 @@ def test_run_help_fits_80_columns_and_never_cuts_a_name_or_a_default(app, plugin
         assert (f"--{flag} / --no-{flag}" if info.type is bool else f"--{flag} ") in text
         default = re.search(r"\[default: [^\]]*\]", option_help(info).replace("\\[", "["))
         assert default[0] in " ".join(text.split()), f"the default of {info.name} is cut"
-    panels = [line for line in text.splitlines() if line.endswith(":") and
-              not line.startswith(" ")]
+    lines, panels = text.splitlines(), []
+    for i, line in enumerate(lines):  # a panel title, its continuation lines joined
+        if not line or line.startswith(" "):
+            continue
+        title, j = line, i + 1
+        while (not title.endswith(":") and j < len(lines) and lines[j].startswith("  ")
+               and "--" not in lines[j]):
+            title, j = f"{title} {lines[j].strip()}", j + 1
+        if title.endswith(":"):
+            panels.append(title)
     assert panels[0] == "Run:" and panels[-1] == "Options:"
     assert {p.removeprefix("Settings of ").rstrip(":") for p in panels[1:-1]} == {
         ", ".join(i.owners) for i in infos.values() if "run" not in i.owners}

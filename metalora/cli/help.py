@@ -11,6 +11,7 @@ them in full.
 from __future__ import annotations
 
 import re
+import textwrap
 
 from typer import _click as click
 from typer.core import TyperCommand
@@ -74,7 +75,13 @@ class PanelledCommand(TyperCommand):
             text = unbreakable(text)
             panels.setdefault(panel, []).append((names, text))
         for title, rows in panels.items():
-            with formatter.section(title):
+            formatter.write_paragraph()
+            indent = " " * formatter.current_indent
+            for line in textwrap.wrap(f"{title}:", width=formatter.width - len(indent),
+                                      subsequent_indent="  ", break_on_hyphens=False,
+                                      break_long_words=False):
+                formatter.write(f"{indent}{line}\n")  # a long title (many owners) wraps
+            with formatter.indentation():
                 formatter.write_dl(rows)
         if any(title.startswith(PLUGIN_PANEL) for title in panels):
             formatter.write_paragraph()
