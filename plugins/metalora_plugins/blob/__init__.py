@@ -153,12 +153,13 @@ class BlobLearner(LoraLearner):
         components = {"nll": float(nll.detach())}
         loss = components["nll"]
         if self.kl_optimizer is not None:
+            batches = self.steps_per_epoch(tasks)
             kl = self.kl()
             self.kl_optimizer.zero_grad(set_to_none=True)
-            (kl / self.steps_per_epoch(tasks)).backward()
+            (kl / batches).backward()
             self.kl_optimizer.step()
             components["kl"] = float(kl.detach())
-            loss += components["kl"] / self.steps_per_epoch(tasks)
+            loss += components["kl"] / batches
         components["sigma"] = self.mean_sigma()
         return StepLog(epoch=epoch, task=None, step=step, loss=loss, components=components)
 
