@@ -4,6 +4,7 @@ Usage::
 
     nohup python benchmarks/uncertainty.py > runs/benchmarks/uncertainty/driver.log 2>&1 &
     python benchmarks/uncertainty.py --report-only        # the tables of what has finished
+    python benchmarks/uncertainty.py --arms laplace --seeds 0,1   # some arms and seeds first
 
 The protocol is ``mechanism.py``'s (cls-45, the first 12 training tasks, 3
 epochs, every arm tested at its last epoch, up to 100 test queries per task,
@@ -162,6 +163,8 @@ class Comparison:
         jobs: list[tuple[int, str, dict[str, Any]]] = []
         for seed in a.seeds:
             for order, arm in enumerate(ARMS):
+                if arm.name not in a.arms:
+                    continue
                 run_dir = self.run_dir(arm, seed)
                 if not finished(run_dir):
                     jobs.append((100 * seed + order, f"{arm.name}-seed{seed}",
@@ -297,7 +300,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "arms' runs (only if made by the same code version)")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
                         default=[0, 1, 2])
+    parser.add_argument("--arms", type=_arm_names, default=[arm.name for arm in ARMS],
+                        help="the arms to run, comma-separated (default: all; the report "
+                             "shows every finished one)")
     return parser.parse_args(argv)
+
+
+def _arm_names(text: str) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    known = [arm.name for arm in ARMS]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown arm {','.join(unknown) or text!r}; valid "
+                                         f"choices: {', '.join(known)}")
+    return names
 
 
 def main() -> None:

@@ -85,3 +85,9 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
     assert sum(r.name == uncertainty.REFERENCE for r in uncertainty.ROWS) == 1
     blob = ml.run_spec(plugins=plugins, **_train_settings(jobs["blob-seed0"]))
     assert blob.settings["blob"].lr == 3e-4
+    some = uncertainty.parse_args(["--data-dir", str(tmp_path), "--output-dir",
+                                   str(tmp_path / "out"), "--arms", "laplace,blob"])
+    assert sorted(dict(uncertainty.Comparison(some).ready())) == [
+        f"{arm}-seed{seed}" for arm in ("blob", "laplace") for seed in (0, 1, 2)]
+    with pytest.raises(SystemExit):
+        uncertainty.parse_args(["--arms", "lora"])  # lora is an evaluation of the laplace arm
