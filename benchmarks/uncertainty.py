@@ -158,7 +158,9 @@ class Comparison:
 
     # -- the jobs ------------------------------------------------------------
     def ready(self) -> list[tuple[str, dict[str, Any]]]:
-        """The jobs (for ``api_job.py``) not done whose inputs exist, trainings first."""
+        """The jobs (for ``api_job.py``) not done whose inputs exist: trainings first, then
+        each arm's first evaluation at every seed before its second (the in-context ones,
+        several times dearer, last)."""
         a = self.args
         jobs: list[tuple[int, str, dict[str, Any]]] = []
         for seed in a.seeds:
@@ -172,7 +174,7 @@ class Comparison:
                     continue
                 for rank, row in enumerate(r for r in ROWS if r.arm == arm.name):
                     if row.evaluation and self.predictions_dir(row, seed) is None:
-                        jobs.append((1000 + 100 * seed + 10 * order + rank,
+                        jobs.append((1000 + 100 * rank + 10 * seed + order,
                                      f"{arm.name}-seed{seed}:{rank}",
                                      {"kind": "evaluate", "run_dir": str(run_dir), "options": {
                                          "split": "test", "settings": dict(row.evaluation)}}))
