@@ -91,3 +91,17 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
         f"{arm}-seed{seed}" for arm in ("blob", "laplace") for seed in (0, 1, 2)]
     with pytest.raises(SystemExit):
         uncertainty.parse_args(["--arms", "lora"])  # lora is an evaluation of the laplace arm
+
+
+def test_the_uncertainty_references_count_every_seeds_queries() -> None:
+    import uncertainty
+
+    def records(task: str, labels: list[int]) -> list[dict]:
+        return [{"task": task, "index": i, "probs": [0.5, 0.5], "label": y}
+                for i, y in enumerate(labels)]
+
+    by_seed = {0: records("a", [0, 0, 1]), 1: records("a", [1, 1, 1, 0]) + records("b", [0])}
+    # first option: 2 + 1 + 1 of 8 queries; majority: 2 + 3 + 1 of 8
+    assert uncertainty._references(by_seed) == [
+        "References on the same queries: always the first option 50.0%, always the task's "
+        "majority answer among its queries 75.0% (an oracle: it reads the query labels)."]
