@@ -182,21 +182,26 @@ class LaplaceLoraLearner(LoraLearner):
         return torch.cat([p.detach().reshape(-1) for p in self.adapters.parameters([self.pair])])
 
     def adapt(self, support: Sequence[Batch]) -> None:
-        """The protocol's adaptation, then the Laplace posterior around its result."""
+        """The protocol's adaptation, then the Laplace posterior around its result (none at
+        an infinite prior precision: the posterior is the point itself)."""
         start = self._flat().clone()
         super().adapt(support)
+        self.variance, chosen = None, self.settings.prior_precision
+        self.precision = math.inf if chosen == "marglik" else float(chosen)
+        if math.isinf(self.precision) and chosen != "marglik":
+            return
         params = self.adapters.parameters([self.pair])
         examples = [batch.example(i) for batch in support for i in range(len(batch))]
         ggn = ggn_diagonal(self.context.model, params, examples)
-        chosen = self.settings.prior_precision
-        shift = float((self._flat() - start).double().square().sum())
-        self.precision = (marglik_precision(ggn, shift) if chosen == "marglik"
-                          else float(chosen))
-        self.variance = (torch.zeros_like(ggn) if math.isinf(self.precision)
-                         else 1.0 / (ggn + self.precision)).float()
+        if chosen == "marglik":
+            shift = float((self._flat() - start).double().square().sum())
+            self.precision = marglik_precision(ggn, shift)
+        if not math.isinf(self.precision):
+            self.variance = (1.0 / (ggn + self.precision)).float()
 
     def predict_proba(self, batch: Batch) -> Tensor:
-        """The linearised Laplace predictive; before any :meth:`adapt`, the MAP one."""
+        """The linearised Laplace predictive; the MAP one before any :meth:`adapt` and at an
+        infinite prior precision (no Jacobians: ``lora``'s cost and predictions)."""
         if self.variance is None:
             return option_probs(self.context.model, batch)
         params = self.adapters.parameters([self.pair])
