@@ -226,8 +226,8 @@ def export(run_dir: Path | str, out: Path | str | None = None, *, learner: str |
 
 
 def predictions(source: Path | str) -> PredictionSource:
-    """The per-query predictions of ``PATH[:LEARNER]`` (a run directory, one of its
-    ``eval/`` directories or an ensemble's output), for each of its seeds."""
+    """The per-query predictions of ``[NAME=]PATH[:LEARNER]`` (a run directory, one of
+    its ``eval/`` directories or an ensemble's output), for each of its seeds."""
     return read_source(str(source))
 
 
@@ -239,7 +239,7 @@ def mean_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def compare(sources: Sequence[Path | str], output: Path | str | None = None,
             plots: bool = True) -> Comparison:
-    """Two or more sources (``PATH[:LEARNER]``) on the same queries: each one's mean
+    """Two or more sources (``[NAME=]PATH[:LEARNER]``) on the same queries: each one's mean
     accuracy, NLL and Brier, and every source's paired per-query differences from the
     first with bootstrap SE (``metalora compare``). With ``output``, ``comparison.json``
     and the risk-coverage and reliability figures (PNG and PDF) are written there."""

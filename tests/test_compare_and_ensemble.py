@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 
 import pytest
 from typer.testing import CliRunner
@@ -49,6 +50,21 @@ def test_compare_against_itself_is_zero_and_bad_sources_are_one_line(finished_ti
         ml.compare([f"{run_dir}:nope", f"{run_dir}:lora"])
     with pytest.raises(MetaloraError, match="at least two"):
         ml.compare([f"{run_dir}:lora"])
+
+
+def test_named_sources_label_the_comparison_and_long_names_keep_the_figures_readable(
+        finished_tiny_run, tmp_path):
+    run_dir = finished_tiny_run.run_dir
+    long_name = " ".join(["a source named at length, as an eval directory would be"] * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when its layout gives up
+        result = ml.compare([f"lora (seeds 0, 1)={run_dir}:lora",
+                             f"{long_name}={run_dir}:abmll"], output=tmp_path)
+    assert result.sources == ["lora (seeds 0, 1)", long_name]
+    assert json.loads((tmp_path / "comparison.json").read_text())["reference"] == (
+        "lora (seeds 0, 1)")
+    with pytest.raises(MetaloraError, match="names no source"):
+        ml.compare([f"={run_dir}:lora", f"{run_dir}:abmll"])
 
 
 def test_the_compare_command_prints_the_paired_table(plugins, finished_tiny_run):

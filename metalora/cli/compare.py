@@ -13,8 +13,9 @@ from metalora.plugins import PluginManager
 
 COMPARE_HELP = (
     "Put two or more finished sets of predictions side by side on the same queries: each "
-    "SOURCE is RUN_DIR[:LEARNER] (a run, one of its eval/ directories, or an ensemble's "
-    "output). The first is the reference; for every other, the per-query paired "
+    "SOURCE is [NAME=]RUN_DIR[:LEARNER] (a run, one of its eval/ directories, or an "
+    "ensemble's output; NAME labels it in the table and figures). The first is the "
+    "reference; for every other, the per-query paired "
     "differences in accuracy, NLL and Brier from it with bootstrap SE (by seed when the "
     "seeds match), and with --output a risk-coverage plot and a combined reliability "
     "diagram (PNG and PDF) and comparison.json.")
@@ -24,8 +25,8 @@ def make_compare_command(plugins: PluginManager):
     """The ``compare`` command."""
 
     def compare(
-        sources: list[str] = typer.Argument(..., help="RUN_DIR[:LEARNER], two or more; the "
-                                            "first is the reference."),
+        sources: list[str] = typer.Argument(..., help="[NAME=]RUN_DIR[:LEARNER], two or "
+                                            "more; the first is the reference."),
         output: Path | None = typer.Option(None, "--output", "-o", help="Directory for "
                                            "comparison.json and the figures."),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the figures "

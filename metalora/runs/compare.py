@@ -1,8 +1,10 @@
 """Finished predictions side by side on the same queries (``metalora compare``).
 
-A *source* is ``PATH[:LEARNER]``: a run directory, one of its ``eval/`` directories or
-an ensemble's output, and the learner whose ``LEARNER/seed-*/predictions.jsonl`` to
-read (may be left out when ``PATH`` holds one learner). The first source is the
+A *source* is ``[NAME=]PATH[:LEARNER]``: a run directory, one of its ``eval/``
+directories or an ensemble's output, and the learner whose
+``LEARNER/seed-*/predictions.jsonl`` to read (may be left out when ``PATH`` holds one
+learner); ``NAME`` is how the table, the figures and ``comparison.json`` call it
+(``PATH:LEARNER`` when left out). The first source is the
 reference. For every other source, each query's accuracy, NLL and Brier score minus
 the reference's, averaged over the queries both scored, with a bootstrap SE
 (:mod:`metalora.paired`): resampled within each seed when both sources have the same
@@ -47,7 +49,7 @@ class PredictionSource:
     """One learner's per-query predictions, for each of its seeds."""
 
     label: str
-    """How the comparison names it: ``PATH:LEARNER``."""
+    """How the comparison names it: the source's ``NAME``, else ``PATH:LEARNER``."""
     learner: str
     seeds: dict[int, list[dict[str, Any]]]
     """Seed -> the ``predictions.jsonl`` records of its queries."""
@@ -67,7 +69,15 @@ class PredictionSource:
 
 
 def read_source(text: str) -> PredictionSource:
-    """The source ``PATH[:LEARNER]`` (see the module); one error line when it is not one."""
+    """The source ``[NAME=]PATH[:LEARNER]`` (see the module); one error line when it is
+    not one."""
+    name, equals, rest = text.partition("=")
+    if equals and not Path(text).is_dir() and "/" not in name:
+        if not name.strip() or not rest:
+            raise MetaloraError(f"{text!r} names no source; give NAME=RUN_DIR[:LEARNER]")
+        text = rest
+    else:
+        name = ""
     path_text, _, learner = text.rpartition(":") if ":" in text else (text, "", "")
     if not path_text or not Path(path_text).is_dir():
         path_text, learner = text, ""
@@ -93,7 +103,8 @@ def read_source(text: str) -> PredictionSource:
     if not seeds:
         raise MetaloraError(f"{str(path / learner)!r} has no finished seed "
                             "(seed-N/predictions.jsonl)")
-    return PredictionSource(label=f"{path}:{learner}", learner=learner, seeds=seeds)
+    return PredictionSource(label=name.strip() or f"{path}:{learner}", learner=learner,
+                            seeds=seeds)
 
 
 def seed_averaged(scores: Mapping[tuple[int, str, int], QueryScore], name: str
@@ -157,7 +168,7 @@ def compare_sources(sources: Sequence[PredictionSource]) -> Comparison:
 
 def compare(sources: Sequence[str], output: Path | None = None, plots: bool = True
             ) -> Comparison:
-    """Read ``sources`` (``PATH[:LEARNER]``), compare them, and write ``comparison.json``
+    """Read ``sources`` (``[NAME=]PATH[:LEARNER]``), compare them, and write ``comparison.json``
     and the figures into ``output`` when given."""
     read = [read_source(s) for s in sources]
     result = compare_sources(read)

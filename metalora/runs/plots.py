@@ -183,6 +183,13 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _legend_below(fig: Any) -> None:
+    """One legend under the axes, one entry a line, with room made for it by the layout:
+    inside the axes, long source names made matplotlib's layout give up and squeeze the
+    axes to a sliver."""
+    fig.legend(loc="outside lower center", fontsize="small", frameon=False)
+
+
 def _band(ax: Any, xs: Sequence[int], means: Sequence[float], errors: Sequence[float],
           color: str, label: str, marker: str | None = None) -> None:
     ax.plot(xs, means, color=color, marker=marker, markersize=3, label=label)
@@ -297,7 +304,7 @@ def plot_reliability_combined(pooled: Mapping[str, tuple[Tensor, Tensor]], path:
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
-    top.legend(loc="upper left", fontsize="small")
+    _legend_below(fig)
     top.grid(alpha=0.3)
     bottom.set_xlabel("confidence (top option), 15 bins")
     bottom.set_ylabel("predictions")
@@ -320,7 +327,7 @@ def plot_risk_coverage(pooled: Mapping[str, tuple[Tensor, Tensor]], path: Path,
     ax.set_xlabel("coverage (most confident fraction answered)")
     ax.set_ylabel("error rate on the answered")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(fig)
     fig.suptitle(title, fontsize="medium")
     return _save(fig, path)
 
