@@ -116,6 +116,16 @@ def test_evaluate_reproduces_the_test_and_changes_evaluation_settings(plugins,
                           plugins=plugins)
     assert json.loads((sampled.run_dir / "metrics.json").read_text())["protocol"][
         "changed_settings"] == {"eval_samples": 3}
+    # the evaluations' progress, a line per task as each finishes, in RUN_DIR/eval
+    log = (finished.run_dir / "eval" / "progress.log").read_text()
+    tasks = [t.task for t in finished.results["lora"][0].test.tasks]
+    assert tasks
+    for seed in (0, 1):
+        done = re.findall(rf"lora seed {seed}: eval (\S+) done \((\d+)/(\d+), [\d.]+ s\)", log)
+        assert done == [(t, str(i), str(len(tasks))) for i, t in enumerate(tasks, 1)]
+        assert re.search(rf"lora seed {seed}: evaluated \({len(tasks)} tasks, [\d.]+ s\): "
+                         r"accuracy", log)
+    assert "settings changed: {'eval_samples': 3}" in log
 
 
 OPTIONS = ["yes", "no"]

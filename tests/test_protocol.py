@@ -434,6 +434,12 @@ def test_progress_lines_when_the_output_is_not_a_terminal(plugins, tmp_path) -> 
         one("validated epoch 1 ")
     assert "accuracy 50.0%" in one("validated epoch 2 ")
     assert one("stub seed 0: tested (")
+    tested = [t.task for t in summary.results["stub"][0].test.tasks]
+    assert tested
+    assert [m.groups() for m in (re.search(r"stub seed 0: test (\S+) done \((\d+)/(\d+), "
+                                           r"[\d.]+ s\)$", line) for line in lines) if m] == [
+        (t, str(i), str(len(tested))) for i, t in enumerate(tested, 1)]  # each as it ends
+    assert sum("stub seed 0: validate " in line for line in lines) > 0
     assert not any("━" in line for line in lines)  # no progress bar drawn
     log = (summary.run_dir / "progress.log").read_text().splitlines()
     assert [line.split(" ", 1)[1] for line in log] == [line.split("] ", 1)[1] for line in lines

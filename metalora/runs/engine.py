@@ -2,11 +2,10 @@
 
 The protocol (paper section 5.1), identical for every learner:
 
-* For each learner and seed: seed everything, let the learner attach its
-  adapters, and train for ``epochs`` passes of ``Learner.train_epoch`` over
-  the training tasks. Every step is logged to ``log.jsonl`` (and every
-  ``--logger``), each epoch's mean NLL to the console; a NaN/inf loss stops
-  the run with a clear message.
+* For each learner and seed: seed everything, let the learner attach its adapters, and
+  train for ``epochs`` passes of ``Learner.train_epoch`` over the training tasks. Every
+  step is logged to ``log.jsonl`` (and every ``--logger``), each epoch's mean NLL to the
+  console; a NaN/inf loss stops the run with a clear message.
 * Every ``eval_every`` epochs the learner is validated on the validation
   tasks with the shared test-time adaptation protocol
   (:func:`metalora.evaluation.evaluate`, which restores every RNG state, so
@@ -14,22 +13,21 @@ The protocol (paper section 5.1), identical for every learner:
 * After every epoch a checkpoint is written (:mod:`metalora.runs.checkpoint`):
   the latest one, and the best one by the validation ``select_metric``
   (default accuracy; on ties the earlier epoch wins).
-* The test tasks are evaluated ONCE per learner and seed, with the adapters
-  of the best-validation epoch; the last epoch's when nothing was validated
-  (no validation tasks, ``eval_every = 0`` or ``epochs < eval_every``). A
-  learner whose first epoch yields no optimisation step (``pretrained``) is
-  validated once, as "epoch 0", and tested as is.
+* The test tasks are evaluated ONCE per learner and seed, with the adapters of the
+  best-validation epoch; the last epoch's when nothing was validated (no validation
+  tasks, ``eval_every = 0`` or ``epochs < eval_every``). A learner whose first epoch
+  yields no optimisation step (``pretrained``) is validated once, as "epoch 0", and
+  tested as is. Each evaluated task is one progress line (:mod:`metalora.runs.progress`).
 * Metrics are macro-averaged over test tasks per seed and reported as mean ±
   standard error over seeds (:mod:`metalora.runs.results`,
   :mod:`metalora.runs.reporting`), with figures (:mod:`metalora.runs.plots`).
 
 Interruption and resume: Ctrl-C or SIGTERM stops the run with
-:class:`~metalora.runs.state.RunInterrupted`, leaving every finished pair and
-the unfinished one's latest epoch checkpoint. ``metalora run --resume
-RUN_DIR`` skips finished pairs (rebuilding a missing tested-adapters file)
-and restarts the unfinished one from its checkpoint (adapters, learner state,
-RNG states, validation history, log offset): it ends as an uninterrupted
-run would.
+:class:`~metalora.runs.state.RunInterrupted`, leaving every finished pair and the unfinished
+one's latest epoch checkpoint. ``metalora run --resume RUN_DIR`` skips finished pairs
+(rebuilding a missing tested-adapters file) and restarts the unfinished one from its
+checkpoint (adapters, learner state, RNG states, validation history, log offset): it ends
+as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -75,6 +73,7 @@ from metalora.runs.progress import (
     epoch_description,
     format_metrics,
     progress_bars,
+    task_progress,
 )
 from metalora.runs.provenance import RunRecord, model_record, session_record
 from metalora.runs.reporting import write_results
@@ -447,7 +446,7 @@ class Engine:
         started = time.perf_counter()
         result = evaluate_across_ranks(self.distributed, learner, protocol.validation,
                                        protocol.validation_metrics, seed,
-                                       on_task=lambda _task: progress.advance(bar))
+                                       on_task=task_progress(progress, bar, self._progress_line))
         progress.remove_task(bar)
         metrics = result.macro
         value = metrics[protocol.select_metric]
@@ -486,7 +485,8 @@ class Engine:
         with self._progress() as progress:
             bar = progress.add_task(f"{name} seed {seed}: test", total=len(episodes))
             result = evaluate_across_ranks(self.distributed, learner, episodes, metrics, seed,
-                                           on_task=lambda _task: progress.advance(bar))
+                                           on_task=task_progress(progress, bar,
+                                                                 self._progress_line))
         result.example_se = result.bootstrap_se(metrics, seed=seed)
         self._progress_line(
             f"{name} seed {seed}: tested ({len(episodes)} tasks, "

@@ -12,29 +12,34 @@ shape is refused when they are loaded. The run itself is only read; results go
 to ``RUN_DIR/eval/<time>-<suite>[-validation]/results.{csv,json}``,
 ``metrics.json`` (which records the split and the changed settings) and, per
 learner and seed, ``<learner>/seed-<s>/predictions.{safetensors,jsonl}`` (every
-query's option probabilities, as the run's own test writes them).
+query's option probabilities, as the run's own test writes them). Progress lines, one
+per evaluated task, go to ``RUN_DIR/eval/progress.log``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from metalora.episodes import Episode
 from metalora.errors import MetaloraError, unknown_choice
 from metalora.evaluation import EvalResult, evaluate
 from metalora.files import require_writable_directory
+from metalora.interfaces import Metric
 from metalora.plugins import PluginManager
-from metalora.runs.progress import progress_bars
+from metalora.runs.progress import ProgressLog, format_metrics, progress_bars, task_progress
 from metalora.runs.reporting import write_results
 from metalora.runs.results import RunSummary, SeedResult
 from metalora.runs.rundir import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     PREDICTIONS_JSONL_FILE,
+    PROGRESS_FILE,
     new_stamped_dir,
     read_json,
     seed_dir,
@@ -136,26 +141,14 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
     check_tested_adapters(setup, run_dir)
     protocol = dict(read_json(run_dir / METRICS_FILE, "run metrics").get("protocol", {}))
     protocol.update(split=split, changed_settings=changed)
-    results: dict[str, list[SeedResult]] = {}
-    predictions: dict[tuple[str, int], EvalResult] = {}
-    for name in setup.run.learner:
-        results[name] = []
-        for seed in setup.run.seeds:
-            recorded = SeedResult.load(name, seed, seed_dir(run_dir, name, seed))
-            learner = load_tested_learner(setup, run_dir, name, seed)
-            try:
-                with progress_bars(setup.console) as progress, setup.precision():
-                    bar = progress.add_task(f"{name} seed {seed}: eval", total=len(episodes))
-
-                    def advance(_task: str, bar: Any = bar) -> None:
-                        progress.advance(bar)
-
-                    result = evaluate(learner, episodes, metrics, seed=seed, on_task=advance)
-            finally:
-                learner.adapters.remove()
-            result.example_se = result.bootstrap_se(metrics, seed=seed)
-            results[name].append(dataclasses.replace(recorded, test=result))
-            predictions[(name, seed)] = result
+    log = ProgressLog(setup.console)
+    log.open(run_dir / EVAL_DIR / PROGRESS_FILE)
+    try:
+        log.line(f"evaluating {run_dir}: {len(episodes)} {split} tasks of {suite.name}, "
+                 f"settings changed: {changed or 'none'}")
+        results, predictions = _evaluate_every_pair(setup, run_dir, episodes, metrics, log)
+    finally:
+        log.close()
     # a directory of its own, claimed only now that there is something to write: never
     # another evaluation's, even one started in the same second
     stamp = f"{time_stamp()}-{suite.name}"
@@ -171,3 +164,32 @@ def evaluate_run(run_dir: Path | str, plugins: PluginManager, *, tasks: str | No
     write_results(summary, out_dir)
     write_json(out_dir / METRICS_FILE, summary.to_dict())
     return summary
+
+
+def _evaluate_every_pair(setup: RunSetup, run_dir: Path, episodes: list[Episode],
+                         metrics: dict[str, Metric], log: ProgressLog
+                         ) -> tuple[dict[str, list[SeedResult]], dict[tuple[str, int],
+                                                                       EvalResult]]:
+    """Each learner and seed of the run, its tested adapters evaluated on ``episodes``;
+    a progress line per task and per pair (see :mod:`metalora.runs.progress`)."""
+    results: dict[str, list[SeedResult]] = {}
+    predictions: dict[tuple[str, int], EvalResult] = {}
+    for name in setup.run.learner:
+        results[name] = []
+        for seed in setup.run.seeds:
+            recorded = SeedResult.load(name, seed, seed_dir(run_dir, name, seed))
+            learner = load_tested_learner(setup, run_dir, name, seed)
+            started = time.perf_counter()
+            try:
+                with progress_bars(setup.console) as progress, setup.precision():
+                    bar = progress.add_task(f"{name} seed {seed}: eval", total=len(episodes))
+                    result = evaluate(learner, episodes, metrics, seed=seed,
+                                      on_task=task_progress(progress, bar, log.line))
+            finally:
+                learner.adapters.remove()
+            log.line(f"{name} seed {seed}: evaluated ({len(episodes)} tasks, "
+                     f"{time.perf_counter() - started:.1f} s): {format_metrics(result.macro)}")
+            result.example_se = result.bootstrap_se(metrics, seed=seed)
+            results[name].append(dataclasses.replace(recorded, test=result))
+            predictions[(name, seed)] = result
+    return results, predictions

@@ -3,16 +3,19 @@
 In a terminal a run draws rich progress bars. Where the output is not a
 terminal (``nohup``, CI, a batch scheduler's log) bars would appear only when
 a learner/seed ends, so the run prints one plain line per finished epoch,
-validation and test instead. The same lines, with a timestamp, always go to
-``RUN_DIR/progress.log``::
+evaluated task, validation and test instead. The same lines, with a timestamp,
+always go to ``RUN_DIR/progress.log`` (``metalora eval``'s to
+``RUN_DIR/eval/progress.log``)::
 
     2026-12-01T10:31:07 lora seed 0: epoch 1/3 done, 41.2 s elapsed, mean loss 0.6931
+    2026-12-01T10:31:13 lora seed 0: validate ag_news done (1/5, 2.4 s)
     2026-12-01T10:31:19 lora seed 0: validated epoch 1 (5 tasks, 12.0 s): accuracy 45.0%, ...
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -120,6 +123,24 @@ class ProgressLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def task_progress(progress: Progress, bar: Any, line: Callable[[str], None]
+                  ) -> Callable[[str], None]:
+    """An evaluation's ``on_task``: advances ``bar`` and reports each finished task as a
+    progress line, ``<bar's description> TASK done (3/15, 41.0 s)``, so that a long
+    evaluation shows in the log while it runs, not only when it ends."""
+    task = progress.tasks[progress.task_ids.index(bar)]
+    started, done = time.perf_counter(), 0
+
+    def on_task(name: str) -> None:
+        nonlocal done
+        done += 1
+        progress.advance(bar)
+        line(f"{task.description} {name} done ({done}/{task.total:.0f}, "
+             f"{time.perf_counter() - started:.1f} s)")
+
+    return on_task
 
 
 @contextmanager
