@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/docs_figures.py                      # everything below
-    python benchmarks/docs_figures.py --only diagram       # or: demo, protocol
+    python benchmarks/docs_figures.py --only diagram       # or: demo, protocol, uncertainty
 
 Writes PNG files (200 dpi) into ``docs/images/``:
 
@@ -19,6 +19,11 @@ Writes PNG files (200 dpi) into ``docs/images/``:
   reliability of the learners of the cls-45 protocol (abmll under both
   readings of its outer step), read from the test runs that
   ``benchmarks/protocol.py`` reports (``--protocol-dir``).
+* ``uncertainty-risk-coverage.png``, ``uncertainty-reliability.png``
+  (``uncertainty``): the risk-coverage curves and the reliability of every row of
+  ``benchmarks/uncertainty.py``'s report finished at every seed of
+  ``--uncertainty-seeds`` (0 and 1), pooled over the test tasks and those seeds, as
+  ``metalora compare`` draws them (``--uncertainty-dir``, ``--mechanism-dir``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 import protocol
+import uncertainty
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "docs" / "images"
@@ -171,11 +177,43 @@ def protocol_figures(protocol_dir: Path, images: Path) -> list[Path]:
     return written
 
 
+def uncertainty_figures(args: argparse.Namespace, images: Path) -> list[Path]:
+    """The uncertainty comparison's rows finished at every seed asked for, pooled."""
+    from metalora.runs.compare import PredictionSource
+    from metalora.runs.plots import plot_reliability_combined, plot_risk_coverage
+
+    seeds = ",".join(map(str, args.uncertainty_seeds))
+    shown = ", ".join(map(str, args.uncertainty_seeds))
+    comparison = uncertainty.Comparison(uncertainty.parse_args(
+        ["--output-dir", str(args.uncertainty_dir), "--mechanism-dir", str(args.mechanism_dir),
+         "--seeds", seeds]))
+    pooled = {}
+    for row in uncertainty.ROWS:
+        records = comparison.records(row)
+        if sorted(records) == sorted(args.uncertainty_seeds):
+            pooled[row.name] = PredictionSource(row.name, row.arm, records).pooled()
+    where = f"pooled over the 15 test tasks and seeds {shown}"
+    written = [plot_risk_coverage(pooled, images / "uncertainty-risk-coverage.png",
+                                  title=f"cls-45, test: risk-coverage ({where})"),
+               plot_reliability_combined(pooled, images / "uncertainty-reliability.png",
+                                         title=f"cls-45, test: reliability ({where})")]
+    for path in written:
+        if path is not None:
+            path.with_suffix(".pdf").unlink(missing_ok=True)  # the site shows the PNGs
+    return [path for path in written if path is not None]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("diagram", "demo", "protocol"))
+    parser.add_argument("--only", choices=("diagram", "demo", "protocol", "uncertainty"))
     parser.add_argument("--protocol-dir", type=Path,
                         default=REPO / "runs" / "benchmarks" / "protocol")
+    parser.add_argument("--uncertainty-dir", type=Path,
+                        default=REPO / "runs" / "benchmarks" / "uncertainty")
+    parser.add_argument("--mechanism-dir", type=Path,
+                        default=REPO / "runs" / "benchmarks" / "mechanism")
+    parser.add_argument("--uncertainty-seeds", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[0, 1])
     args = parser.parse_args()
     IMAGES.mkdir(parents=True, exist_ok=True)
     written = []
@@ -183,6 +221,8 @@ def main() -> None:
         written.append(draw_architecture(IMAGES / "architecture.png"))
     if args.only in (None, "protocol"):
         written += protocol_figures(args.protocol_dir, IMAGES)
+    if args.only in (None, "uncertainty"):
+        written += uncertainty_figures(args, IMAGES)
     if args.only in (None, "demo"):
         written += demo_figures(IMAGES)
     for path in written:

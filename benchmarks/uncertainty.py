@@ -11,8 +11,10 @@ epochs, every arm tested at its last epoch, up to 100 test queries per task,
 test-time adaptation 5 AdamW steps at 2e-4, SmolLM2-135M, float32; seeds 0, 1
 and 2), so that ABMLL's runs there (arms A, the defaults, and D, the
 learned-variance settings) can be this comparison's ABMLL rows
-(``--mechanism-dir``, when they were made by the same code version); seeds they
-lack are trained here with the same settings.
+(``--mechanism-dir``); seeds they
+lack are trained here with the same settings. Nothing checks which code made the
+borrowed runs: re-evaluate one (``metalora eval RUN --split test``) and compare its
+predictions when the code has changed since.
 At one seed every learner sees the same support sets and queries, and the
 task-structured learners the same training batches (common random numbers).
 
@@ -304,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_protocol_arguments(parser, REPO / "runs" / "benchmarks" / "uncertainty")
     parser.add_argument("--mechanism-dir", type=Path, default=None,
                         help="mechanism.py's output: its finished A and D runs become the abmll "
-                             "arms' runs (only if made by the same code version)")
+                             "arms' runs, taken as they are (nothing checks which code made them)")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
                         default=[0, 1, 2])
     parser.add_argument("--arms", type=_arm_names, default=[arm.name for arm in ARMS],
