@@ -27,6 +27,8 @@ def test_eval_reproduces_the_runs_test_metrics_without_touching_the_run(plugins,
     assert again.summary() == finished_run.summary()
     assert again.run_dir.parent == run_dir / "eval"
     assert json.loads((again.run_dir / "results.json").read_text())
+    log = run_dir / "eval" / "progress.log"  # the evaluations' progress: appended to only
+    assert log.read_bytes().startswith(before.pop(log, b"")) and b"evaluated" in log.read_bytes()
     assert {p: p.read_bytes() for p in before} == before
     # per query too: the same predictions file as the run's own test
     for name in ("pretrained", "lora", "abmll"):
