@@ -187,9 +187,10 @@ class LaplaceLoraLearner(LoraLearner):
         start = self._flat().clone()
         super().adapt(support)
         self.variance, chosen = None, self.settings.prior_precision
-        self.precision = math.inf if chosen == "marglik" else float(chosen)
-        if math.isinf(self.precision) and chosen != "marglik":
-            return
+        if chosen != "marglik":
+            self.precision = float(chosen)
+            if math.isinf(self.precision):
+                return
         params = self.adapters.parameters([self.pair])
         examples = [batch.example(i) for batch in support for i in range(len(batch))]
         ggn = ggn_diagonal(self.context.model, params, examples)
