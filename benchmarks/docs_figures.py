@@ -191,16 +191,17 @@ def uncertainty_figures(args: argparse.Namespace, images: Path) -> list[Path]:
     for row in uncertainty.ROWS:
         records = comparison.records(row)
         if sorted(records) == sorted(args.uncertainty_seeds):
-            pooled[row.name] = PredictionSource(row.name, row.arm, records).pooled()
+            learner = comparison.arms[row.arm].learner
+            pooled[row.name] = PredictionSource(row.name, learner, records).pooled()
     where = f"pooled over the 15 test tasks and seeds {shown}"
-    written = [plot_risk_coverage(pooled, images / "uncertainty-risk-coverage.png",
-                                  title=f"cls-45, test: risk-coverage ({where})"),
-               plot_reliability_combined(pooled, images / "uncertainty-reliability.png",
-                                         title=f"cls-45, test: reliability ({where})")]
+    drawn = (plot_risk_coverage(pooled, images / "uncertainty-risk-coverage.png",
+                                title=f"cls-45, test: risk-coverage ({where})"),
+             plot_reliability_combined(pooled, images / "uncertainty-reliability.png",
+                                       title=f"cls-45, test: reliability ({where})"))
+    written = [path for path in drawn if path is not None]  # None: no row finished
     for path in written:
-        if path is not None:
-            path.with_suffix(".pdf").unlink(missing_ok=True)  # the site shows the PNGs
-    return [path for path in written if path is not None]
+        path.with_suffix(".pdf").unlink(missing_ok=True)  # the site shows the PNGs
+    return written
 
 
 def main() -> None:
