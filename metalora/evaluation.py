@@ -226,12 +226,18 @@ def evaluate_across_ranks(distributed: Distributed, learner: Learner,
                           on_task: Callable[[str], None] | None = None) -> EvalResult:
     """:func:`evaluate`; under torchrun each rank takes its share of the episodes and every
     rank gets all results (they equal a single process's: each task's evaluation is seeded
-    by the task)."""
+    by the task). ``on_task`` hears of every task once: this rank's as each ends, the
+    other ranks' when their results arrive, so a count against all episodes ends full."""
     if not distributed.active:
         return evaluate(learner, episodes, metrics, seed=seed, on_task=on_task)
     mine = evaluate(learner, distributed.deal_all(episodes), metrics, seed=seed,
                     on_task=on_task)
-    return EvalResult(tasks=distributed.gather_dealt(mine.tasks, len(episodes)))
+    tasks = distributed.gather_dealt(mine.tasks, len(episodes))
+    if on_task is not None:
+        for index, task in enumerate(tasks):
+            if index % distributed.world_size != distributed.rank:
+                on_task(task.task)
+    return EvalResult(tasks=tasks)
 
 
 @contextlib.contextmanager

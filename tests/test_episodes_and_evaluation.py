@@ -142,3 +142,31 @@ def test_bootstrap_se_of_accuracy_matches_the_binomial_formula(plugins):
     assert se == pytest.approx(expected, rel=0.08)
     assert result.bootstrap_se(accuracy, resamples=50) == result.bootstrap_se(accuracy,
                                                                               resamples=50)
+
+
+def test_each_rank_hears_of_every_task_once_under_torchrun(plugins, tmp_path):
+    """Rank 0 of 2 evaluates every other task; its progress still counts all of them."""
+    from metalora.distributed import Distributed
+    from metalora.evaluation import evaluate_across_ranks
+    from metalora.runs.engine import Engine
+
+    engine = Engine(make_config(plugins, model="tiny", learner=["pretrained"],
+                                output_dir=str(tmp_path), query_cap=4), plugins)
+    learner = engine.build_learner("pretrained", seed=0)
+    episodes = [engine.episodes.episode(t) for t in engine.load_suite().test]
+    assert len(episodes) >= 3
+    metrics = engine.metrics()
+    everything = evaluate(learner, episodes, metrics).tasks
+
+    class RankZeroOfTwo(Distributed):
+        def gather_dealt(self, mine, total):  # the other rank's share, as if gathered
+            assert len(mine) == len(episodes[0::2])
+            return [mine[i // 2] if i % 2 == 0 else everything[i] for i in range(total)]
+
+    heard: list[str] = []
+    result = evaluate_across_ranks(RankZeroOfTwo(rank=0, world_size=2), learner, episodes,
+                                   metrics, on_task=heard.append)
+    names = [e.task for e in episodes]
+    assert heard[: len(episodes[0::2])] == names[0::2]  # its own, as each ends
+    assert sorted(heard) == sorted(names)
+    assert [t.task for t in result.tasks] == names
