@@ -40,8 +40,16 @@ validation rule kept for it, and a learner built on ``lora``'s training
 ``mechanism.py``'s (1e-3); each method's own settings are its published
 defaults (BLoB's init_eps 0.05, prior_std 0.2, kl_lr 0.02, 10 test draws; MC
 dropout 0.1 with 8 masks; Laplace's prior precision by marginal likelihood on each
-support set). Nothing here is chosen by a test score, or by any score: no
-setting is searched.
+support set). Nothing here is chosen by a test score.
+
+One exception, written down (2026-12-04) after BLoB's defaults failed and before any
+run of it: a method whose own strength setting moves its uncertainty gets that
+setting from three values, its published one, a tenth of it, and zero, by the mean
+NLL over seed 0's validation queries (15 validation tasks, the method's own test-time
+draws); the published value stays unless another's per-query paired NLL difference
+from it is more than 2 bootstrap SE below zero (then the lowest NLL). For BLoB that
+setting is ``kl_lr`` (0.02, 0.002, 0: ``blob_validation.sh``); for MC dropout it is
+the dropout rate (0.1, 0.01, 0), not run yet.
 
 The report gives, on the test queries, each arm's accuracy, NLL and Brier
 (means over every query), its ECE, adaptive ECE, AURC, accuracy at 50% and
