@@ -119,6 +119,9 @@ class Row:
     arm: str
     evaluation: tuple[tuple[str, Any], ...] = ()
     """Settings changed for a ``metalora eval`` of the test split (none: the run's own test)."""
+    base: str | None = None
+    """The row this one adds to (an in-context row's learner without demonstrations): the
+    report pairs them on this row's queries."""
 
 
 ABMLL_LR = (("inner_lr", "1e-3"), ("outer_lr", "1e-3"))
@@ -137,10 +140,10 @@ ARMS = (
 MAP = (("prior_precision", "inf"),)
 ROWS = (
     Row("pretrained (zero-shot)", "pretrained"),
-    Row(f"in-context ({IN_CONTEXT} examples)", "icl"),
+    Row(f"in-context ({IN_CONTEXT} examples)", "icl", base="pretrained (zero-shot)"),
     Row("lora", "laplace", MAP),
     Row("lora + temperature", "laplace", (*MAP, ("calibrate", "temperature"))),
-    Row(f"lora + in-context ({IN_CONTEXT})", "laplace", (*MAP, *ICL)),
+    Row(f"lora + in-context ({IN_CONTEXT})", "laplace", (*MAP, *ICL), base="lora"),
     Row("laplace-lora", "laplace"),
     Row("mc-dropout", "mc-dropout"),
     Row("blob", "blob"),
@@ -229,7 +232,7 @@ class Comparison:
             if row.name == ENSEMBLE_OF and len(by_seed) >= 2:
                 table.append(_ensemble_line(by_seed, reference))
         lines = ["# Uncertainty baselines beside ABMLL at the cls-45 protocol (test queries)",
-                 "", *table, "", *_references(all_records), "",
+                 "", *table, "", *_references(all_records), "", *self._with_base(), "",
                  "Accuracy, NLL and Brier: means over every query of the seeds finished (as "
                  "the differences are); the other metrics: macro over tasks, mean over the "
                  "seeds. Differences are per "
@@ -238,6 +241,25 @@ class Comparison:
                  "2 SE, the rest are within the noise. The ensemble averages the lora seeds' "
                  "probabilities and is paired with the reference's seed-mean scores.", ""]
         return "\n".join(lines)
+
+
+    def _with_base(self) -> list[str]:
+        """Each row that adds to another, paired with it on the added row's queries."""
+        lines = []
+        for row in ROWS:
+            if row.base is None or not (added := _keyed(self.records(row))):
+                continue
+            base = {k: s for k, s in
+                    _keyed(self.records(next(r for r in ROWS if r.name == row.base))).items()
+                    if k in added}
+            if not base:
+                continue
+            accuracy = 100 * sum(s.accuracy for s in base.values()) / len(base)
+            cells = ", ".join(f"{m} {paired_cell(added, base, m)}"
+                              for m in ("accuracy", "nll", "brier"))
+            lines.append(f"{row.name} minus {row.base}, on the {len(base)} queries both have "
+                         f"({row.base} {accuracy:.1f}% there): {cells}.")
+        return lines
 
 
 def _keyed(by_seed: dict[int, list[dict[str, Any]]]) -> dict[tuple, QueryScore]:

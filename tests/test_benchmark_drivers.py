@@ -107,3 +107,25 @@ def test_the_uncertainty_references_count_every_seeds_queries() -> None:
     assert uncertainty._references(by_seed) == [
         "References on the same queries: always the first option 50.0%, always the task's "
         "majority answer among its queries 75.0% (an oracle: it reads the query labels)."]
+
+
+def test_an_in_context_row_is_paired_with_its_base_on_its_own_queries(tmp_path,
+                                                                      monkeypatch) -> None:
+    import uncertainty
+
+    def records(probs: list[list[float]]) -> list[dict]:
+        return [{"task": "a", "index": i, "probs": p, "label": 0} for i, p in enumerate(probs)]
+
+    base = records([[0.5, 0.5], [0.8, 0.2], [0.1, 0.9], [0.1, 0.9]])
+    added = records([[1.0, 0.0], [0.8, 0.2]])  # the first 2 queries only
+    icl = next(r for r in uncertainty.ROWS if r.arm == "icl")
+    by_name = {icl.name: {0: added}, icl.base: {0: base}}
+    monkeypatch.setattr(uncertainty.Comparison, "records",
+                        lambda self, row: by_name.get(row.name, {}))
+    args = uncertainty.parse_args(["--output-dir", str(tmp_path)])
+    (line,) = uncertainty.Comparison(args)._with_base()
+    # base on those 2 queries: accuracy 100% (a tie takes the first option); per-query
+    # differences NLL (0 - ln 2, 0) and Brier (0 - 0.5, 0); bootstrap SE ~ sd / sqrt(2)
+    assert line.startswith(f"{icl.name} minus {icl.base}, on the 2 queries both have "
+                           f"({icl.base} 100.0% there): accuracy +0.0 ± 0.0, nll -0.3466 ± 0.")
+    assert "brier -0.2500 ± 0.17" in line
