@@ -242,7 +242,6 @@ class Comparison:
                  "probabilities and is paired with the reference's seed-mean scores.", ""]
         return "\n".join(lines)
 
-
     def _with_base(self) -> list[str]:
         """Each row that adds to another, paired with it on the added row's queries."""
         lines = []
