@@ -22,7 +22,8 @@ The arms:
 
 * ``pretrained``: the frozen model, zero-shot; ``icl``: the same with the 10
   support examples in the prompt (``in_context = 10``), on the first 20 of each
-  task's test queries (``query_cap = 20``: prompts ~10x longer);
+  task's test queries (``query_cap = 20``: prompts ~10x longer); both at the
+  first seed only (every seed would give the same predictions);
 * ``laplace``: ``laplace-lora`` (trained exactly as ``lora``), whose evaluations
   with ``prior_precision = inf`` are ``lora`` itself (the MAP prediction,
   bitwise the same training), ``lora`` with temperature scaling
@@ -109,6 +110,10 @@ class Arm:
     options: tuple[tuple[str, Any], ...]
     mechanism: str | None = None
     """The arm of mechanism.py whose runs this one is, where they exist."""
+    seeded: bool = True
+    """False for the frozen model: nothing is trained or drawn and every seed evaluates the
+    same support sets and queries, so each seed's predictions are the first's (checked
+    bitwise); it runs at the first seed only, lest copies count as more queries."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,8 @@ class Row:
 
 ABMLL_LR = (("inner_lr", "1e-3"), ("outer_lr", "1e-3"))
 ARMS = (
-    Arm("pretrained", "pretrained", ()),
-    Arm("icl", "pretrained", ICL),
+    Arm("pretrained", "pretrained", (), seeded=False),
+    Arm("icl", "pretrained", ICL, seeded=False),
     Arm("laplace", "laplace-lora", (("lr", LORA_LR),)),
     Arm("mc-dropout", "mc-dropout", (("lr", LORA_LR),)),
     Arm("blob", "blob", (("lr", LORA_LR),)),
@@ -186,7 +191,7 @@ class Comparison:
         jobs: list[tuple[int, str, dict[str, Any]]] = []
         for seed in a.seeds:
             for order, arm in enumerate(ARMS):
-                if arm.name not in a.arms:
+                if arm.name not in a.arms or (not arm.seeded and seed != a.seeds[0]):
                     continue
                 run_dir = self.run_dir(arm, seed)
                 if not finished(run_dir):
@@ -205,7 +210,7 @@ class Comparison:
     def records(self, row: Row) -> dict[int, list[dict[str, Any]]]:
         """Each finished seed's prediction records of ``row``."""
         arm, out = self.arms[row.arm], {}
-        for seed in self.args.seeds:
+        for seed in self.args.seeds if arm.seeded else self.args.seeds[:1]:
             where = self.predictions_dir(row, seed)
             if where is not None:
                 out[seed] = read_predictions(where / arm.learner / f"seed-{seed}"

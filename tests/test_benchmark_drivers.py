@@ -72,7 +72,10 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
     args = uncertainty.parse_args(["--data-dir", str(tmp_path), "--output-dir",
                                    str(tmp_path / "out")])
     jobs = dict(uncertainty.Comparison(args).ready())
-    assert len(jobs) == len(uncertainty.ARMS) * 3  # three seeds, nothing run yet
+    seeded = sum(arm.seeded for arm in uncertainty.ARMS)
+    assert seeded == len(uncertainty.ARMS) - 2  # the frozen model's arms run once
+    assert len(jobs) == seeded * 3 + 2  # three seeds, nothing run yet
+    assert "pretrained-seed0" in jobs and "pretrained-seed1" not in jobs
     for name, job in jobs.items():
         spec = ml.run_spec(plugins=plugins, **_train_settings(job))
         assert spec.training.epochs == 3 and spec.training.eval_every == 0, name
@@ -129,3 +132,26 @@ def test_an_in_context_row_is_paired_with_its_base_on_its_own_queries(tmp_path,
     assert line.startswith(f"{icl.name} minus {icl.base}, on the 2 queries both have "
                            f"({icl.base} 100.0% there): accuracy +0.0 ± 0.0, nll -0.3466 ± 0.")
     assert "brier -0.2500 ± 0.17" in line
+
+
+def test_the_frozen_models_rows_read_one_seed_lest_copies_count_as_queries(
+        tmp_path, monkeypatch) -> None:
+    import json
+
+    import uncertainty
+
+    arms = {arm.name: arm for arm in uncertainty.ARMS}
+    for arm in arms.values():
+        for seed in (0, 1):
+            path = tmp_path / arm.name / arm.learner / f"seed-{seed}" / "predictions.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"task": "a", "index": 0, "probs": [1.0, 0.0],
+                                        "label": 0}) + "\n")
+    monkeypatch.setattr(uncertainty.Comparison, "predictions_dir",
+                        lambda self, row, seed: tmp_path / row.arm)
+    comparison = uncertainty.Comparison(uncertainty.parse_args(
+        ["--output-dir", str(tmp_path), "--seeds", "0,1"]))
+    seeds = {row.name: sorted(comparison.records(row)) for row in uncertainty.ROWS}
+    assert seeds["pretrained (zero-shot)"] == [0]
+    assert seeds[next(r.name for r in uncertainty.ROWS if r.arm == "icl")] == [0]
+    assert seeds["lora"] == [0, 1] and seeds["abmll (defaults)"] == [0, 1]
