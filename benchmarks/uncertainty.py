@@ -49,8 +49,8 @@ setting from three values, its published one, a tenth of it, and zero, by the me
 NLL over seed 0's validation queries (15 validation tasks, the method's own test-time
 draws); the published value stays unless another's per-query paired NLL difference
 from it is more than 2 bootstrap SE below zero (then the lowest NLL). For BLoB that
-setting is ``kl_lr`` (0.02, 0.002, 0: ``blob_validation.sh``); for MC dropout it is
-the dropout rate (0.1, 0.01, 0), not run yet.
+setting is ``kl_lr`` (0.02, 0.002, 0), for MC dropout the dropout rate (0.1, 0.01,
+0): ``strength_validation.sh``.
 
 The report gives, on the test queries, each arm's accuracy, NLL and Brier
 (means over every query), its ECE, adaptive ECE, AURC, accuracy at 50% and
