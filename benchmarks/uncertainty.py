@@ -54,7 +54,8 @@ setting is ``kl_lr`` (0.02, 0.002, 0), for MC dropout the dropout rate (0.1, 0.0
 0): ``strength_validation.sh``. BLoB's choice (2026-12-04): ``kl_lr`` 0, the lowest
 validation NLL, after 0.002 beat the published 0.02 by more than 2 SE. MC dropout's:
 0.01, whose NLL is 0.0019 ± 0.0005 below the published 0.1's and the lowest, though
-only 3e-6 below rate 0 (which is lora): the rule reads no noise there.
+only 3e-6 below rate 0 (which is lora): the rule does not weigh noise between
+the candidates that beat the published value.
 
 The report gives, on the test queries, each arm's accuracy, NLL and Brier
 (means over every query), its ECE, adaptive ECE, AURC, accuracy at 50% and
