@@ -99,11 +99,12 @@ class Driver(Protocol):
 
 
 def run_and_report(driver: Driver, args: argparse.Namespace,
-                   queue: Callable[..., Any] = run_queue) -> None:
-    """Run ``driver``'s jobs (unless ``--report-only``), then write and print its report."""
+                   queue: Callable[..., Any] = run_queue, report: str = "report.md") -> None:
+    """Run ``driver``'s jobs (unless ``--report-only``), then write its report into the
+    output directory as ``report`` and print it."""
     if not args.report_only:
         queue(driver.ready, args.output_dir, args.jobs, args.threads)
     text = driver.report()
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "report.md").write_text(text)
+    (args.output_dir / report).write_text(text)
     print(text)

@@ -51,7 +51,7 @@ NLL over seed 0's validation queries (15 validation tasks, the method's own test
 draws); the published value stays unless another's per-query paired NLL difference
 from it is more than 2 bootstrap SE below zero (then the lowest NLL). For BLoB that
 setting is ``kl_lr`` (0.02, 0.002, 0), for MC dropout the dropout rate (0.1, 0.01,
-0): ``strength_validation.sh``. BLoB's choice (2026-12-04): ``kl_lr`` 0, the lowest
+0): ``strength_validation.py``. BLoB's choice (2026-12-04): ``kl_lr`` 0, the lowest
 validation NLL, after 0.002 beat the published 0.02 by more than 2 SE. MC dropout's:
 0.01, whose NLL is 0.0019 ± 0.0005 below the published 0.1's and the lowest, though
 only 3e-6 below rate 0 (which is lora): the rule does not weigh noise between
@@ -134,19 +134,47 @@ class Row:
     report pairs them on this row's queries."""
 
 
+@dataclass(frozen=True)
+class Strength:
+    """A method's own strength setting, its candidates for the validation rule (the
+    published value first), and its test-time draws."""
+
+    setting: str
+    tag: str
+    """Names a candidate's arm (and run): ``<method>-<tag><value>``."""
+    values: tuple[str, ...]
+    draws: str
+    count: int
+
+
+STRENGTHS = {"blob": Strength("kl_lr", "kl", ("0.02", "0.002", "0"), "eval_samples", 10),
+             "mc-dropout": Strength("dropout", "p", ("0.1", "0.01", "0"), "mc_samples", 8)}
+
+
+def strength_arm(method: str, value: str) -> Arm:
+    """``method`` (trained on lora's training) at one strength candidate, its own test at
+    one draw: cheap, the candidates' runs being read on validation (and, once chosen, by a
+    row's evaluation with the method's draws)."""
+    strength = STRENGTHS[method]
+    return Arm(f"{method}-{strength.tag}{value}", method,
+               (("lr", LORA_LR), (strength.setting, value), (strength.draws, 1)))
+
+
+def strength_row(name: str, method: str, value: str) -> Row:
+    """The test row of ``method`` at the chosen strength ``value``, with its own draws."""
+    strength = STRENGTHS[method]
+    return Row(name, strength_arm(method, value).name, ((strength.draws, strength.count),))
+
+
 ABMLL_LR = (("inner_lr", "1e-3"), ("outer_lr", "1e-3"))
 ARMS = (
     Arm("pretrained", "pretrained", (), seeded=False),
     Arm("icl", "pretrained", ICL, seeded=False),
     Arm("laplace", "laplace-lora", (("lr", LORA_LR),)),
     Arm("mc-dropout", "mc-dropout", (("lr", LORA_LR),)),
-    # the rate chosen on validation (strength_validation.sh trains this arm's seed 0)
-    Arm("mc-dropout-p0.01", "mc-dropout", (("lr", LORA_LR), ("dropout", "0.01"),
-                                           ("mc_samples", 1))),
+    strength_arm("mc-dropout", "0.01"),  # chosen on validation: strength_validation.py
     Arm("blob", "blob", (("lr", LORA_LR),)),
-    # kl_lr chosen on validation (strength_validation.sh trains this arm's seed 0);
-    # its own test at one draw, the row's at BLoB's ten
-    Arm("blob-kl0", "blob", (("lr", LORA_LR), ("kl_lr", "0"), ("eval_samples", 1))),
+    strength_arm("blob", "0"),  # likewise
     Arm("abmll", "abmll", ABMLL_LR, mechanism="A"),
     Arm("abmll-lv", "abmll", (*ABMLL_LR, ("log_var_relative", "0.013"), ("beta", "2.98e-5"),
                               ("prior_log_var", "relative"), ("b0", "1"),
@@ -162,10 +190,9 @@ ROWS = (
     Row(f"lora + in-context ({IN_CONTEXT})", "laplace", (*MAP, *ICL), base="lora"),
     Row("laplace-lora", "laplace"),
     Row("mc-dropout (published rate 0.1)", "mc-dropout"),
-    Row("mc-dropout (rate 0.01, chosen on validation)", "mc-dropout-p0.01",
-        (("mc_samples", 8),)),
+    strength_row("mc-dropout (rate 0.01, chosen on validation)", "mc-dropout", "0.01"),
     Row("blob (published kl_lr 0.02)", "blob"),
-    Row("blob (kl_lr 0, chosen on validation)", "blob-kl0", (("eval_samples", 10),)),
+    strength_row("blob (kl_lr 0, chosen on validation)", "blob", "0"),
     Row("abmll (defaults)", "abmll"),
     Row("abmll (learned variance)", "abmll-lv"),
 )
@@ -196,6 +223,10 @@ class Comparison:
             return None
         return evaluation_dir(run_dir, "test", dict(row.evaluation)) if row.evaluation else run_dir
 
+    def seeds(self, arm: Arm) -> list[int]:
+        """The seeds ``arm`` runs and counts at (the first only, unless seeded)."""
+        return self.args.seeds if arm.seeded else self.args.seeds[:1]
+
     # -- the jobs ------------------------------------------------------------
     def ready(self) -> list[tuple[str, dict[str, Any]]]:
         """The jobs (for ``api_job.py``) not done whose inputs exist: trainings first, then
@@ -205,7 +236,7 @@ class Comparison:
         jobs: list[tuple[int, str, dict[str, Any]]] = []
         for seed in a.seeds:
             for order, arm in enumerate(ARMS):
-                if arm.name not in a.arms or (not arm.seeded and seed != a.seeds[0]):
+                if arm.name not in a.arms or seed not in self.seeds(arm):
                     continue
                 run_dir = self.run_dir(arm, seed)
                 if not finished(run_dir):
@@ -224,7 +255,7 @@ class Comparison:
     def records(self, row: Row) -> dict[int, list[dict[str, Any]]]:
         """Each finished seed's prediction records of ``row``."""
         arm, out = self.arms[row.arm], {}
-        for seed in self.args.seeds if arm.seeded else self.args.seeds[:1]:
+        for seed in self.seeds(arm):
             where = self.predictions_dir(row, seed)
             if where is not None:
                 out[seed] = read_predictions(where / arm.learner / f"seed-{seed}"

@@ -155,3 +155,63 @@ def test_the_frozen_models_rows_read_one_seed_lest_copies_count_as_queries(
     assert seeds["pretrained (zero-shot)"] == [0]
     assert seeds[next(r.name for r in uncertainty.ROWS if r.arm == "icl")] == [0]
     assert seeds["lora"] == [0, 1] and seeds["abmll (defaults)"] == [0, 1]
+
+
+def test_strength_candidates_are_trained_as_the_comparison_trains_the_chosen_arm(
+        plugins, tmp_path) -> None:
+    import uncertainty
+    from strength_validation import Validation, parse_args
+
+    out = ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")]
+    comparison = dict(uncertainty.Comparison(uncertainty.parse_args([*out, "--seeds", "0"]))
+                      .ready())
+    for method, strength in uncertainty.STRENGTHS.items():
+        jobs = dict(Validation(parse_args([method, *out])).ready())
+        assert len(jobs) == len(strength.values)  # nothing trained yet
+        for name, job in jobs.items():
+            spec = ml.run_spec(plugins=plugins, **_train_settings(job))
+            assert spec.settings[method].lr == 3e-4, name
+        chosen = [arm.name for arm in uncertainty.ARMS
+                  if arm.learner == method and arm.name != method]
+        assert chosen, method
+        for name in chosen:  # the same job, into the same run directory
+            assert jobs[f"{name}-seed0"] == comparison[f"{name}-seed0"]
+
+
+def _write_validation(run_dir: Path, method: str, draws: str, count: int,
+                      probs: list[list[float]]) -> None:
+    import json
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "state.json").write_text(json.dumps({"status": "finished"}))
+    where = run_dir / "eval" / "x-validation"
+    (where / method / "seed-0").mkdir(parents=True)
+    (where / "metrics.json").write_text(json.dumps({"protocol": {
+        "split": "validation", "changed_settings": {draws: count}}}))
+    (where / method / "seed-0" / "predictions.jsonl").write_text("".join(
+        json.dumps({"task": "t", "index": i, "probs": p, "label": 0}) + "\n"
+        for i, p in enumerate(probs)))
+
+
+@pytest.mark.parametrize(("better", "chosen"), [(0.0, "0.1"), (0.3, "0")])
+def test_the_strength_rule_keeps_the_published_value_unless_another_is_clearly_better(
+        tmp_path, better, chosen) -> None:
+    import uncertainty
+    from strength_validation import Validation, parse_args
+
+    strength = uncertainty.STRENGTHS["mc-dropout"]
+    validation = Validation(parse_args(["mc-dropout", "--output-dir", str(tmp_path),
+                                        "--report-only"]))
+    published = [[0.5 + 0.01 * (i % 7), 0.5 - 0.01 * (i % 7)] for i in range(40)]
+    for value in strength.values:
+        # rate 0 is `better` more probable on every answer; 0.01 better on average, within
+        # the noise (every other query worse)
+        shifts = [better if value == "0" else
+                  (0.05 if i % 2 else -0.04) * (value == "0.01") for i in range(40)]
+        probs = [[p + s * (1 - p), (1 - p) * (1 - s)]
+                 for (p, _), s in zip(published, shifts, strict=True)]
+        _write_validation(validation.run_dir(value), "mc-dropout", strength.draws,
+                          strength.count, probs)
+    assert validation.ready() == []
+    report = validation.report()
+    assert f"The rule chooses dropout {chosen} (" in report, report
