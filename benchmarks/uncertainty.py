@@ -24,14 +24,15 @@ The arms:
   support examples in the prompt (``in_context = 10``), on the first 20 of each
   task's test queries (``query_cap = 20``: prompts ~10x longer); both at the
   first seed only (every seed would give the same predictions);
-* ``laplace``: ``laplace-lora`` (trained exactly as ``lora``), whose evaluations
-  with ``prior_precision = inf`` are ``lora`` itself (the MAP prediction,
-  bitwise the same training), ``lora`` with temperature scaling
+* ``lora``, whose evaluations give ``lora`` with temperature scaling
   (``calibrate = temperature``) and ``lora`` with the support set also in the
   prompt (``in_context = 10``, the first 20 queries as ``icl``); the ``lora``
   ensemble averages its seeds;
+* ``laplace``: ``laplace-lora`` (trained exactly as ``lora``);
 * ``mc-dropout``, ``blob``: the other uncertainty baselines at their published settings;
-  ``mc-dropout-p0.01``, ``blob-kl0``: each at the strength the exception below chose;
+  ``mc-dropout-p0.01``, ``blob-kl0``: each at the strength the exception below chose.
+  These and ``laplace`` add their uncertainty to ``lora``'s training, so the report also
+  pairs each with ``lora`` (``Row.base``);
 * ``abmll`` and ``abmll-lv``: ABMLL at its defaults and with the learned-variance
   settings of ``mechanism.py``'s arm D.
 
@@ -130,8 +131,8 @@ class Row:
     evaluation: tuple[tuple[str, Any], ...] = ()
     """Settings changed for a ``metalora eval`` of the test split (none: the run's own test)."""
     base: str | None = None
-    """The row this one adds to (an in-context row's learner without demonstrations): the
-    report pairs them on this row's queries."""
+    """The row this one adds to (``lora`` for a method built on its training, an in-context
+    row's learner without demonstrations): the report pairs them on this row's queries."""
 
 
 @dataclass(frozen=True)
@@ -163,13 +164,15 @@ def strength_arm(method: str, value: str) -> Arm:
 def strength_row(name: str, method: str, value: str) -> Row:
     """The test row of ``method`` at the chosen strength ``value``, with its own draws."""
     strength = STRENGTHS[method]
-    return Row(name, strength_arm(method, value).name, ((strength.draws, strength.count),))
+    return Row(name, strength_arm(method, value).name, ((strength.draws, strength.count),),
+               base="lora")
 
 
 ABMLL_LR = (("inner_lr", "1e-3"), ("outer_lr", "1e-3"))
 ARMS = (
     Arm("pretrained", "pretrained", (), seeded=False),
     Arm("icl", "pretrained", ICL, seeded=False),
+    Arm("lora", "lora", (("lr", LORA_LR),)),
     Arm("laplace", "laplace-lora", (("lr", LORA_LR),)),
     Arm("mc-dropout", "mc-dropout", (("lr", LORA_LR),)),
     strength_arm("mc-dropout", "0.01"),  # chosen on validation: strength_validation.py
@@ -181,17 +184,16 @@ ARMS = (
                               ("prior_jacobian", True), ("variance_optimizer", "adamw"),
                               ("variance_lr", "1e-2")), mechanism="D"),
 )
-MAP = (("prior_precision", "inf"),)
 ROWS = (
     Row("pretrained (zero-shot)", "pretrained"),
     Row(f"in-context ({IN_CONTEXT} examples)", "icl", base="pretrained (zero-shot)"),
-    Row("lora", "laplace", MAP),
-    Row("lora + temperature", "laplace", (*MAP, ("calibrate", "temperature"))),
-    Row(f"lora + in-context ({IN_CONTEXT})", "laplace", (*MAP, *ICL), base="lora"),
-    Row("laplace-lora", "laplace"),
-    Row("mc-dropout (published rate 0.1)", "mc-dropout"),
+    Row("lora", "lora"),
+    Row("lora + temperature", "lora", (("calibrate", "temperature"),)),
+    Row(f"lora + in-context ({IN_CONTEXT})", "lora", ICL, base="lora"),
+    Row("laplace-lora", "laplace", base="lora"),
+    Row("mc-dropout (published rate 0.1)", "mc-dropout", base="lora"),
     strength_row("mc-dropout (rate 0.01, chosen on validation)", "mc-dropout", "0.01"),
-    Row("blob (published kl_lr 0.02)", "blob"),
+    Row("blob (published kl_lr 0.02)", "blob", base="lora"),
     strength_row("blob (kl_lr 0, chosen on validation)", "blob", "0"),
     Row("abmll (defaults)", "abmll"),
     Row("abmll (learned variance)", "abmll-lv"),

@@ -88,6 +88,10 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
         for key, _ in row.evaluation:  # what `metalora eval --set` accepts for that learner
             assert key in EVALUATION_SETTINGS or key in learner.evaluation_settings, (row, key)
     assert sum(r.name == uncertainty.REFERENCE for r in uncertainty.ROWS) == 1
+    built_on_lora = {"laplace-lora", "mc-dropout", "blob"}  # each also paired with lora
+    assert all(row.base == "lora" for row in uncertainty.ROWS
+               if arms[row.arm].learner in built_on_lora)
+    assert arms["lora"].options == arms["laplace"].options  # trained alike
     blob = ml.run_spec(plugins=plugins, **_train_settings(jobs["blob-seed0"]))
     assert blob.settings["blob"].lr == 3e-4
     some = uncertainty.parse_args(["--data-dir", str(tmp_path), "--output-dir",
@@ -95,7 +99,7 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
     assert sorted(dict(uncertainty.Comparison(some).ready())) == [
         f"{arm}-seed{seed}" for arm in ("blob", "laplace") for seed in (0, 1, 2)]
     with pytest.raises(SystemExit):
-        uncertainty.parse_args(["--arms", "lora"])  # lora is an evaluation of the laplace arm
+        uncertainty.parse_args(["--arms", "lora,map"])  # no arm map
 
 
 def test_the_uncertainty_references_count_every_seeds_queries() -> None:
