@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,6 +89,24 @@ def paired_cell(a: Mapping[Any, QueryScore], b: Mapping[Any, QueryScore], metric
                              strata={k: k[0] for k in a} if strata else None)
     scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
     return diff.format(digits, scale) + ("" if diff.within_noise() else " *")
+
+
+def seed_cell(a: Mapping[Any, QueryScore], b: Mapping[Any, QueryScore], metric: str) -> str:
+    """``a - b`` of one score as the mean and standard error of its per-seed mean
+    differences (a seed: the key's first element), over the seeds both have; empty under two
+    seeds. Unlike :func:`paired_cell`'s bootstrap over queries, its SE counts how much the
+    training seed moves the difference."""
+    by_seed: dict[Any, list[float]] = {}
+    for k, s in a.items():
+        if k in b:
+            by_seed.setdefault(k[0], []).append(s.get(metric) - b[k].get(metric))
+    if len(by_seed) < 2:
+        return ""
+    means = [sum(v) / len(v) for v in by_seed.values()]
+    mean = sum(means) / len(means)
+    se = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1) / len(means))
+    scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
+    return f"{scale * mean:+.{digits}f} ± {scale * se:.{digits}f}"
 
 
 class Driver(Protocol):

@@ -93,6 +93,7 @@ from protocol_runs import (  # noqa: E402
     paired_cell,
     run_and_report,
     run_job,
+    seed_cell,
 )
 
 LORA_LR = "3e-4"
@@ -290,7 +291,9 @@ class Comparison:
                  "seeds. Differences are per "
                  "query, paired over (seed, task, query), with the bootstrap SE (queries "
                  "resampled within each seed); accuracy in points; * marks a difference beyond "
-                 "2 SE, the rest are within the noise. The ensemble averages the lora seeds' "
+                 "2 SE, the rest are within the noise; that SE leaves out how much the training "
+                 "seed moves a difference, which the per-seed spread beside the pairs with a "
+                 "base shows. The ensemble averages the lora seeds' "
                  "probabilities and is paired with the reference's seed-mean scores.", ""]
         return "\n".join(lines)
 
@@ -308,8 +311,12 @@ class Comparison:
             accuracy = 100 * sum(s.accuracy for s in base.values()) / len(base)
             cells = ", ".join(f"{m} {paired_cell(added, base, m)}"
                               for m in ("accuracy", "nll", "brier"))
+            seeds = ", ".join(f"{m} {cell}" for m in ("accuracy", "nll", "brier")
+                              if (cell := seed_cell(added, base, m)))
             lines.append(f"{row.name} minus {row.base}, on the {len(base)} queries both have "
-                         f"({row.base} {accuracy:.1f}% there): {cells}.")
+                         f"({row.base} {accuracy:.1f}% there): {cells}"
+                         + (f"; over seeds (mean ± SE of the per-seed differences): {seeds}"
+                            if seeds else "") + ".")
         return lines
 
 

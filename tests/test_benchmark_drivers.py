@@ -3,6 +3,7 @@ checked by :func:`metalora.api.run_spec`, as the job would be)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -219,3 +220,19 @@ def test_the_strength_rule_keeps_the_published_value_unless_another_is_clearly_b
     assert validation.ready() == []
     report = validation.report()
     assert f"The rule chooses dropout {chosen} (" in report, report
+
+
+def test_the_seed_spread_of_a_difference_is_the_se_of_its_per_seed_means() -> None:
+    from protocol_runs import seed_cell
+
+    from metalora.paired import score
+
+    right, wrong = score([0.8, 0.2], 0), score([0.2, 0.8], 0)
+    a = {(0, "t", 0): right, (0, "t", 1): right, (1, "t", 0): wrong, (1, "t", 1): wrong,
+         (2, "t", 0): right}  # seed 2 has no partner in b
+    b = {(0, "t", 0): wrong, (0, "t", 1): right, (1, "t", 0): wrong, (1, "t", 1): right}
+    # per-seed accuracy differences: seed 0 +0.5, seed 1 -0.5; mean 0, SE = sd / sqrt(2) = 0.5
+    assert seed_cell(a, b, "accuracy") == "+0.0 ± 50.0"
+    nll = math.log(0.8) - math.log(0.2)  # per-seed NLL differences: -nll / 2, +nll / 2
+    assert seed_cell(a, b, "nll") == f"{0.0:+.4f} ± {nll / 2:.4f}"
+    assert seed_cell({k: v for k, v in a.items() if k[0] == 0}, b, "accuracy") == ""
