@@ -63,7 +63,8 @@ The report gives, on the test queries, each arm's accuracy, NLL and Brier
 80% coverage, misclassification AUROC and macro-F1 (macro over tasks, mean
 over seeds), the per-query paired
 difference of accuracy, NLL and Brier against ABMLL at its defaults (bootstrap
-SE, queries resampled within each seed), and the always-first-option and
+SE, queries resampled within each seed), each row with a base paired with it (also as
+the mean ± SE of the per-seed differences), and the always-first-option and
 majority-answer references on the same queries.
 """
 
