@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from jobqueue import run_queue
 
-from metalora.paired import QueryScore, paired_difference
+from metalora.paired import PairedDifference, QueryScore, paired_difference
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
@@ -87,8 +87,13 @@ def paired_cell(a: Mapping[Any, QueryScore], b: Mapping[Any, QueryScore], metric
     diff = paired_difference({k: s.get(metric) for k, s in a.items()},
                              {k: s.get(metric) for k, s in b.items()},
                              strata={k: k[0] for k in a} if strata else None)
+    return _formatted(diff, metric) + ("" if diff.within_noise() else " *")
+
+
+def _formatted(diff: PairedDifference, metric: str) -> str:
+    """``mean ± SE``, accuracy in points to one digit, the proper scores to four."""
     scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
-    return diff.format(digits, scale) + ("" if diff.within_noise() else " *")
+    return diff.format(digits, scale)
 
 
 def seed_cell(a: Mapping[Any, QueryScore], b: Mapping[Any, QueryScore], metric: str) -> str:
@@ -105,8 +110,7 @@ def seed_cell(a: Mapping[Any, QueryScore], b: Mapping[Any, QueryScore], metric: 
     means = [sum(v) / len(v) for v in by_seed.values()]
     mean = sum(means) / len(means)
     se = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1) / len(means))
-    scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
-    return f"{scale * mean:+.{digits}f} ± {scale * se:.{digits}f}"
+    return _formatted(PairedDifference(mean, se, len(means)), metric)
 
 
 class Driver(Protocol):
