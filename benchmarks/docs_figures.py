@@ -22,7 +22,8 @@ Writes PNG files (200 dpi) into ``docs/images/``:
 * ``uncertainty-risk-coverage.png``, ``uncertainty-reliability.png``
   (``uncertainty``): the risk-coverage curves and the reliability of every row of
   ``benchmarks/uncertainty.py``'s report finished at every seed of
-  ``--uncertainty-seeds`` (0 and 1), pooled over the test tasks and those seeds, as
+  ``--uncertainty-seeds`` (0, 1 and 2; the frozen model's rows, which do not depend on
+  the seed, at the first), pooled over the test tasks and those seeds, as
   ``metalora compare`` draws them (``--uncertainty-dir``, ``--mechanism-dir``).
 """
 
@@ -189,9 +190,10 @@ def uncertainty_figures(args: argparse.Namespace, images: Path) -> list[Path]:
          "--seeds", seeds]))
     pooled = {}
     for row in uncertainty.ROWS:
+        arm = comparison.arms[row.arm]
         records = comparison.records(row)
-        if sorted(records) == sorted(args.uncertainty_seeds):
-            learner = comparison.arms[row.arm].learner
+        if sorted(records) == sorted(comparison.seeds(arm)):  # the frozen model: its one seed
+            learner = arm.learner
             pooled[row.name] = PredictionSource(row.name, learner, records).pooled()
     where = f"pooled over the 15 test tasks and seeds {shown}"
     drawn = (plot_risk_coverage(pooled, images / "uncertainty-risk-coverage.png",
@@ -214,7 +216,7 @@ def main() -> None:
     parser.add_argument("--mechanism-dir", type=Path,
                         default=REPO / "runs" / "benchmarks" / "mechanism")
     parser.add_argument("--uncertainty-seeds", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[0, 1])
+                        default=[0, 1, 2])
     args = parser.parse_args()
     IMAGES.mkdir(parents=True, exist_ok=True)
     written = []

@@ -32,7 +32,7 @@ The arms:
 * ``mc-dropout``, ``blob``: the other uncertainty baselines at their published settings;
   ``mc-dropout-p0.01``, ``blob-kl0``: each at the strength the exception below chose.
   These and ``laplace`` add their uncertainty to ``lora``'s training, so the report also
-  pairs each with ``lora`` (``Row.base``);
+  pairs each with ``lora`` (``Row.base``), as it does ``lora`` with temperature scaling;
 * ``abmll`` and ``abmll-lv``: ABMLL at its defaults and with the learned-variance
   settings of ``mechanism.py``'s arm D.
 
@@ -190,7 +190,7 @@ ROWS = (
     Row("pretrained (zero-shot)", "pretrained"),
     Row(f"in-context ({IN_CONTEXT} examples)", "icl", base="pretrained (zero-shot)"),
     Row("lora", "lora"),
-    Row("lora + temperature", "lora", (("calibrate", "temperature"),)),
+    Row("lora + temperature", "lora", (("calibrate", "temperature"),), base="lora"),
     Row(f"lora + in-context ({IN_CONTEXT})", "lora", ICL, base="lora"),
     Row("laplace-lora", "laplace", base="lora"),
     Row("mc-dropout (published rate 0.1)", "mc-dropout", base="lora"),

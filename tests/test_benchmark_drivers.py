@@ -92,6 +92,9 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
     built_on_lora = {"laplace-lora", "mc-dropout", "blob"}  # each also paired with lora
     assert all(row.base == "lora" for row in uncertainty.ROWS
                if arms[row.arm].learner in built_on_lora)
+    # lora's own evaluations that add to it (temperature, demonstrations) are paired with it
+    assert all(row.base == "lora" for row in uncertainty.ROWS
+               if row.arm == "lora" and row.evaluation)
     assert arms["lora"].options == arms["laplace"].options  # trained alike
     blob = ml.run_spec(plugins=plugins, **_train_settings(jobs["blob-seed0"]))
     assert blob.settings["blob"].lr == 3e-4
