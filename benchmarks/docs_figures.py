@@ -195,11 +195,11 @@ def uncertainty_figures(args: argparse.Namespace, images: Path) -> list[Path]:
         if sorted(records) == sorted(comparison.seeds(arm)):  # the frozen model: its one seed
             learner = arm.learner
             pooled[row.name] = PredictionSource(row.name, learner, records).pooled()
-    where = f"pooled over the 15 test tasks and seeds {shown}"
+    where = f"15 test tasks, seeds {shown}, pooled"
     drawn = (plot_risk_coverage(pooled, images / "uncertainty-risk-coverage.png",
-                                title=f"cls-45, test: risk-coverage ({where})"),
+                                title=f"cls-45 risk-coverage ({where})"),
              plot_reliability_combined(pooled, images / "uncertainty-reliability.png",
-                                       title=f"cls-45, test: reliability ({where})"))
+                                       title=f"cls-45 reliability ({where})"))
     written = [path for path in drawn if path is not None]  # None: no row finished
     for path in written:
         path.with_suffix(".pdf").unlink(missing_ok=True)  # the site shows the PNGs
