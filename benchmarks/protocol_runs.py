@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 from jobqueue import run_queue
 
 from metalora.paired import PairedDifference, QueryScore, paired_difference
+from metalora.stats import mean_se
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "crossfit"
@@ -107,10 +107,8 @@ def seed_cell(a: Mapping[Any, QueryScore], b: Mapping[Any, QueryScore], metric: 
             by_seed.setdefault(k[0], []).append(s.get(metric) - b[k].get(metric))
     if len(by_seed) < 2:
         return ""
-    means = [sum(v) / len(v) for v in by_seed.values()]
-    mean = sum(means) / len(means)
-    se = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1) / len(means))
-    return _formatted(PairedDifference(mean, se, len(means)), metric)
+    mean, se = mean_se([sum(v) / len(v) for v in by_seed.values()])
+    return _formatted(PairedDifference(mean, se, len(by_seed)), metric)
 
 
 class Driver(Protocol):
