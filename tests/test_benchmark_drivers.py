@@ -92,9 +92,16 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
     built_on_lora = {"laplace-lora", "mc-dropout", "blob"}  # each also paired with lora
     assert all(row.base == "lora" for row in uncertainty.ROWS
                if arms[row.arm].learner in built_on_lora)
-    # lora's own evaluations that add to it (temperature, demonstrations) are paired with it
-    assert all(row.base == "lora" for row in uncertainty.ROWS
-               if row.arm == "lora" and row.evaluation)
+    # lora's own evaluations that add to it (temperature, demonstrations) are paired with it,
+    # or with the lora row they change (all demonstrations against those 512 tokens hold)
+    by_name = {row.name: row for row in uncertainty.ROWS}
+    assert all(row.base is not None and by_name[row.base].arm == "lora"
+               for row in uncertainty.ROWS if row.arm == "lora" and row.evaluation)
+    for row in uncertainty.ROWS:  # the whole-prompt rows: one setting more than their base
+        if ("max_length", uncertainty.WHOLE_PROMPT) in row.evaluation:
+            base = by_name[row.base]
+            assert dict(row.evaluation) == {**dict(base.evaluation or arms[base.arm].options),
+                                            "max_length": uncertainty.WHOLE_PROMPT}, row
     assert arms["lora"].options == arms["laplace"].options  # trained alike
     blob = ml.run_spec(plugins=plugins, **_train_settings(jobs["blob-seed0"]))
     assert blob.settings["blob"].lr == 3e-4
