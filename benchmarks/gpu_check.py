@@ -19,13 +19,14 @@ Stages:
 * ``b`` (determinism): ABMLL (``log_var_init -6``, so that its noise matters) on a
   0.5B-parameter model of the same shape family: the same seed twice, and with gradient
   checkpointing, compared bit for bit (losses and adapters).
-* ``c`` (the protocol at 10 times its CPU epochs): ``benchmarks/protocol.py``'s cls-45
-  protocol (12 training tasks, ``--query-cap 22``, ``--adapt-lr 2e-4``, seed 0, the kept
-  learning rates: lora 3e-4, abmll 1e-3) on SmolLM2-135M at 30 epochs instead of 3,
-  validating every 3, lora and abmll as two processes on the one GPU, each stopped by a
-  timeout with a resumable run directory; epochs reached, validation, test, peak GPU
-  memory and wall time from the run directories. Needs the model and the data
-  (``--data-dir``); skipped with a note without them.
+* ``c`` (the uncertainty comparison at 10 times its CPU epochs): ``uncertainty.py``'s
+  arms (every baseline and ABMLL, at the cls-45 protocol of ``benchmarks/``) at seed 0
+  and 30 epochs instead of 3, ``--jobs`` runs at a time as processes on the one GPU,
+  the whole stopped by the budget with resumable run directories (``--stages c``
+  continues); its report (paired per-query differences), each run's wall time and peak
+  GPU memory, and the runs' predictions, metrics and logs as
+  ``OUT/uncertainty-runs.tar.gz`` (the report can be made again from them here). Needs
+  the model and the data (``--data-dir``); skipped with a note without them.
 
 Everything it prints also goes to ``OUT/gpu_check.md`` (and the numbers to
 ``OUT/gpu_check.json``). ``--dry-run`` runs every stage on CPU with tiny shapes, the
@@ -354,73 +355,68 @@ def stage_b(report: Report, shape: Shape, device: str, steps: int) -> None:
 
 
 # -- stage c ------------------------------------------------------------------------------
+KEPT_SUFFIXES = (".json", ".jsonl", ".log", ".md", ".csv")
+"""What of stage c's run directories comes back (the predictions, metrics, state and logs;
+not the checkpoints or adapters)."""
+
+
 def stage_c(report: Report, args: argparse.Namespace, deadline: float) -> None:
-    out = args.out / "protocol"
-    common = ["--tasks", args.tasks, "--max-train-tasks", "12", "--epochs", str(args.epochs),
-              "--eval-every", str(args.eval_every), "--query-cap", "22", "--adapt-lr", "2e-4",
-              "--dtype", "float32", "--seeds", "0", "--no-plots", "--no-tensorboard",
-              "--device", args.device, "--model", args.model, "--output-dir", str(out)]
-    if args.data_dir is not None:
-        common += ["--data-dir", str(args.data_dir)]
-    if args.dry_run:
-        common += ["--max-eval-tasks", "1", "--max-train-tasks", "2"]
-    learners = {"lora": ["--learner", "lora", "--lr", "3e-4"],
-                "abmll": ["--learner", "abmll", "--inner-lr", "1e-3", "--outer-lr", "1e-3"]}
+    """``uncertainty.py``'s comparison at seed 0 and ``args.epochs`` epochs, its arms as
+    parallel processes on the one device, stopped by the deadline; its report, each run's
+    wall time and peak memory, and its runs' small files as ``uncertainty-runs.tar.gz``."""
+    import tarfile
+
+    runs = args.runs_dir or args.out / "uncertainty"
     if args.tasks == "cls45" and (args.data_dir is None or not Path(args.data_dir).is_dir()):
         report.say(f"## c: skipped: no cls-45 data (--data-dir {args.data_dir})")
         return
-    report.say(f"## c: the {args.tasks} protocol at {args.epochs} epochs (validation every "
-               f"{args.eval_every}), lora and abmll side by side on {args.device}")
+    driver = [sys.executable, str(REPO / "benchmarks" / "uncertainty.py"), "--seeds", "0",
+              "--output-dir", str(runs), "--model", args.model, "--tasks", args.tasks,
+              "--epochs", str(args.epochs), "--extra", json.dumps({"device": args.device})]
+    if args.data_dir is not None:
+        driver += ["--data-dir", str(args.data_dir)]
+    if args.dry_run:
+        driver += ["--train-tasks", "2", "--query-cap", "4", "--arms", "lora,abmll"]
+    report.say(f"## c: the uncertainty comparison ({args.tasks}) at {args.epochs} epochs, seed "
+               f"0, {args.jobs} runs at a time on {args.device}")
     report.say("")
-    # the model's first use converts it, once, before the two runs start
+    # the model's first use converts it, once, before the runs start
     subprocess.run([sys.executable, "-c", "from metalora.models import load_model; "
                     f"load_model({args.model!r})"], check=True)
-    seconds = max(30.0, deadline - time.monotonic() - 20.0)
-    procs = {}
-    for name, options in learners.items():
-        run_dir = out / name
-        argv = (["run", "--resume", str(run_dir)] if run_dir.exists()
-                else ["run", *common, "--run-name", name, *options])
-        log = open(args.out / f"c-{name}.log", "a")  # noqa: SIM115 - closed by the OS
-        procs[name] = subprocess.Popen(
-            ["timeout", "--signal=TERM", f"{int(seconds)}", sys.executable, "-c",
-             "from metalora.cli import main; main()", *argv], stdout=log,
-            stderr=subprocess.STDOUT)
-    codes = {name: proc.wait() for name, proc in procs.items()}
-    report.say("| learner | exit | epochs done | best validation (epoch) | test acc | test ECE | "
-               "peak GPU MiB | wall s |")
-    report.say("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    summary = {}
-    for name in learners:
-        run_dir = out / name
-        state = json.loads((run_dir / "state.json").read_text()) if (
-            run_dir / "state.json").exists() else {}
-        seed_dir = run_dir / name / "seed-0"
-        metrics = json.loads((seed_dir / "metrics.json").read_text()) if (
-            seed_dir / "metrics.json").exists() else None
-        progress = (run_dir / "progress.log").read_text() if (
-            run_dir / "progress.log").exists() else ""
-        epochs = progress.count(" done, ")
-        record = json.loads((run_dir / "run.json").read_text()) if (
-            run_dir / "run.json").exists() else {}
-        seed_record = record.get("seeds", {}).get(f"{name}/seed-0", {})
-        if metrics:
-            history = metrics.get("validation", [])
-            best = max(history, key=lambda r: r["accuracy"]) if history else None
-            best_text = (f"{100 * best['accuracy']:.1f}% ({best['epoch']})" if best else "")
-            macro = metrics["macro"]
-            row = (f"{100 * macro['accuracy']:.1f}% | {macro['ece']:.3f}")
-        else:
-            best_text, row = "(unfinished)", " | "
-        report.say(f"| {name} | {codes[name]} | {epochs} | {best_text} | {row} | "
-                   f"{seed_record.get('peak_cuda_mb', '')} | {seed_record.get('wall_s', '')} |")
-        summary[name] = {"exit": codes[name], "status": state.get("status"), "epochs": epochs,
-                         "metrics": metrics, "run": seed_record}
-    if any(c == 124 for c in codes.values()):
-        report.say("")
-        report.say("A timeout stopped a run; its directory resumes: call `--stages c` again.")
-    report.data["c"] = summary
+    seconds = max(30.0, deadline - time.monotonic() - 30.0)
+    started = time.monotonic()
+    with open(args.out / "c-driver.log", "a") as log:
+        proc = subprocess.Popen([*driver, "--jobs", str(args.jobs), "--threads", "1"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code: int | str = proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 15)  # the driver and its runs: each resumes
+            proc.wait()
+            code = f"stopped after {seconds:.0f} s"
+    elapsed = time.monotonic() - started
+    done = subprocess.run([*driver, "--report-only"], capture_output=True, text=True)
+    text = done.stdout if done.returncode == 0 else f"(no report: {done.stderr[-1500:]})"
+    report.say(f"Driver: {code}, {elapsed:.0f} s.")
     report.say("")
+    report.say("| run | status | wall s | peak GPU MiB |")
+    report.say("| --- | --- | --- | --- |")
+    summary: dict[str, Any] = {}
+    for record_path in sorted(runs.glob("*/run.json")):
+        record = json.loads(record_path.read_text())
+        state_path = record_path.parent / "state.json"
+        status = json.loads(state_path.read_text()).get("status") if state_path.exists() else ""
+        seed = next(iter(record.get("seeds", {}).values()), {})
+        summary[record_path.parent.name] = {"status": status, **seed}
+        report.say(f"| {record_path.parent.name} | {status} | {seed.get('wall_s', '')} | "
+                   f"{seed.get('peak_cuda_mb', '')} |")
+    report.say("")
+    report.say(text)
+    report.data["c"] = {"driver": code, "seconds": elapsed, "runs": summary, "report": text}
+    with tarfile.open(args.out / "uncertainty-runs.tar.gz", "w:gz") as tar:
+        for path in sorted(runs.rglob("*")):
+            if path.is_file() and path.suffix in KEPT_SUFFIXES:
+                tar.add(path, arcname=str(path.relative_to(runs.parent)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -439,12 +435,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data"
                         / "crossfit")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--eval-every", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=12,
+                        help="stage c: runs at a time (each a process on the one device)")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="stage c's run directories (default OUT/uncertainty)")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
     if args.dry_run:
         args.device, args.model, args.tasks, args.data_dir = "cpu", "tiny", "demo", None
-        args.epochs, args.eval_every, args.steps, args.warmup = 1, 1, 3, 1
+        args.epochs, args.jobs, args.steps, args.warmup = 1, 4, 3, 1
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
