@@ -151,6 +151,8 @@ def device(check_args: list[str], work: Path, root: Path = REPO) -> int:
     data = setup(work, root)
     env = environment(work)
     extra = ["--data-dir", str(data if data is not None else work / "missing")]
+    if "--runs-dir" not in check_args:  # outside OUT, which each call empties: a later
+        extra += ["--runs-dir", str(work / "uncertainty")]  # call resumes stage c's runs
     return subprocess.call([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"),
                             *check_args, *extra], env=env)
 

@@ -376,7 +376,9 @@ def stage_c(report: Report, args: argparse.Namespace, deadline: float) -> None:
     if args.data_dir is not None:
         driver += ["--data-dir", str(args.data_dir)]
     if args.dry_run:
-        driver += ["--train-tasks", "2", "--query-cap", "4", "--arms", "lora,abmll"]
+        driver += ["--train-tasks", "2", "--query-cap", "4"]
+    if args.arms:
+        driver += ["--arms", args.arms]
     report.say(f"## c: the uncertainty comparison ({args.tasks}) at {args.epochs} epochs, seed "
                f"0, {args.jobs} runs at a time on {args.device}")
     report.say("")
@@ -439,11 +441,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="stage c: runs at a time (each a process on the one device)")
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="stage c's run directories (default OUT/uncertainty)")
+    parser.add_argument("--arms", default=None,
+                        help="stage c: uncertainty.py's arms to run (default: all; the dry "
+                             "run: lora,abmll)")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
     if args.dry_run:
         args.device, args.model, args.tasks, args.data_dir = "cpu", "tiny", "demo", None
         args.epochs, args.jobs, args.steps, args.warmup = 1, 4, 3, 1
+        args.arms = args.arms or "lora,abmll"
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -103,3 +103,19 @@ def test_a_corrupted_part_is_caught(tmp_path, monkeypatch) -> None:
     gpu_bundle.stash(root)
     with pytest.raises(SystemExit, match="does not match its SHA-256"):
         gpu_bundle.setup(tmp_path / "work", root)
+
+
+def test_stage_c_runs_outside_the_folder_each_call_empties(tmp_path, monkeypatch) -> None:
+    """The device tool empties OUT before each call: the bundle puts stage c's run
+    directories in its work folder, where a later call on the warm machine resumes them."""
+    import gpu_bundle
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(gpu_bundle.subprocess, "call", lambda argv, env: calls.append(argv) or 0)
+    monkeypatch.setattr(gpu_bundle, "setup", lambda work, root=None: None)
+    work = tmp_path / "work"
+    assert gpu_bundle.device(["--stages", "c", "--out", "OUT"], work, tmp_path) == 0
+    argv = calls[-1]
+    assert argv[argv.index("--runs-dir") + 1] == str(work / "uncertainty")
+    gpu_bundle.device(["--stages", "c", "--runs-dir", "mine"], work, tmp_path)
+    assert calls[-1].count("--runs-dir") == 1
