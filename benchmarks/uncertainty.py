@@ -32,8 +32,10 @@ The arms:
   prompt (``in_context = 10``, the first 20 queries as ``icl``); the ``lora``
   ensemble averages its seeds;
 * ``laplace``: ``laplace-lora`` (trained exactly as ``lora``);
-* ``mc-dropout``, ``blob``: the other uncertainty baselines at their published settings;
-  ``mc-dropout-p0.01``, ``blob-kl0``: each at the strength the exception below chose.
+* ``mc-dropout-p0.1``, ``blob-kl0.02``: the other uncertainty baselines at their
+  published strengths; ``mc-dropout-p0.01``, ``blob-kl0``: each at the strength the
+  exception below chose. Each is a strength candidate's run (its own test with one draw),
+  which the rows evaluate with the method's draws (8 masks, 10 weight draws);
   These and ``laplace`` add their uncertainty to ``lora``'s training, so the report also
   pairs each with ``lora`` (``Row.base``), as it does ``lora`` with temperature scaling;
 * ``abmll`` and ``abmll-lv``: ABMLL at its defaults and with the learned-variance
@@ -183,10 +185,10 @@ ARMS = (
     Arm("icl", "pretrained", ICL, seeded=False),
     Arm("lora", "lora", (("lr", LORA_LR),)),
     Arm("laplace", "laplace-lora", (("lr", LORA_LR),)),
-    Arm("mc-dropout", "mc-dropout", (("lr", LORA_LR),)),
+    strength_arm("mc-dropout", "0.1"),  # the published rate
     strength_arm("mc-dropout", "0.01"),  # chosen on validation: strength_validation.py
-    Arm("blob", "blob", (("lr", LORA_LR),)),
-    strength_arm("blob", "0"),  # likewise
+    strength_arm("blob", "0.02"),  # the published kl_lr
+    strength_arm("blob", "0"),  # chosen on validation
     Arm("abmll", "abmll", ABMLL_LR, mechanism="A"),
     Arm("abmll-lv", "abmll", (*ABMLL_LR, ("log_var_relative", "0.013"), ("beta", "2.98e-5"),
                               ("prior_log_var", "relative"), ("b0", "1"),
@@ -204,9 +206,9 @@ ROWS = (
     Row(f"lora + in-context (all {IN_CONTEXT}, {WHOLE_PROMPT} tokens)", "lora",
         (*ICL, ("max_length", WHOLE_PROMPT)), base=f"lora + in-context ({IN_CONTEXT})"),
     Row("laplace-lora", "laplace", base="lora"),
-    Row("mc-dropout (published rate 0.1)", "mc-dropout", base="lora"),
+    strength_row("mc-dropout (published rate 0.1)", "mc-dropout", "0.1"),
     strength_row("mc-dropout (rate 0.01, chosen on validation)", "mc-dropout", "0.01"),
-    Row("blob (published kl_lr 0.02)", "blob", base="lora"),
+    strength_row("blob (published kl_lr 0.02)", "blob", "0.02"),
     strength_row("blob (kl_lr 0, chosen on validation)", "blob", "0"),
     Row("abmll (defaults)", "abmll"),
     Row("abmll (learned variance)", "abmll-lv"),
