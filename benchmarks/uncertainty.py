@@ -35,7 +35,7 @@ The arms:
 * ``mc-dropout-p0.1``, ``blob-kl0.02``: the other uncertainty baselines at their
   published strengths; ``mc-dropout-p0.01``, ``blob-kl0``: each at the strength the
   exception below chose. Each is a strength candidate's run (its own test with one draw),
-  which the rows evaluate with the method's draws (8 masks, 10 weight draws);
+  which the rows evaluate with the method's draws (8 masks, 10 weight draws).
   These and ``laplace`` add their uncertainty to ``lora``'s training, so the report also
   pairs each with ``lora`` (``Row.base``), as it does ``lora`` with temperature scaling;
 * ``abmll`` and ``abmll-lv``: ABMLL at its defaults and with the learned-variance
@@ -114,6 +114,7 @@ WHOLE_PROMPT = 4096
 """A ``max_length`` that holds all ten demonstrations before every test query: the longest
 such prompt of the 15 test tasks is 3587 tokens (``yelp_polarity``; SmolLM2 reads 8192),
 against the protocol's 512, where a query holds 5.5 of them on average."""
+WHOLE_ICL = (*ICL, ("max_length", WHOLE_PROMPT))
 METRICS = ("ece", "adaptive_ece", "aurc", "acc_at_50", "acc_at_80",
            "misclassification_auroc", "macro_f1")
 
@@ -199,12 +200,12 @@ ROWS = (
     Row("pretrained (zero-shot)", "pretrained"),
     Row(f"in-context ({IN_CONTEXT} examples)", "icl", base="pretrained (zero-shot)"),
     Row(f"in-context (all {IN_CONTEXT} in a {WHOLE_PROMPT}-token prompt)", "pretrained",
-        (*ICL, ("max_length", WHOLE_PROMPT)), base=f"in-context ({IN_CONTEXT} examples)"),
+        WHOLE_ICL, base=f"in-context ({IN_CONTEXT} examples)"),
     Row("lora", "lora"),
     Row("lora + temperature", "lora", (("calibrate", "temperature"),), base="lora"),
     Row(f"lora + in-context ({IN_CONTEXT})", "lora", ICL, base="lora"),
     Row(f"lora + in-context (all {IN_CONTEXT}, {WHOLE_PROMPT} tokens)", "lora",
-        (*ICL, ("max_length", WHOLE_PROMPT)), base=f"lora + in-context ({IN_CONTEXT})"),
+        WHOLE_ICL, base=f"lora + in-context ({IN_CONTEXT})"),
     Row("laplace-lora", "laplace", base="lora"),
     strength_row("mc-dropout (published rate 0.1)", "mc-dropout", "0.1"),
     strength_row("mc-dropout (rate 0.01, chosen on validation)", "mc-dropout", "0.01"),
