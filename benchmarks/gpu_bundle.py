@@ -11,7 +11,7 @@ Here (once)::
 
 There (two calls of the device tool; the folder named in ``carry`` in each)::
 
-    # call 1, carry .gpu/part1: keeps part 1, sets up, runs stages a and b
+    # call 1, carry .gpu/part1: keeps part 1, sets up, runs stages a and b (or p)
     python3 benchmarks/gpu_bundle.py device -- --stages a,b --out $OUT
     # call 2 at once, carry .gpu/part2: joins the model, runs stage c
     python3 benchmarks/gpu_bundle.py device -- --stages c --out $OUT

@@ -27,6 +27,9 @@ Stages:
   GPU memory, and the runs' predictions, metrics and logs as
   ``OUT/uncertainty-runs.tar.gz`` (the report can be made again from them here). Needs
   the model and the data (``--data-dir``); skipped with a note without them.
+* ``p`` (a profile, only when asked for): ``step_profile.py``'s LoRA and ABMLL steps on
+  SmolLM2-135M's shape under ``torch.profiler``: device time against wall time, kernel
+  launches and syncs per step, the costliest ops. Runs before ``c``.
 
 Everything it prints also goes to ``OUT/gpu_check.md`` (and the numbers to
 ``OUT/gpu_check.json``). ``--dry-run`` runs every stage on CPU with tiny shapes, the
@@ -424,7 +427,7 @@ def stage_c(report: Report, args: argparse.Namespace, deadline: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="where the report goes")
-    parser.add_argument("--stages", default="a,b,c")
+    parser.add_argument("--stages", default="a,b,c", help="of a, b, p, c (p: a profile)")
     parser.add_argument("--dry-run", action="store_true",
                         help="every stage on CPU with tiny shapes (seconds)")
     parser.add_argument("--device", default="cuda")
@@ -472,6 +475,10 @@ def main(argv: list[str] | None = None) -> None:
                 args.warmup)
     if "b" in stages:
         stage_b(report, DRY if args.dry_run else HALF_B, args.device, 6)
+    if "p" in stages:
+        from step_profile import stage_p
+
+        stage_p(report, args.device, args.dry_run)
     if "c" in stages:
         stage_c(report, args, deadline)
     report.say(f"Wall time of the check: {time.monotonic() - started:.0f} s")

@@ -47,6 +47,24 @@ def test_the_gpu_check_runs_end_to_end_on_cpu_in_its_dry_mode(tmp_path) -> None:
     assert not any(n.endswith((".pt", ".safetensors")) for n in names)
 
 
+def test_the_profile_stage_counts_what_each_step_calls(tmp_path) -> None:
+    """Stage p, dry: every learner profiled; ABMLL's step calls more ops than LoRA's (its
+    variance and KL), and the host time is there to compare with the wall time."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"),
+                           "--dry-run", "--stages", "p", "--out", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    from step_profile import KINDS
+
+    results = json.loads((tmp_path / "gpu_check.json").read_text())["p"]
+    assert set(results) == {label for label, _, _ in KINDS}
+    assert all(r["wall_ms"] > 0 and r["host_op_ms"] > 0 for r in results.values())
+    assert results["abmll"]["aten_calls"] > 1.5 * results["lora"]["aten_calls"] > 0
+    assert results["lora"]["top_host"][0][0].startswith("aten::")
+    assert "| learner | wall ms/step |" in (tmp_path / "gpu_check.md").read_text()
+
+
 def test_the_model_travels_in_two_parts_and_loads_there(tmp_path, monkeypatch) -> None:
     """pack here; there, call 1 keeps part 1, call 2 brings part 2: the joined file is the
     model file again, the data unpacks, and smollm2-135m loads from it offline."""
