@@ -1,11 +1,18 @@
-"""Floating-point operations of one training step, LoRA against ABMLL's sampling modes.
+"""Arithmetic and memory traffic of one training step, LoRA against ABMLL's sampling modes.
 
     python benchmarks/step_flops.py            # a random-init Llama 1024 x 4 layers, 2 x 128
 
-Counted with ``torch.utils.flop_counter`` on CPU (matrix products and attention; what a
-step computes, not how fast), each step after one warm-up step, printed as the ratio to
-LoRA's. Set beside the GPU check's step times, it tells whether ABMLL's extra time on a
-GPU is arithmetic or something else (kernel count, host syncs, memory traffic).
+Counted on CPU, each step after one warm-up step, printed beside the ratio to LoRA's:
+
+* GFLOP, with ``torch.utils.flop_counter`` (matrix products and attention: what a step
+  computes, not how fast);
+* GB written, the bytes of every tensor an op writes (a fresh result or an in-place
+  update; views write nothing), in all and by the ops other than the matrix products
+  and attention: elementwise work, which runs at memory speed on a GPU.
+
+Set beside the GPU check's step times, it tells whether ABMLL's extra time on a GPU is
+arithmetic, memory traffic, or something else (kernel count, host syncs: see
+``step_profile.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -21,10 +33,34 @@ from gpu_check import Shape, build_model, make_learner  # noqa: E402
 
 KINDS = (("lora", {}), ("abmll mean", {"sampling": "mean"}),
          ("abmll weight", {"sampling": "weight"}), ("abmll local", {"sampling": "local"}))
+PRODUCTS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "mv", "dot"})
+"""Ops counted as matrix products (attention kernels are recognised by name)."""
 
 
-def step_gflops(name: str, settings: dict, shape: Shape, steps: int) -> list[float]:
-    """GFLOP of each of ``steps`` training steps of learner ``name`` after a warm-up step."""
+class BytesWritten(TorchDispatchMode):
+    """Bytes of the tensors each ATen op writes: ``total``, and ``elementwise`` for the ops
+    that are neither matrix products nor attention. View ops write nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.elementwise = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            written = sum(t.numel() * t.element_size() for t in tree_leaves(out)
+                          if isinstance(t, torch.Tensor))
+            self.total += written
+            name = func.overloadpacket.__name__
+            if name not in PRODUCTS and "attention" not in name:
+                self.elementwise += written
+        return out
+
+
+def step_counts(name: str, settings: dict, shape: Shape, steps: int) -> list[dict[str, Any]]:
+    """GFLOP and GB written (all, elementwise) of each of ``steps`` training steps of
+    learner ``name`` after a warm-up step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build_model(shape, "float32", "cpu")
@@ -35,9 +71,10 @@ def step_gflops(name: str, settings: dict, shape: Shape, steps: int) -> list[flo
         next(logs)
         counts = []
         for _ in range(steps):
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False) as flops, BytesWritten() as written:
                 next(logs)
-            counts.append(counter.get_total_flops() / 1e9)
+            counts.append({"gflop": flops.get_total_flops() / 1e9,
+                           "gb": written.total / 1e9, "gb_elementwise": written.elementwise / 1e9})
         return counts
     finally:
         learner.adapters.remove()
@@ -52,13 +89,16 @@ def main() -> None:
     args = parser.parse_args()
     shape = Shape(args.hidden, 7 * args.hidden // 2, args.layers, 8, 2, 1000, batch=2,
                   seq=args.seq)
-    reference = None
-    print("| step | GFLOP | / lora |\n| --- | --- | --- |")
+    reference: dict[str, float] = {}
+    print("| step | GFLOP | / lora | GB written | / lora | GB written elementwise | / lora |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     for label, settings in KINDS:
-        counts = step_gflops(label.split()[0], settings, shape, args.steps)
-        mean = sum(counts) / len(counts)
+        counts = step_counts(label.split()[0], settings, shape, args.steps)
+        mean = {k: sum(c[k] for c in counts) / len(counts) for k in counts[0]}
         reference = reference or mean
-        print(f"| {label} | {mean:.2f} | {mean / reference:.3f} |", flush=True)
+        print(" | ".join([f"| {label}"] + [f"{mean[k]:.2f} | {mean[k] / reference[k]:.3f}"
+                                          for k in ("gflop", "gb", "gb_elementwise")]) + " |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -245,3 +245,20 @@ def test_the_seed_spread_of_a_difference_is_the_se_of_its_per_seed_means() -> No
     nll = math.log(0.8) - math.log(0.2)  # per-seed NLL differences: -nll / 2, +nll / 2
     assert seed_cell(a, b, "nll") == f"{0.0:+.4f} ± {nll / 2:.4f}"
     assert seed_cell({k: v for k, v in a.items() if k[0] == 0}, b, "accuracy") == ""
+
+
+def test_bytes_written_counts_results_and_in_place_updates_but_not_views() -> None:
+    """step_flops' memory-traffic count against hand sums: a product's result, an
+    elementwise result and an in-place update are counted, a view and a transpose not."""
+    import torch
+    from step_flops import BytesWritten
+
+    a, b = torch.ones(8, 4), torch.ones(4, 3)
+    with BytesWritten() as written:
+        c = a @ b          # 8 x 3 float32 product: 96 bytes, not elementwise
+        d = c * 2          # 96 bytes, elementwise
+        d.add_(1)          # 96 bytes, in place
+        d.view(24).t()     # views: nothing
+        d.t()
+    assert written.total == 3 * 96
+    assert written.elementwise == 2 * 96
