@@ -448,6 +448,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="stage c: uncertainty.py's arms to run (default: all; the dry "
                              "run: lora,abmll)")
     args = parser.parse_args(argv)
+    unknown = set(args.stages.split(",")) - set("abpc")
+    if unknown:
+        parser.error(f"unknown stage(s) {', '.join(sorted(unknown))}; valid: a, b, p, c")
     deadline = time.monotonic() + args.budget_s
     if args.dry_run:
         args.device, args.model, args.tasks, args.data_dir = "cpu", "tiny", "demo", None

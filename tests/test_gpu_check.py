@@ -137,3 +137,12 @@ def test_stage_c_runs_outside_the_folder_each_call_empties(tmp_path, monkeypatch
     assert argv[argv.index("--runs-dir") + 1] == str(work / "uncertainty")
     gpu_bundle.device(["--stages", "c", "--runs-dir", "mine"], work, tmp_path)
     assert calls[-1].count("--runs-dir") == 1
+
+
+def test_an_unknown_stage_is_one_line_before_any_work(tmp_path, capsys) -> None:
+    import gpu_check
+
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", str(tmp_path / "out"), "--stages", "a,q"])
+    assert "unknown stage(s) q; valid: a, b, p, c" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
