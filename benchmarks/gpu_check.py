@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -213,27 +214,29 @@ def make_learner(name: str, model, shape: Shape, device: str, settings: dict[str
     return cls(context)
 
 
+def training_logs(learner):
+    """``learner``'s step logs, epoch after epoch over four random tasks, without end (take
+    what is needed with :func:`itertools.islice`)."""
+    from abmll_memory import _tasks
+
+    tasks = _tasks(4)
+    for epoch in itertools.count():
+        yield from learner.train_epoch(tasks, epoch)
+
+
 def train_steps(learner, steps: int, device: str) -> list[tuple[str, float, float]]:
     """``(kind, seconds, loss)`` of ``steps`` optimisation steps (kind: train, inner-first,
     inner, outer)."""
-    from abmll_memory import _tasks
-
     out = []
-    tasks = _tasks(4)
-    epoch = 0
     _sync(device)
     start = time.perf_counter()
-    while len(out) < steps:
-        for log in learner.train_epoch(tasks, epoch):
-            _sync(device)
-            now = time.perf_counter()
-            kind = log.phase if log.phase != "inner" else ("inner-first" if log.step == 0
-                                                           else "inner")
-            out.append((kind, now - start, float(log.loss)))
-            start = now
-            if len(out) >= steps:
-                break
-        epoch += 1
+    for log in itertools.islice(training_logs(learner), steps):
+        _sync(device)
+        now = time.perf_counter()
+        kind = log.phase if log.phase != "inner" else ("inner-first" if log.step == 0
+                                                       else "inner")
+        out.append((kind, now - start, float(log.loss)))
+        start = now
     return out
 
 

@@ -28,8 +28,7 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from abmll_memory import _tasks  # noqa: E402
-from gpu_check import Shape, build_model, make_learner  # noqa: E402
+from gpu_check import Shape, build_model, make_learner, training_logs  # noqa: E402
 
 KINDS = (("lora", {}), ("abmll mean", {"sampling": "mean"}),
          ("abmll weight", {"sampling": "weight"}), ("abmll local", {"sampling": "local"}))
@@ -67,7 +66,7 @@ def step_counts(name: str, settings: dict, shape: Shape, steps: int) -> list[dic
     learner = make_learner(name, model, shape, "cpu",
                            {"inner_lr": 1e-3, "outer_lr": 1e-3, "lr": 1e-3, **settings})
     try:
-        logs = learner.train_epoch(_tasks(4), 0)
+        logs = training_logs(learner)
         next(logs)
         counts = []
         for _ in range(steps):

@@ -16,15 +16,16 @@ stage ``p``; on CPU the device columns are empty.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from abmll_memory import _tasks  # noqa: E402
-from gpu_check import Shape, build_model, make_learner  # noqa: E402
+from gpu_check import Shape, _sync, build_model, make_learner, training_logs  # noqa: E402
 
 SMOLLM2 = Shape(576, 1536, 30, 9, 3, 49152, batch=2, seq=256)
 """SmolLM2-135M's configuration, at about a cls-45 batch."""
@@ -36,17 +37,11 @@ SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize
 COPIES = ("cudaMemcpyAsync", "cudaMemcpy")
 
 
-def _steps(learner, n: int, device: str):
-    """Run ``n`` training steps of ``learner`` (tasks over again as needed)."""
-    from gpu_check import _sync
-
-    done, epoch = 0, 0
-    while done < n:
-        for _ in learner.train_epoch(_tasks(4), epoch):
-            done += 1
-            if done >= n:
-                break
-        epoch += 1
+def _steps(logs: Iterator, n: int, device: str) -> None:
+    """Take ``n`` training steps from ``logs`` (:func:`gpu_check.training_logs`); wait for
+    the device."""
+    for _ in itertools.islice(logs, n):
+        pass
     _sync(device)
 
 
@@ -63,16 +58,17 @@ def profile_learner(name: str, settings: dict[str, Any], shape: Shape, device: s
     model = build_model(shape, dtype, device)
     learner = make_learner(name, model, shape, device,
                            {"inner_lr": 1e-3, "outer_lr": 1e-3, "lr": 1e-3, **settings})
+    logs = training_logs(learner)  # one stream: warm-up, timed and profiled steps follow on
     try:
-        _steps(learner, warmup, device)
+        _steps(logs, warmup, device)
         start = time.perf_counter()
-        _steps(learner, steps, device)
+        _steps(logs, steps, device)
         wall = (time.perf_counter() - start) / steps
         activities = [ProfilerActivity.CPU]
         if device.startswith("cuda"):
             activities.append(ProfilerActivity.CUDA)
         with profile(activities=activities) as prof:
-            _steps(learner, steps, device)
+            _steps(logs, steps, device)
     finally:
         learner.adapters.remove()
     events = prof.key_averages()
