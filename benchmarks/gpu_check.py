@@ -451,7 +451,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="stage c: uncertainty.py's arms to run (default: all; the dry "
                              "run: lora,abmll)")
     args = parser.parse_args(argv)
-    unknown = set(args.stages.split(",")) - set("abpc")
+    stages = set(args.stages.split(","))
+    unknown = stages - set("abpc")
     if unknown:
         parser.error(f"unknown stage(s) {', '.join(sorted(unknown))}; valid: a, b, p, c")
     deadline = time.monotonic() + args.budget_s
@@ -474,7 +475,6 @@ def main(argv: list[str] | None = None) -> None:
     report.data["environment"] = {"device": name, "torch": torch.__version__,
                                   "transformers": transformers.__version__,
                                   "dry_run": args.dry_run}
-    stages = set(args.stages.split(","))
     started = time.monotonic()
     if "a" in stages:
         stage_a(report, DRY if args.dry_run else LLAMA3_8B, args.device, args.steps,
