@@ -102,6 +102,11 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
             base = by_name[row.base]
             assert dict(row.evaluation) == {**dict(base.evaluation or arms[base.arm].options),
                                             "max_length": uncertainty.WHOLE_PROMPT}, row
+    every_query = [row for row in uncertainty.ROWS if row.name.endswith(", every query")]
+    assert len(every_query) == 2  # the frozen model's and lora's demonstrations, uncapped
+    for row in every_query:  # the 20-query rows' demonstrations, on the run's 100 queries
+        assert dict(row.evaluation) == {"in_context": 10}, row
+        assert "query_cap" not in dict(arms[row.arm].options), row
     assert arms["lora"].options == arms["laplace"].options  # trained alike
     blob = ml.run_spec(plugins=plugins, **_train_settings(jobs["blob-kl0.02-seed0"]))
     assert blob.settings["blob"].lr == 3e-4
