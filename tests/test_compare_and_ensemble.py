@@ -111,3 +111,29 @@ def test_an_ensemble_needs_two_members_on_the_same_queries(finished_tiny_run):
     changed = [dict(r, label=(int(r["label"]) + 1) % len(r["probs"])) for r in records]
     with pytest.raises(MetaloraError, match="disagree on query"):
         average_members({"a": records, "b": changed})
+
+
+@pytest.mark.parametrize("plot", ["plot_risk_coverage", "plot_reliability_combined"])
+def test_many_sources_keep_the_axes_readable_and_every_line_apart(plot, tmp_path,
+                                                                  monkeypatch):
+    pytest.importorskip("matplotlib")
+    import torch
+
+    from metalora.runs import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    generator = torch.Generator().manual_seed(0)
+    pooled = {f"source {i}, named as a row of the uncertainty table is": (
+        torch.softmax(torch.randn(50, 3, generator=generator), -1),
+        torch.randint(0, 3, (50,), generator=generator)) for i in range(16)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when its layout gives up
+        getattr(plots, plot)(pooled, tmp_path / "figure.png", "sixteen sources")
+        fig = drawn[0]
+        fig.draw_without_rendering()  # the constrained layout places the axes
+    ax = fig.axes[0]
+    assert ax.get_position().height * fig.get_figheight() > 2.0  # inches, not a sliver
+    styles = {(line.get_color(), line.get_linestyle()) for line in ax.lines
+              if not line.get_label().startswith("_")}
+    assert len(styles) == 16  # no two sources drawn alike

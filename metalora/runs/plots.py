@@ -183,6 +183,16 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+LEGEND_LINE_INCHES = 0.2
+"""The height one entry of a legend below the axes takes (``fontsize="small"`` at 10 pt)."""
+
+
+def _series_style(index: int) -> dict[str, str]:
+    """Colour and line style of the ``index``-th series: the ten default colours, then the
+    same colours dashed, dotted and dash-dotted, so that up to 40 series stay apart."""
+    return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[index // 10 % 4]}
+
+
 def _legend_below(fig: Any) -> None:
     """One legend under the axes, one entry a line, with room made for it by the layout:
     inside the axes, long source names made matplotlib's layout give up and squeeze the
@@ -288,18 +298,19 @@ def plot_reliability_combined(pooled: Mapping[str, tuple[Tensor, Tensor]], path:
     """Every learner's reliability curve over the per-bin counts (see the module)."""
     if not pooled:
         return None
-    fig, (top, bottom) = _figure(5.0, 5.6, nrows=2, sharex=True, height_ratios=(3, 1))
+    fig, (top, bottom) = _figure(5.0, 5.2 + LEGEND_LINE_INCHES * len(pooled), nrows=2,
+                                 sharex=True, height_ratios=(3, 1))
     width = 1 / ECE_BINS
     for index, (name, (probs, targets)) in enumerate(pooled.items()):
         stats = reliability_bins(probs, targets)
-        color = f"C{index % 10}"
+        style = _series_style(index)
         kept = [i for i, c in enumerate(stats["count"]) if c > 0]
         top.plot([stats["confidence"][i] for i in kept], [stats["accuracy"][i] for i in kept],
-                 color=color, marker="o", markersize=3,
+                 **style, marker="o", markersize=3,
                  label=f"{name} (ECE {stats['ece']:.3f}, n = {stats['n']})")
         shift = (index - (len(pooled) - 1) / 2) * width / max(len(pooled), 1)
         bottom.bar([stats["edges"][i] + width / 2 + shift for i in range(ECE_BINS)],
-                   stats["count"], width=width / max(len(pooled), 1), color=color)
+                   stats["count"], width=width / max(len(pooled), 1), color=style["color"])
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
@@ -317,11 +328,11 @@ def plot_risk_coverage(pooled: Mapping[str, tuple[Tensor, Tensor]], path: Path,
     """Every source's risk-coverage curve, with its area (AURC) in the legend."""
     if not pooled:
         return None
-    fig, axes = _figure(5.0, 3.8)
+    fig, axes = _figure(5.0, 3.4 + LEGEND_LINE_INCHES * len(pooled))
     ax = axes[0]
     for index, (name, (probs, targets)) in enumerate(pooled.items()):
         coverage, risk = risk_coverage(probs, targets)
-        ax.plot(coverage.tolist(), risk.tolist(), color=f"C{index % 10}",
+        ax.plot(coverage.tolist(), risk.tolist(), **_series_style(index),
                 label=f"{name} (AURC {float(risk.mean()):.3f})")
     ax.set_xlim(0, 1)
     ax.set_xlabel("coverage (most confident fraction answered)")
