@@ -26,7 +26,9 @@ The arms:
   first seed only (every seed would give the same predictions). The protocol's
   512-token prompts drop demonstrations from the front; an evaluation of the
   ``pretrained`` run with all ten (``max_length = WHOLE_PROMPT``) is paired with
-  the ``icl`` row on the same queries (and ``lora``'s likewise with its own);
+  the ``icl`` row on the same queries (and ``lora``'s likewise with its own); the
+  rows marked "every query" evaluate the ``pretrained`` and ``lora`` runs with the 10
+  demonstrations on all their test queries, paired with the rows without them;
 * ``lora``, whose evaluations give ``lora`` with temperature scaling
   (``calibrate = temperature``) and ``lora`` with the support set also in the
   prompt (``in_context = 10``, the first 20 queries as ``icl``); the ``lora``
