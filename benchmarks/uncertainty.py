@@ -118,9 +118,9 @@ such prompt of the 15 test tasks is 3587 tokens (``yelp_polarity``; SmolLM2 read
 against the protocol's 512, where a query holds 5.5 of them on average."""
 WHOLE_ICL = (*ICL, ("max_length", WHOLE_PROMPT))
 EVERY_QUERY_ICL = (("in_context", IN_CONTEXT),)
-"""The in-context rows again on every test query (the protocol's 100 a task): five times
-the cost of the first 20, run where the time was found; paired with the row without
-demonstrations on all its queries, so their means compare with the other rows'."""
+"""The in-context rows again on every test query (the protocol's 100 a task, five times
+the cost of the first 20), each paired with its row without demonstrations on all its
+queries, so that their means compare with the other rows'."""
 METRICS = ("ece", "adaptive_ece", "aurc", "acc_at_50", "acc_at_80",
            "misclassification_auroc", "macro_f1")
 

@@ -124,7 +124,7 @@ def test_many_sources_keep_the_axes_readable_and_every_line_apart(plot, tmp_path
     drawn = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
     generator = torch.Generator().manual_seed(0)
-    pooled = {f"source {i}, named as a row of the uncertainty table is": (
+    pooled = {f"source {i}, its name as long as a row of the uncertainty table's": (
         torch.softmax(torch.randn(50, 3, generator=generator), -1),
         torch.randint(0, 3, (50,), generator=generator)) for i in range(16)}
     with warnings.catch_warnings():
