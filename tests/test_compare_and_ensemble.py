@@ -137,3 +137,28 @@ def test_many_sources_keep_the_axes_readable_and_every_line_apart(plot, tmp_path
     styles = {(line.get_color(), line.get_linestyle()) for line in ax.lines
               if not line.get_label().startswith("_")}
     assert len(styles) == 16  # no two sources drawn alike
+
+
+def test_past_ten_learners_every_figure_draws_each_apart(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.container import Container
+
+    from metalora.runs import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    names = [f"learner {i}" for i in range(12)]
+    plots.plot_training({n: [[(s, 1.0 / (s + i + 1)) for s in range(40)]] for i, n in
+                         enumerate(names)}, tmp_path / "training.png")
+    plots.plot_validation({n: [[{"epoch": e, "accuracy": 0.5 + i / 100, "ece": 0.1}
+                                for e in range(1, 4)]] for i, n in enumerate(names)},
+                          tmp_path / "validation.png")
+    plots.plot_pruning({n: {r: {"accuracy": (0.5 + i / 100, 0.01), "ece": (0.1, 0.01)}
+                            for r in (0.0, 0.1, 0.2)} for i, n in enumerate(names)},
+                       tmp_path / "pruning.png", "pruning")
+    assert len(drawn) == 3
+    for fig in drawn:
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        assert labels == names
+        lines = [h[0] if isinstance(h, Container) else h for h in handles]
+        assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 12

@@ -201,12 +201,13 @@ def _legend_below(fig: Any) -> None:
 
 
 def _band(ax: Any, xs: Sequence[int], means: Sequence[float], errors: Sequence[float],
-          color: str, label: str, marker: str | None = None) -> None:
-    ax.plot(xs, means, color=color, marker=marker, markersize=3, label=label)
+          style: Mapping[str, str], label: str, marker: str | None = None) -> None:
+    """A mean line in ``style`` (:func:`_series_style`) with its ± error band."""
+    ax.plot(xs, means, **style, marker=marker, markersize=3, label=label)
     if any(errors):
         ax.fill_between(xs, [m - e for m, e in zip(means, errors, strict=True)],
                         [m + e for m, e in zip(means, errors, strict=True)],
-                        color=color, alpha=0.2, linewidth=0)
+                        color=style["color"], alpha=0.2, linewidth=0)
 
 
 def plot_training(series: Mapping[str, Sequence[Sequence[tuple[int, float]]]], path: Path,
@@ -221,7 +222,7 @@ def plot_training(series: Mapping[str, Sequence[Sequence[tuple[int, float]]]], p
         if not steps:
             continue
         xs, means, errors = band(seeds, max(1, steps // 20))
-        _band(ax, xs, means, errors, f"C{index % 10}", name)
+        _band(ax, xs, means, errors, _series_style(index), name)
     ax.set_xlabel("optimisation step")
     ax.set_ylabel("training NLL (smoothed)")
     ax.grid(alpha=0.3)
@@ -248,11 +249,11 @@ def plot_validation(histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]
             epochs, values, errors = curve[metric]
             if not epochs:
                 continue
-            color = f"C{index % 10}"
+            style = _series_style(index)
             if len(epochs) == 1 and epochs[0] == 0:
-                ax.axhline(values[0], color=color, linestyle="--", label=name)
+                ax.axhline(values[0], color=style["color"], linestyle="--", label=name)
             else:
-                _band(ax, epochs, values, errors, color, name,
+                _band(ax, epochs, values, errors, style, name,
                       marker="o" if len(epochs) < 30 else None)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {label}")
@@ -354,8 +355,8 @@ def plot_pruning(curves: Mapping[str, Mapping[float, Mapping[str, tuple[float, f
         for index, (learner, by_ratio) in enumerate(curves.items()):
             ratios = sorted(by_ratio)
             ax.errorbar([100 * r for r in ratios], [by_ratio[r][metric][0] for r in ratios],
-                        yerr=[by_ratio[r][metric][1] for r in ratios], color=f"C{index % 10}",
-                        marker="o", markersize=3, capsize=3, label=learner)
+                        yerr=[by_ratio[r][metric][1] for r in ratios],
+                        **_series_style(index), marker="o", markersize=3, capsize=3, label=learner)
         ax.set_xlabel("output neurons pruned per layer (%)")
         ax.set_ylabel(f"test {label}")
         ax.grid(alpha=0.3)
