@@ -2,6 +2,7 @@
 
     python benchmarks/step_profile.py                   # CPU, a small Llama (seconds)
     python benchmarks/step_profile.py --device cuda     # SmolLM2-135M's shape on a GPU
+    python benchmarks/step_profile.py --shape host      # SmolLM2's depth, 64 wide: host cost
 
 For each learner, on a random-initialised Llama and random token batches (no data, no
 download): the wall time of a step (timed without the profiler), the time the device
@@ -30,6 +31,11 @@ from gpu_check import Shape, _sync, build_model, make_learner, training_logs  # 
 SMOLLM2 = Shape(576, 1536, 30, 9, 3, 49152, batch=2, seq=256)
 """SmolLM2-135M's configuration, at about a cls-45 batch."""
 SMALL = Shape(256, 896, 4, 4, 2, 1000, batch=2, seq=64)
+HOST = Shape(64, 128, 30, 4, 1, 256, batch=2, seq=16)
+"""SmolLM2's 30 layers (90 adapted modules) at a width where arithmetic is negligible: on CPU
+a step's wall time is then the host's cost (Python, dispatch, autograd), the part a GPU
+does not speed up."""
+SHAPES = {"small": SMALL, "host": HOST, "smollm2": SMOLLM2}
 KINDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lora", "lora", {}), ("abmll", "abmll", {}), ("abmll mean", "abmll", {"sampling": "mean"}))
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
@@ -143,8 +149,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--shape", choices=sorted(SHAPES),
+                        help="the model's shape (default: small on CPU, smollm2 on a GPU)")
     args = parser.parse_args()
-    shape = SMALL if args.device == "cpu" else SMOLLM2
+    shape = SHAPES[args.shape or ("small" if args.device == "cpu" else "smollm2")]
     print(f"random-init Llama {shape.hidden} x {shape.layers} layers, batch {shape.batch} x "
           f"{shape.seq}, {args.dtype} on {args.device}\n")
     print("\n".join(report_lines(profile_all(shape, args.device, args.dtype, args.steps))))
