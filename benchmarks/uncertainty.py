@@ -121,6 +121,10 @@ EVERY_QUERY_ICL = (("in_context", IN_CONTEXT),)
 """The in-context rows again on every test query (the protocol's 100 a task, five times
 the cost of the first 20), each paired with its row without demonstrations on all its
 queries, so that their means compare with the other rows'."""
+WHOLE_EVERY_QUERY_ICL = (*EVERY_QUERY_ICL, ("max_length", WHOLE_PROMPT))
+"""The frozen model with all ten demonstrations on every test query (five times the first
+20's cost), paired, as the 300-query row is, with the same queries' 512-token prompts (and
+with zero-shot by ``metalora compare``)."""
 METRICS = ("ece", "adaptive_ece", "aurc", "acc_at_50", "acc_at_80",
            "misclassification_auroc", "macro_f1")
 
@@ -209,6 +213,8 @@ ROWS = (
         WHOLE_ICL, base=f"in-context ({IN_CONTEXT} examples)"),
     Row(f"in-context ({IN_CONTEXT} examples), every query", "pretrained", EVERY_QUERY_ICL,
         base="pretrained (zero-shot)"),
+    Row(f"in-context (all {IN_CONTEXT} in {WHOLE_PROMPT} tokens), every query", "pretrained",
+        WHOLE_EVERY_QUERY_ICL, base=f"in-context ({IN_CONTEXT} examples), every query"),
     Row("lora", "lora"),
     Row("lora + temperature", "lora", (("calibrate", "temperature"),), base="lora"),
     Row(f"lora + in-context ({IN_CONTEXT})", "lora", ICL, base="lora"),
