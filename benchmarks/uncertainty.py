@@ -28,7 +28,9 @@ The arms:
   ``pretrained`` run with all ten (``max_length = WHOLE_PROMPT``) is paired with
   the ``icl`` row on the same queries (and ``lora``'s likewise with its own); the
   rows marked "every query" evaluate the ``pretrained`` and ``lora`` runs with the 10
-  demonstrations on all their test queries, paired with the rows without them;
+  demonstrations on all their test queries, paired with the rows without them, and the
+  ``pretrained`` run with all ten (``WHOLE_PROMPT``) on all of them, paired with its
+  512-token prompts;
 * ``lora``, whose evaluations give ``lora`` with temperature scaling
   (``calibrate = temperature``) and ``lora`` with the support set also in the
   prompt (``in_context = 10``, the first 20 queries as ``icl``); the ``lora``
