@@ -28,9 +28,8 @@ The arms:
   ``pretrained`` run with all ten (``max_length = WHOLE_PROMPT``) is paired with
   the ``icl`` row on the same queries (and ``lora``'s likewise with its own); the
   rows marked "every query" evaluate the ``pretrained`` and ``lora`` runs with the 10
-  demonstrations on all their test queries, paired with the rows without them, and the
-  ``pretrained`` run with all ten (``WHOLE_PROMPT``) on all of them, paired with its
-  512-token prompts;
+  demonstrations on all their test queries, paired with the rows without them, and
+  with all ten (``WHOLE_PROMPT``) on all of them, paired with their 512-token prompts;
 * ``lora``, whose evaluations give ``lora`` with temperature scaling
   (``calibrate = temperature``) and ``lora`` with the support set also in the
   prompt (``in_context = 10``, the first 20 queries as ``icl``); the ``lora``
@@ -124,8 +123,8 @@ EVERY_QUERY_ICL = (("in_context", IN_CONTEXT),)
 the cost of the first 20), each paired with its row without demonstrations on all its
 queries, so that their means compare with the other rows'."""
 WHOLE_EVERY_QUERY_ICL = (*EVERY_QUERY_ICL, ("max_length", WHOLE_PROMPT))
-"""The frozen model with all ten demonstrations on every test query (five times the first
-20's cost), paired, as the 300-query row is, with the same queries' 512-token prompts (and
+"""All ten demonstrations on every test query (five times the first 20's cost), paired, as
+the 300-query rows are, with the same queries' 512-token prompts (the frozen model's also
 with zero-shot by ``metalora compare``)."""
 METRICS = ("ece", "adaptive_ece", "aurc", "acc_at_50", "acc_at_80",
            "misclassification_auroc", "macro_f1")
@@ -224,6 +223,8 @@ ROWS = (
         WHOLE_ICL, base=f"lora + in-context ({IN_CONTEXT})"),
     Row(f"lora + in-context ({IN_CONTEXT}), every query", "lora", EVERY_QUERY_ICL,
         base="lora"),
+    Row(f"lora + in-context (all {IN_CONTEXT}, {WHOLE_PROMPT} tokens), every query", "lora",
+        WHOLE_EVERY_QUERY_ICL, base=f"lora + in-context ({IN_CONTEXT}), every query"),
     Row("laplace-lora", "laplace", base="lora"),
     strength_row("mc-dropout (published rate 0.1)", "mc-dropout", "0.1"),
     strength_row("mc-dropout (rate 0.01, chosen on validation)", "mc-dropout", "0.01"),

@@ -103,7 +103,7 @@ def test_every_arm_and_evaluation_of_the_uncertainty_comparison_is_valid(plugins
             assert dict(row.evaluation) == {**dict(base.evaluation or arms[base.arm].options),
                                             "max_length": uncertainty.WHOLE_PROMPT}, row
     every_query = [row for row in uncertainty.ROWS if row.name.endswith(", every query")]
-    assert len(every_query) == 3  # the frozen model's (512 and 4096 tokens) and lora's, uncapped
+    assert len(every_query) == 4  # the frozen model's and lora's, 512 and 4096 tokens, uncapped
     for row in every_query:  # the 20-query rows' demonstrations, on the run's 100 queries
         whole = {"max_length": uncertainty.WHOLE_PROMPT} if "4096 tokens" in row.name else {}
         assert dict(row.evaluation) == {"in_context": 10, **whole}, row
