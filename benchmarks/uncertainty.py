@@ -32,8 +32,10 @@ The arms:
   with all ten (``WHOLE_PROMPT``) on all of them, paired with their 512-token prompts;
 * ``lora``, whose evaluations give ``lora`` with temperature scaling
   (``calibrate = temperature``) and ``lora`` with the support set also in the
-  prompt (``in_context = 10``, the first 20 queries as ``icl``); the ``lora``
-  ensemble averages its seeds;
+  prompt (``in_context = 10``, the first 20 queries as ``icl``), for which the
+  report says on how many queries it gives the frozen model's answer with the same
+  demonstrations and on how many its own without them; the ``lora`` ensemble
+  averages its seeds;
 * ``laplace``: ``laplace-lora`` (trained exactly as ``lora``);
 * ``mc-dropout-p0.1``, ``blob-kl0.02``: the other uncertainty baselines at their
   published strengths; ``mc-dropout-p0.01``, ``blob-kl0``: each at the strength the
@@ -234,6 +236,11 @@ ROWS = (
     Row("abmll (learned variance)", "abmll-lv"),
 )
 REFERENCE = "abmll (defaults)"
+FROZEN = "pretrained"
+"""The frozen model's learner: an adapted row with demonstrations is set beside the frozen
+model's row with the same demonstrations, answer by answer."""
+PROMPT = ("in_context", "max_length", "query_cap")
+"""The settings that make the queries' prompts and say which queries are read."""
 ENSEMBLE_OF = "lora"
 
 
@@ -320,6 +327,7 @@ class Comparison:
                 table.append(_ensemble_line(by_seed, reference))
         lines = ["# Uncertainty baselines beside ABMLL at the cls-45 protocol (test queries)",
                  "", *table, "", *_references(all_records), "", *self._with_base(), "",
+                 *self._agreement(), "",
                  "Accuracy, NLL and Brier: means over every query of the seeds finished (as "
                  "the differences are); the other metrics: macro over tasks, mean over the "
                  "seeds. Differences are per "
@@ -352,6 +360,57 @@ class Comparison:
                          + (f"; over seeds (mean ± SE of the per-seed differences): {seeds}"
                             if seeds else "") + ".")
         return lines
+
+    def prompt(self, row: Row) -> dict[str, Any]:
+        """The settings of ``row``'s prompts (its arm's, then its evaluation's)."""
+        both = {**dict(self.arms[row.arm].options), **dict(row.evaluation)}
+        return {k: v for k, v in both.items() if k in PROMPT}
+
+    def _agreement(self) -> list[str]:
+        """Whose answer an adapted learner gives with demonstrations in its prompt: on each
+        of its queries, the frozen model's with the same demonstrations, or its own without."""
+        lines = []
+        for row in ROWS:
+            shown = self.prompt(row)
+            if self.arms[row.arm].learner == FROZEN or not shown.get("in_context"):
+                continue
+            frozen = next((r for r in ROWS if self.arms[r.arm].learner == FROZEN
+                           and self.prompt(r) == shown), None)
+            alone = next((r for r in ROWS if r.arm == row.arm and not r.evaluation), None)
+            if frozen is None or alone is None:
+                continue
+            given, without = _answers(self.records(row)), _answers(self.records(alone))
+            # the frozen model's answers are the same at every seed: keyed by (task, index)
+            frozen_given = {key[1:]: a for key, a in _answers(self.records(frozen)).items()}
+            keys = [k for k in given if k in without and k[1:] in frozen_given]
+            if not keys:
+                continue
+            by_frozen = {k: frozen_given[k[1:]] for k in keys}
+            lines.append(
+                f"{row.name} gives {frozen.name}'s answer on {_share(given, by_frozen, keys)} of "
+                f"the {len(keys)} queries all three have, and {alone.name}'s on "
+                f"{_share(given, without, keys)}; {alone.name} gives {frozen.name}'s on "
+                f"{_share(without, by_frozen, keys)}.")
+        return lines
+
+
+def _answers(by_seed: dict[int, list[dict[str, Any]]]) -> dict[tuple, int]:
+    """Each query's answer, the option of highest probability (a tie takes the first), keyed
+    by (seed, task, index)."""
+    return {(seed, r["task"], r["index"]): max(range(len(r["probs"])), key=r["probs"].__getitem__)
+            for seed, records in by_seed.items() for r in records}
+
+
+def _share(a: dict[tuple, int], b: dict[tuple, int], keys: list[tuple]) -> str:
+    """On how many of ``keys`` (seed first) ``a`` and ``b`` give the same answer: pooled, and
+    per seed when there are several."""
+    seeds = sorted({k[0] for k in keys})
+    pooled = sum(a[k] == b[k] for k in keys) / len(keys)
+    if len(seeds) == 1:
+        return f"{100 * pooled:.1f}%"
+    per_seed = [sum(a[k] == b[k] for k in keys if k[0] == s) / sum(k[0] == s for k in keys)
+                for s in seeds]
+    return f"{100 * pooled:.1f}% (per seed " + ", ".join(f"{100 * v:.1f}" for v in per_seed) + ")"
 
 
 def _keyed(by_seed: dict[int, list[dict[str, Any]]]) -> dict[tuple, QueryScore]:

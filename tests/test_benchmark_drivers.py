@@ -155,6 +155,34 @@ def test_an_in_context_row_is_paired_with_its_base_on_its_own_queries(tmp_path,
     assert "brier -0.2500 ± 0.17" in line
 
 
+def test_an_adapted_row_with_demonstrations_is_set_beside_the_frozen_models_answers(
+        tmp_path, monkeypatch) -> None:
+    import uncertainty
+
+    def records(answers: list[int]) -> list[dict]:
+        return [{"task": "a", "index": i, "probs": [0.9, 0.1] if y == 0 else [0.2, 0.8],
+                 "label": 0} for i, y in enumerate(answers)]
+
+    rows = {r.name: r for r in uncertainty.ROWS}
+    added = rows["lora + in-context (10), every query"]
+    frozen = rows["in-context (10 examples), every query"]  # the same demonstrations
+    by_name = {
+        added.name: {0: records([1, 1, 1, 0]), 1: records([1, 0, 0, 0])},
+        "lora": {0: records([0, 0, 0, 0]), 1: records([0, 0, 0, 0])},
+        frozen.name: {0: records([1, 1, 0, 0])},  # the frozen model: one seed stands for all
+        "in-context (10 examples)": {0: records([0, 0, 0, 0])},  # 300 queries: not this pair
+    }
+    monkeypatch.setattr(uncertainty.Comparison, "records",
+                        lambda self, row: by_name.get(row.name, {}))
+    lines = uncertainty.Comparison(uncertainty.parse_args(
+        ["--output-dir", str(tmp_path), "--seeds", "0,1"]))._agreement()
+    # seed 0: 3 of 4 as the frozen model, 1 of 4 as lora; seed 1: 3 of 4 and 3 of 4
+    assert lines == [
+        f"{added.name} gives {frozen.name}'s answer on 75.0% (per seed 75.0, 75.0) of the 8 "
+        "queries all three have, and lora's on 50.0% (per seed 25.0, 75.0); lora gives "
+        f"{frozen.name}'s on 50.0% (per seed 50.0, 50.0)."]
+
+
 def test_the_frozen_models_rows_read_one_seed_lest_copies_count_as_queries(
         tmp_path, monkeypatch) -> None:
     import json
