@@ -91,6 +91,7 @@ import torch
 
 from metalora.paired import (
     QueryScore,
+    chosen_option,
     query_scores,
     read_predictions,
 )
@@ -395,9 +396,8 @@ class Comparison:
 
 
 def _answers(by_seed: dict[int, list[dict[str, Any]]]) -> dict[tuple, int]:
-    """Each query's answer, the option of highest probability (a tie takes the first), keyed
-    by (seed, task, index)."""
-    return {(seed, r["task"], r["index"]): max(range(len(r["probs"])), key=r["probs"].__getitem__)
+    """Each query's answer (:func:`chosen_option`), keyed by (seed, task, index)."""
+    return {(seed, r["task"], r["index"]): chosen_option(r["probs"])
             for seed, records in by_seed.items() for r in records}
 
 

@@ -48,12 +48,17 @@ class QueryScore:
         return float(getattr(self, name))
 
 
+def chosen_option(probs: Sequence[float]) -> int:
+    """The index of the most probable option (the first of those tied)."""
+    return max(range(len(probs)), key=probs.__getitem__)
+
+
 def score(probs: Sequence[float], label: int) -> QueryScore:
     """One query's scores from its option probabilities and the correct option's index."""
     if not probs or not 0 <= label < len(probs):
         raise MetaloraError(f"a query with {len(probs)} option probabilities has no option "
                             f"{label}")
-    chosen = max(range(len(probs)), key=lambda i: probs[i])
+    chosen = chosen_option(probs)
     brier = sum((p - (1.0 if i == label else 0.0)) ** 2 for i, p in enumerate(probs))
     return QueryScore(accuracy=float(chosen == label),
                       nll=-math.log(max(probs[label], PROBABILITY_FLOOR)),

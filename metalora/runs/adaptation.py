@@ -28,6 +28,7 @@ import torch
 from metalora.errors import MetaloraError
 from metalora.evaluation import compute_metrics, preserved_rng
 from metalora.files import atomic_write_bytes
+from metalora.paired import chosen_option
 from metalora.plugins import PluginManager, get_plugin_manager
 from metalora.records import MAX_OPTIONS, TaskRecord, option_problem
 from metalora.runs.evaluate_run import change_settings
@@ -267,7 +268,7 @@ def _prediction(index: int, item: QueryRecord, probs: torch.Tensor,
                 spread: torch.Tensor | None, demonstrations: int | None) -> Prediction:
     options = list(item.record.options)
     values = [round(float(p), 6) for p in probs[: len(options)]]
-    best = max(range(len(options)), key=lambda i: values[i])
+    best = chosen_option(values)
     return Prediction(
         index=index, input=item.record.input, options=options, probs=values,
         chosen=options[best], label=item.record.output if item.labelled else None,
