@@ -296,3 +296,33 @@ def test_bytes_written_counts_results_and_in_place_updates_but_not_views() -> No
         d.t()
     assert written.total == 3 * 96
     assert written.elementwise == 2 * 96
+
+
+def test_adapter_size_divides_the_updates_rms_by_the_pretrained_spread() -> None:
+    import torch
+    from adapter_size import sizes
+
+    base = {"l.weight": torch.tensor([[1.0, -1.0], [1.0, -1.0]])}  # std over 4 values = 2/sqrt(3)
+    spread = 2 / math.sqrt(3)
+    b, a = torch.tensor([[1.0], [0.0]]), torch.tensor([[3.0, 4.0]])  # B @ A = [[3, 4], [0, 0]]
+    rms = math.sqrt((6 ** 2 + 8 ** 2) / 4)  # of s * B @ A, s = alpha 16 / rank 8 = 2
+    lora = sizes({"l.pairs.default.A": a, "l.pairs.default.B": b},
+                 {"alpha": 16, "rank": 8}, base)
+    assert lora["mean_median"] == pytest.approx(rms / spread)
+    assert "noise_median" not in lora
+    # ABMLL: the log-variance is c + s * B @ A; here its change is 2 * B @ A / 100
+    abmll_settings = {"alpha": 16, "rank": 8, "learner_settings": {"abmll": {
+        "log_var_init": -20.0, "log_var_min": -30.0, "log_var_max": 5.0}}}
+    tensors = {"l.pairs.mu_theta.A": a, "l.pairs.mu_theta.B": b,
+               "l.pairs.logv_theta.A": a / 100, "l.pairs.logv_theta.B": b}
+    abmll = sizes(tensors, abmll_settings, base)
+    changes = torch.tensor([0.06, 0.08, 0.0, 0.0])
+    assert abmll["mean_median"] == pytest.approx(rms / spread)
+    assert abmll["log_var_change"] == pytest.approx(float(changes.mean()))
+    sigma_rms = math.sqrt(float((-20.0 + changes).exp().mean()))
+    assert abmll["noise_median"] == pytest.approx(sigma_rms / spread)
+    # a relative c: log(kappa^2 Var(W0)), so with no change sigma / std(W0) = kappa
+    relative = {"alpha": 16, "rank": 8, "learner_settings": {"abmll": {
+        "log_var_relative": 0.013}}}
+    still = dict(tensors, **{"l.pairs.logv_theta.B": torch.zeros(2, 1)})
+    assert sizes(still, relative, base)["noise_median"] == pytest.approx(0.013)
