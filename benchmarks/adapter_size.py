@@ -60,7 +60,10 @@ def sizes(tensors: dict[str, torch.Tensor], settings: dict, base: dict[str, torc
     """The ratios of one adapters file (see the module)."""
     scale = settings["alpha"] / settings["rank"]
     layers = sorted({key.rsplit(".pairs.", 1)[0] for key in tensors})
-    pair = next(p for p in MEAN_PAIRS if f"{layers[0]}.pairs.{p}.B" in tensors)
+    pair = next((p for p in MEAN_PAIRS if f"{layers[0]}.pairs.{p}.B" in tensors), None)
+    if pair is None:
+        raise SystemExit(f"no global mean pair ({', '.join(MEAN_PAIRS)}) among the adapters' "
+                         f"pairs of {layers[0]}")
     abmll = settings.get("learner_settings", {}).get("abmll", {})
     mean_ratio, log_var_change, noise_ratio = [], [], []
     for layer in layers:
