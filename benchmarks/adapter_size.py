@@ -18,15 +18,15 @@ prediction draws. Ratios only: nothing here depends on the machine.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import statistics
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from metalora.errors import MetaloraError
 from metalora.models import load_model
+from metalora.runs.rundir import ADAPTERS_FILE, load_adapters, read_config
+from metalora_plugins.abmll.pairs import relative_log_var
 
 MEAN_PAIRS = ("default", "mu_theta")
 """The global mean pair's name: ``lora`` (and its relatives) or ABMLL."""
@@ -35,18 +35,10 @@ LOG_VAR_PAIR = "logv_theta"
 
 def adapter_files(run_dir: Path) -> list[Path]:
     """Every final adapters file of a run: ``<learner>/seed-<n>/adapters.safetensors``."""
-    files = sorted(run_dir.glob("*/seed-*/adapters.safetensors"))
+    files = sorted(run_dir.glob(f"*/seed-*/{ADAPTERS_FILE}"))
     if not files:
-        raise SystemExit(f"{run_dir}: no */seed-*/adapters.safetensors (not a finished run)")
+        raise SystemExit(f"{run_dir}: no */seed-*/{ADAPTERS_FILE} (not a finished run)")
     return files
-
-
-def run_settings(run_dir: Path) -> dict:
-    """The run's resolved settings (``config.json``)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise SystemExit(f"{run_dir}: no config.json (not a run directory)")
-    return json.loads(path.read_text())
 
 
 def update(tensors: dict[str, torch.Tensor], layer: str, pair: str, scale: float) -> torch.Tensor:
@@ -57,26 +49,26 @@ def update(tensors: dict[str, torch.Tensor], layer: str, pair: str, scale: float
 
 def sizes(tensors: dict[str, torch.Tensor], settings: dict, base: dict[str, torch.Tensor]
           ) -> dict[str, float]:
-    """The ratios of one adapters file (see the module)."""
+    """The ratios of one adapters file (see the module); ``settings`` are a run's resolved
+    ones (its ``config.json``), ABMLL's read from its ``learner_settings``."""
     scale = settings["alpha"] / settings["rank"]
     layers = sorted({key.rsplit(".pairs.", 1)[0] for key in tensors})
     pair = next((p for p in MEAN_PAIRS if f"{layers[0]}.pairs.{p}.B" in tensors), None)
     if pair is None:
         raise SystemExit(f"no global mean pair ({', '.join(MEAN_PAIRS)}) among the adapters' "
                          f"pairs of {layers[0]}")
-    abmll = settings.get("learner_settings", {}).get("abmll", {})
+    abmll = settings.get("learner_settings", {}).get("abmll")
     mean_ratio, log_var_change, noise_ratio = [], [], []
     for layer in layers:
         spread = base[f"{layer}.weight"].float().std().item()
         mean_ratio.append(update(tensors, layer, pair, scale).pow(2).mean().sqrt().item() / spread)
-        if f"{layer}.pairs.{LOG_VAR_PAIR}.B" not in tensors:
+        if abmll is None or f"{layer}.pairs.{LOG_VAR_PAIR}.B" not in tensors:
             continue
-        kappa = abmll.get("log_var_relative")
-        offset = (math.log(kappa ** 2 * spread ** 2) if kappa is not None
-                  else abmll.get("log_var_init", -20.0))
+        kappa = abmll["log_var_relative"]
+        offset = (abmll["log_var_init"] if kappa is None
+                  else relative_log_var(base[f"{layer}.weight"], kappa))
         change = update(tensors, layer, LOG_VAR_PAIR, scale)
-        log_var = (offset + change).clamp(abmll.get("log_var_min", -30.0),
-                                          abmll.get("log_var_max", 5.0))
+        log_var = (offset + change).clamp(abmll["log_var_min"], abmll["log_var_max"])
         log_var_change.append(change.mean().item())
         noise_ratio.append(log_var.exp().mean().sqrt().item() / spread)
     out = {"layers": len(layers), "mean_median": statistics.median(mean_ratio),
@@ -105,21 +97,24 @@ def main() -> None:
                              "adapter files were trained with")
     args = parser.parse_args()
     items: list[tuple[str, Path, dict]] = []
-    for path in args.paths:
-        if path.is_dir():
-            settings = run_settings(path)
-            items += [(f"{path.name} {f.parent.parent.name} {f.parent.name}", f, settings)
-                      for f in adapter_files(path)]
-        elif args.like is None:
-            raise SystemExit(f"{path}: an adapters file needs --like RUN_DIR (its settings)")
-        else:
-            items.append((path.name, path, run_settings(args.like)))
-    bases: dict[str, dict[str, torch.Tensor]] = {}
-    for label, path, settings in items:
-        model = settings["model"]
-        if model not in bases:
-            bases[model] = load_model(model).model.state_dict()
-        print(line(label, sizes(load_file(str(path)), settings, bases[model])), flush=True)
+    try:
+        for path in args.paths:
+            if path.is_dir():
+                settings = read_config(path)
+                items += [(f"{path.name} {f.parent.parent.name} {f.parent.name}", f, settings)
+                          for f in adapter_files(path)]
+            elif args.like is None:
+                raise SystemExit(f"{path}: an adapters file needs --like RUN_DIR (its settings)")
+            else:
+                items.append((path.name, path, read_config(args.like)))
+        bases: dict[str, dict[str, torch.Tensor]] = {}
+        for label, path, settings in items:
+            model = settings["model"]
+            if model not in bases:
+                bases[model] = load_model(model).model.state_dict()
+            print(line(label, sizes(load_adapters(path), settings, bases[model])), flush=True)
+    except MetaloraError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -312,7 +312,8 @@ def test_adapter_size_divides_the_updates_rms_by_the_pretrained_spread() -> None
     assert "noise_median" not in lora
     # ABMLL: the log-variance is c + s * B @ A; here its change is 2 * B @ A / 100
     abmll_settings = {"alpha": 16, "rank": 8, "learner_settings": {"abmll": {
-        "log_var_init": -20.0, "log_var_min": -30.0, "log_var_max": 5.0}}}
+        "log_var_init": -20.0, "log_var_min": -30.0, "log_var_max": 5.0,
+        "log_var_relative": None}}}
     tensors = {"l.pairs.mu_theta.A": a, "l.pairs.mu_theta.B": b,
                "l.pairs.logv_theta.A": a / 100, "l.pairs.logv_theta.B": b}
     abmll = sizes(tensors, abmll_settings, base)
@@ -322,7 +323,7 @@ def test_adapter_size_divides_the_updates_rms_by_the_pretrained_spread() -> None
     sigma_rms = math.sqrt(float((-20.0 + changes).exp().mean()))
     assert abmll["noise_median"] == pytest.approx(sigma_rms / spread)
     # a relative c: log(kappa^2 Var(W0)), so with no change sigma / std(W0) = kappa
-    relative = {"alpha": 16, "rank": 8, "learner_settings": {"abmll": {
-        "log_var_relative": 0.013}}}
+    relative = {"alpha": 16, "rank": 8, "learner_settings": {"abmll": dict(
+        abmll_settings["learner_settings"]["abmll"], log_var_relative=0.013)}}
     still = dict(tensors, **{"l.pairs.logv_theta.B": torch.zeros(2, 1)})
     assert sizes(still, relative, base)["noise_median"] == pytest.approx(0.013)
