@@ -39,6 +39,7 @@ from metalora.records import Suite, Task
 from metalora.runs.engine import Engine
 from metalora.runs.results import RunSummary, SeedResult
 from metalora.runs.rundir import load_adapters, seed_dir
+from metalora.runs.setup import RunSetup
 from metalora.stats import improves, mean_se
 from metalora_plugins.demo import DemoSuite
 
@@ -415,6 +416,23 @@ def test_tensorboard_missing_is_said_only_when_asked_for(plugins, tmp_path, monk
     Engine(config, plugins, console=Console(file=out, width=200)).execute()
     assert "tensorboard package" not in out.getvalue() and "pip install" not in out.getvalue()
     assert FakeWriter.instances == []  # left out, not made
+
+
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_a_reopened_run_keeps_its_loggers(plugins, tmp_path, monkeypatch, tensorboard) -> None:
+    """A run continued from its directory writes to the loggers its first command chose:
+    --no-tensorboard stays off although the recorded settings list the default logger."""
+    FakeWriter.instances = []
+    monkeypatch.setattr(tensorboard_logger, "writer_class", lambda: FakeWriter)
+    monkeypatch.setattr(tensorboard_logger.TensorBoardLogger, "missing", classmethod(
+        lambda cls: None))
+    summary = run(plugins, tmp_path, learner="stub", epochs=1, seeds="0",
+                  tensorboard=tensorboard)
+    assert len(FakeWriter.instances) == int(tensorboard)
+    reopened = RunSetup.from_run_dir(summary.run_dir, plugins, console=Console(
+        file=io.StringIO()))
+    expected = [tensorboard_logger.TensorBoardLogger] if tensorboard else []
+    assert reopened.logger_classes(note=True) == expected
 
 
 # -- progress a person can follow ---------------------------------------------------------

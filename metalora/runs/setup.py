@@ -126,6 +126,7 @@ class RunSetup:
         except MetaloraError as exc:
             raise MetaloraError(f"{str(run_dir / CONFIG_FILE)!r}: {exc}") from None
         setup.resume_dir = run_dir
+        setup.given = ResolvedConfig(values=dict(given), infos=config.infos)
         return setup
 
     def change_run(self, **changes: Any) -> None:
@@ -206,7 +207,7 @@ class RunSetup:
         package is missing, except a default one (``tensorboard``): it is left out, with
         one note (with ``note``, when the loggers are made) if it was asked for
         (``--tensorboard``, ``--logger``)."""
-        given = self.config.values
+        given = self.given.values  # on a reopened run, what its first command gave
         defaults = RunSettings().logger
         registry = self.plugins.registry("logger")
         classes = []
