@@ -125,8 +125,7 @@ class RunSetup:
             setup = cls(config, plugins, console=console, **kwargs)
         except MetaloraError as exc:
             raise MetaloraError(f"{str(run_dir / CONFIG_FILE)!r}: {exc}") from None
-        setup.resume_dir = run_dir
-        setup.given = ResolvedConfig(values=dict(given), infos=config.infos)
+        setup.resume_dir, setup.given = run_dir, ResolvedConfig(dict(given), config.infos)
         return setup
 
     def change_run(self, **changes: Any) -> None:
