@@ -435,6 +435,21 @@ def test_a_reopened_run_keeps_its_loggers(plugins, tmp_path, monkeypatch, tensor
     assert reopened.logger_classes(note=True) == expected
 
 
+def test_a_reopened_run_skips_a_default_logger_that_is_not_loaded(tmp_path, monkeypatch) -> None:
+    """As a fresh run does: reopened under an allow-list without the loggers plugin, a run
+    that never asked for tensorboard is set up, not refused as naming an unknown logger."""
+    pm = PluginManager(load_entry_points=True)
+    pm.register(StubPlugin(), name="protocol-stub")
+    summary = run(pm, tmp_path, learner="stub", epochs=1, seeds="0")
+    monkeypatch.setenv("METALORA_PLUGINS", "demo,metrics")
+    allowed = PluginManager(load_entry_points=True)
+    allowed.register(StubPlugin(), name="protocol-stub")
+    assert "tensorboard" not in allowed.registry("logger")
+    reopened = RunSetup.from_run_dir(summary.run_dir, allowed, console=Console(
+        file=io.StringIO()))
+    assert reopened.logger_classes() == []
+
+
 # -- progress a person can follow ---------------------------------------------------------
 def test_progress_lines_when_the_output_is_not_a_terminal(plugins, tmp_path) -> None:
     out = io.StringIO()

@@ -77,7 +77,7 @@ class RunSetup:
     """A run's settings and what they name: suite, model, metrics, learners. See the module."""
 
     def __init__(self, config: ResolvedConfig | RunSpec, plugins: PluginManager,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, given: ResolvedConfig | None = None) -> None:
         self.plugins = plugins
         self.console = console or Console(stderr=True)
         self.resume_dir: Path | None = None
@@ -91,8 +91,8 @@ class RunSetup:
             self.run: RunSettings = config.run
             self.recommended = list(config.recommended)
         else:
-            self.given = config.copy()
-            """The values given, as given (recorded in config.json as such)."""
+            self.given = given if given is not None else config.copy()
+            """The values given, as given (recorded in config.json); a reopened run's, its own."""
             config = config.copy()  # the suite's recommendations go into this run's copy only
             self.config = config
             try:
@@ -117,15 +117,15 @@ class RunSetup:
         run_dir = Path(run_dir)
         recorded = read_config(run_dir)
         run_fields = {f.name for f in dataclasses.fields(RunSettings)}
-        given = recorded.get("given") or {}
-        values = {**given, **{k: v for k, v in recorded.items() if k in run_fields}}
-        config = ResolvedConfig(values=values, infos=all_setting_infos(plugins),
+        given = ResolvedConfig(dict(recorded.get("given") or {}), all_setting_infos(plugins))
+        values = {**given.values, **{k: v for k, v in recorded.items() if k in run_fields}}
+        config = ResolvedConfig(values=values, infos=given.infos,
                                 learner_values=dict(recorded.get("learner_settings") or {}))
         try:
-            setup = cls(config, plugins, console=console, **kwargs)
+            setup = cls(config, plugins, console=console, given=given, **kwargs)
         except MetaloraError as exc:
             raise MetaloraError(f"{str(run_dir / CONFIG_FILE)!r}: {exc}") from None
-        setup.resume_dir, setup.given = run_dir, ResolvedConfig(dict(given), config.infos)
+        setup.resume_dir = run_dir
         return setup
 
     def change_run(self, **changes: Any) -> None:
@@ -206,7 +206,7 @@ class RunSetup:
         package is missing, except a default one (``tensorboard``): it is left out, with
         one note (with ``note``, when the loggers are made) if it was asked for
         (``--tensorboard``, ``--logger``)."""
-        given = self.given.values  # on a reopened run, what its first command gave
+        given = self.given.values
         defaults = RunSettings().logger
         registry = self.plugins.registry("logger")
         classes = []
