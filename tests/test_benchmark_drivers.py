@@ -327,3 +327,54 @@ def test_adapter_size_divides_the_updates_rms_by_the_pretrained_spread() -> None
         abmll_settings["learner_settings"]["abmll"], log_var_relative=0.013)}}
     still = dict(tensors, **{"l.pairs.logv_theta.B": torch.zeros(2, 1)})
     assert sizes(still, relative, base)["noise_median"] == pytest.approx(0.013)
+
+
+def test_adapter_drift_reads_growth_along_itself_and_a_reversal(tmp_path) -> None:
+    import torch
+    from adapter_drift import drift
+    from safetensors.torch import save_file
+
+    a = torch.tensor([[3.0, 4.0]])
+    # B: a step at right angles, then growth along itself, then back a little
+    for epoch, b in ((1, [1.0, 0.0]), (2, [1.0, 1.0]), (3, [2.0, 2.0]), (4, [1.5, 1.5])):
+        save_file({"l.pairs.mu_theta.B": torch.tensor(b).reshape(2, 1), "l.pairs.mu_theta.A": a},
+                  str(tmp_path / f"epoch-{epoch:04d}.safetensors"))
+    rows = drift(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["BA"] == pytest.approx(5.0) and rows[2]["B"] == pytest.approx(8 ** 0.5)
+    assert "B step" not in rows[0] and "B persist" not in rows[1]
+    assert rows[1]["B step"] == pytest.approx(1.0) and rows[1]["B radial"] == pytest.approx(0.0)
+    assert rows[2]["B radial"] == pytest.approx(1.0)
+    assert rows[2]["B persist"] == pytest.approx(0.5 ** 0.5)
+    assert rows[2]["BA radial"] == pytest.approx(1.0)
+    assert rows[3]["B radial"] == pytest.approx(-1.0)
+    assert rows[3]["B persist"] == pytest.approx(-1.0)
+    assert rows[3]["A step"] == 0.0 and rows[3]["A radial"] == 0.0  # A never moved
+
+
+def test_pull_growth_curvature_is_the_diagonal_of_the_kls_hessian(build_learner) -> None:
+    import torch
+    from pull_growth import kl_curvature
+    from torch.distributions import Normal, kl_divergence
+
+    learner, _, _ = build_learner("abmll", beta=1e-3, log_var_init=-2.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in learner.adapters.parameters(["mu_theta", "logv_theta"]):
+            p.normal_(0.0, 0.3)
+    learner.reset_task()
+    layer = next(iter(learner.adapters.layers.values()))
+    s = layer.scaling
+    mean, log_var = layer.pairs["mu_theta"], layer.pairs["logv_theta"]
+    a, b = mean.A.detach(), mean.B.detach()
+    sigma = torch.exp(0.5 * (-2.0 + s * log_var.B.detach() @ log_var.A.detach()))
+
+    def weighted_kl(b_phi: torch.Tensor, a_phi: torch.Tensor) -> torch.Tensor:
+        q, p = Normal(s * b_phi @ a_phi, sigma), Normal(s * b @ a, sigma)
+        return learner.beta * kl_divergence(q, p).sum()
+
+    hess_b = torch.autograd.functional.hessian(lambda x: weighted_kl(x, a), b.clone())
+    hess_a = torch.autograd.functional.hessian(lambda x: weighted_kl(b, x), a.clone())
+    for factor, hess, n in (("B", hess_b, b.numel()), ("A", hess_a, a.numel())):
+        expected = hess.reshape(n, n).diagonal()
+        assert torch.allclose(kl_curvature(learner, factor)[:n], expected, rtol=1e-4), factor
