@@ -5,8 +5,9 @@ With ``mu = s B A`` the KL's pull on ``B_mu_theta`` points along ``B_phi - B_the
 (the Reptile direction) with the scale ``lambda = beta * e^-c``, which AdamW divides
 away. So at the defaults ABMLL is Reptile's pseudo-gradient fed to AdamW plus a proximal
 pull of phi towards theta of strength lambda; beta and c act only through lambda and
-through AdamW's epsilon. The tests below are those three facts, and then the settings
-under which the variance learns from the data.
+through AdamW's epsilon. The tests below are those three facts, then the settings
+under which the variance learns from the data, and what a strong pull does to the inner
+AdamW's steps.
 """
 
 from __future__ import annotations
@@ -171,3 +172,36 @@ def test_without_those_settings_the_variance_does_not_tell_the_suites_apart(plug
     # the variance optimiser switched off: nothing moves at all
     off = _log_var_change(plugins, suites["conflict"], 2, **{**LEARNED, "variance_lr": 0.0})
     assert off == 0.0
+
+
+# -- 4. a strong pull and the inner AdamW's momentum ---------------------------------------
+
+def _inner_path(plugins, beta: float, momentum: float) -> float:
+    """cos(phi_5 - theta, phi_1 - theta) on B_mu_phi: where five inner steps on one batch end,
+    against where the first (the data's alone: the KL is 0 at theta) went."""
+    learner = _learner(plugins, beta=beta, inner_lr=1e-3, inner_momentum=momentum,
+                       sampling="mean")
+    try:
+        def b_phi() -> torch.Tensor:
+            return torch.cat([layer.pairs[MU_PHI].B.detach().flatten()
+                              for layer in learner.adapters.layers.values()])
+
+        learner.reset_task()
+        theta = b_phi().clone()
+        batch = learner.context.batches.encode(_task("t", 0.9).records[:4])
+        optimizer = learner._inner_optimizer(1e-3)
+        learner.inner_step(batch, optimizer)
+        first = b_phi() - theta
+        for _ in range(4):
+            learner.inner_step(batch, optimizer)
+        return float(torch.nn.functional.cosine_similarity(b_phi() - theta, first, dim=0))
+    finally:
+        learner.adapters.remove()
+
+
+def test_a_strong_pull_sends_the_inner_adamw_back_past_theta_unless_momentum_is_off(
+        plugins) -> None:
+    strong = 2e-5  # lambda = beta e^20 = 1e4: the pull's curvature times inner_lr >> the data's
+    assert _inner_path(plugins, 1e-9, 0.9) > 0.3  # a weak pull: the steps go on downhill
+    assert _inner_path(plugins, strong, 0.9) < 0  # momentum carries them back past theta
+    assert _inner_path(plugins, strong, 0.0) > 0  # without it they stay on the data's side

@@ -378,3 +378,13 @@ def test_pull_growth_curvature_is_the_diagonal_of_the_kls_hessian(build_learner)
     for factor, hess, n in (("B", hess_b, b.numel()), ("A", hess_a, a.numel())):
         expected = hess.reshape(n, n).diagonal()
         assert torch.allclose(kl_curvature(learner, factor)[:n], expected, rtol=1e-4), factor
+
+
+def test_the_pull_toys_outer_step_sees_the_pull_alone() -> None:
+    from pull_toy import Arm, run
+
+    # no pull: theta's gradient is zero, so B stays at zero and the update with it
+    assert run(Arm(0.0, "adamw", 1e-3, "adamw", 1e-3), epochs=2, seed=0)["size"] == 0.0
+    pulled = run(Arm(1.0, "adamw", 1e-3, "adamw", 1e-3), epochs=2, seed=0)
+    assert pulled["size"] > 0.0 and pulled["target"] == pytest.approx(
+        run(Arm(0.0, "sgd", 1e-3, "sgd", 1e-3), epochs=1, seed=0)["target"])

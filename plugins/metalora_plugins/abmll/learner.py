@@ -53,6 +53,13 @@ model: sigma_theta^2 then moves towards sigma_0^2 + (beta / 2 gamma)
 E[(mu_phi - mu_theta)^2], the spread of the task-adapted means around
 theta (tested: larger where the training tasks disagree).
 
+A strong pull and AdamW's momentum: once the pull's curvature times ``inner_lr`` is a
+few times the data's gradient, the fresh inner AdamW's momentum carries the task means
+back past theta within the five steps, so they end on the far side of theta from where
+the data pointed and the outer step follows them up the loss (tested on the tiny model;
+on SmolLM2 the Uncertainty page's "How the pull makes the global means grow").
+``inner_momentum = 0`` (AdamW's beta1) turns that momentum off.
+
 Test-time adaptation (:meth:`ABMLLLearner.adapt`) is the inner loop on the
 support set with the run's ``adapt_steps`` / ``adapt_lr``, starting from the
 global pairs; prediction averages the option probabilities over
@@ -201,6 +208,13 @@ class ABMLLSettings:
     variance_inner_lr: float = setting(
         0.0, "ABMLL learning rate of the task log-variance pair in the inner loop and at test "
              "time (variance_optimizer adamw or sgd; 0 keeps sigma_phi = sigma_theta).", ge=0)
+    inner_momentum: float = setting(
+        0.9, "ABMLL: beta1 (momentum) of the AdamW that steps the task means (with "
+             "variance_optimizer shared, the task log-variances too) in the inner loop and at "
+             "test time (torch's default 0.9). Under a strong KL pull (lambda * s^2 * |A|^2 * "
+             "inner_lr above a few times the data's gradient) momentum carries the five steps "
+             "past theta, and the outer step then follows them up the loss; 0 turns it off. "
+             "See the Uncertainty page.", ge=0, lt=1)
     variance_eps: float = setting(
         1e-8, "ABMLL epsilon of the log-variance pairs' own AdamW (variance_optimizer = "
               "adamw).", gt=0)
@@ -229,7 +243,7 @@ class ABMLLLearner(Learner):
     adapted_pairs = (MU_PHI, LOGV_PHI)  # the task posterior after adapt()
     evaluation_settings = ("eval_samples", "sampling", "beta", "train_samples", "weight_decay",
                            "log_var_min", "log_var_max", "variance_optimizer",
-                           "variance_inner_lr", "variance_eps")
+                           "variance_inner_lr", "variance_eps", "inner_momentum")
     supports_distributed = True
 
     def __init__(self, context: LearnerContext) -> None:
@@ -413,15 +427,17 @@ class ABMLLLearner(Learner):
         return loss, {"nll": nll, "kl": kl, "prior": prior}
 
     def _optimizer(self, pairs: tuple[str, str], lr: float, variance_lr: float,
-                   eps: float = 1e-8) -> Optimizers:
+                   eps: float = 1e-8, beta1: float = 0.9) -> Optimizers:
         """AdamW over a mean and a log-variance pair; unless ``variance_optimizer`` is
         ``shared`` the log-variance pair gets an optimiser of its own at ``variance_lr``."""
         s: ABMLLSettings = self.settings
         mean, log_var = pairs
+        betas = (beta1, 0.999)
         if s.variance_optimizer == "shared":
             return Optimizers(torch.optim.AdamW(self._adapters.parameters(pairs), lr=lr,
-                                                weight_decay=s.weight_decay, eps=eps))
-        means = torch.optim.AdamW(self._adapters.parameters([mean]), lr=lr,
+                                                betas=betas, weight_decay=s.weight_decay,
+                                                eps=eps))
+        means = torch.optim.AdamW(self._adapters.parameters([mean]), lr=lr, betas=betas,
                                   weight_decay=s.weight_decay, eps=eps)
         variances = self._adapters.parameters([log_var])
         if s.variance_optimizer == "adamw":
@@ -430,7 +446,8 @@ class ABMLLLearner(Learner):
         return Optimizers(means, torch.optim.SGD(variances, lr=variance_lr))
 
     def _inner_optimizer(self, lr: float) -> Optimizers:
-        return self._optimizer(TASK_PAIRS, lr, self.settings.variance_inner_lr)
+        s: ABMLLSettings = self.settings
+        return self._optimizer(TASK_PAIRS, lr, s.variance_inner_lr, beta1=s.inner_momentum)
 
     # -- training ------------------------------------------------------------------
     def steps_per_epoch(self, tasks: Sequence[Task]) -> int:
