@@ -11,15 +11,17 @@ means: per task, a fresh inner optimiser takes 5 steps on the task pair from the
 ``1/2 |s B_phi A_phi - target|^2 + lambda/2 |s B_phi A_phi - s B_theta A_theta|^2``, then
 one outer step on theta on the pull term alone. Each row switches one thing: the pull
 strength ``lambda``, and whether the inner and the outer optimiser are AdamW (the
-learner's) or plain SGD. ``alternate`` steps B and A in turn in the inner loop (no step
-moves both, so the product has no second-order cross term).
+learner's), AdamW without momentum (beta1 = 0) or plain SGD.
 
-Printed per row, mean over the seeds: ``|mu|`` at the end beside ``|M|`` (the shared
+First, one coordinate alone (:func:`one_coordinate`): where five steps of a fresh AdamW
+end, with and without momentum, as the pull's curvature grows against the data's
+gradient. Then per row, mean over the seeds: ``|mu|`` at the end beside ``|M|`` (the shared
 update the tasks agree on), the squared error ``1/2 |mu - M|^2`` at the end and its
-lowest over the epochs, and ``radial``: the mean over the first 10 epochs' inner loops
-of the cosine between the first-order change of ``s B A`` (``s (dB A + B dA)``) and theta's
-own ``s B_theta A_theta`` (positive: the inner loop carries the task's update further
-along theta's), and the same for the second-order cross term ``s dB dA``.
+lowest over the epochs, and over the first 10 epochs' inner loops the mean cosine of the
+task's displacement ``phi_K - theta`` (B and A together) with the negative gradient of
+the task's own loss at theta (``descent``: negative when the inner loop ends uphill), and
+of the first-order change of ``s B A`` (``s (dB A + B dA)``) with theta's own
+``s B_theta A_theta`` (``radial``: positive carries the update further along itself).
 """
 
 from __future__ import annotations
@@ -44,11 +46,9 @@ class Arm:
     inner_lr: float
     outer: str
     outer_lr: float
-    alternate: bool = False
 
     def label(self) -> str:
-        alt = ", alternate" if self.alternate else ""
-        return (f"lambda {self.lam:g}: inner {self.inner} {self.inner_lr:g}{alt}, "
+        return (f"lambda {self.lam:g}: inner {self.inner} {self.inner_lr:g}, "
                 f"outer {self.outer} {self.outer_lr:g}")
 
 
@@ -56,7 +56,7 @@ ARMS = (
     Arm(0.1, "adamw", 1e-3, "adamw", 1e-3),
     Arm(100.0, "adamw", 1e-3, "adamw", 1e-3),
     Arm(1000.0, "adamw", 1e-3, "adamw", 1e-3),
-    Arm(1000.0, "adamw", 1e-3, "adamw", 1e-3, alternate=True),
+    Arm(1000.0, "adamw-no-momentum", 1e-3, "adamw", 1e-3),
     Arm(1000.0, "adamw", 1e-3, "sgd", 1e-4),
     Arm(1000.0, "sgd", 1e-4, "adamw", 1e-3),
     Arm(1000.0, "sgd", 1e-4, "sgd", 1e-4),
@@ -66,11 +66,21 @@ ARMS = (
 def _optimizer(kind: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     if kind == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    if kind == "adamw-no-momentum":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.0, 0.999), weight_decay=0.01)
     return torch.optim.SGD(params, lr=lr)
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def _descent(b: torch.Tensor, a: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    """The negative gradient of the task's own loss at theta over (B, A), flattened."""
+    b, a = b.detach().requires_grad_(), a.detach().requires_grad_()
+    (0.5 * (SCALE * b @ a - task).pow(2).sum()).backward()
+    assert b.grad is not None and a.grad is not None
+    return -torch.cat([b.grad.flatten(), a.grad.flatten()])
 
 
 def run(arm: Arm, epochs: int, seed: int) -> dict[str, float]:
@@ -82,17 +92,14 @@ def run(arm: Arm, epochs: int, seed: int) -> dict[str, float]:
     a_theta = (torch.randn(RANK, DIM) / math.sqrt(DIM)).requires_grad_()
     outer = _optimizer(arm.outer, [b_theta, a_theta], arm.outer_lr)
     rng = torch.Generator().manual_seed(seed + 1)
-    errors, first, cross = [], [], []
+    errors, descent, radial = [], [], []
     for epoch in range(1, epochs + 1):
         for t in torch.randperm(TASKS, generator=rng).tolist():
             theta_mu = SCALE * b_theta.detach() @ a_theta.detach()
             b_phi = b_theta.detach().clone().requires_grad_()
             a_phi = a_theta.detach().clone().requires_grad_()
             inner = _optimizer(arm.inner, [b_phi, a_phi], arm.inner_lr)
-            for k in range(INNER_STEPS):
-                if arm.alternate:
-                    b_phi.requires_grad_(k % 2 == 0)
-                    a_phi.requires_grad_(k % 2 == 1)
+            for _ in range(INNER_STEPS):
                 target = tasks[t] + torch.randn(DIM, DIM, generator=rng) * NOISE
                 mu = SCALE * b_phi @ a_phi
                 loss = (0.5 * (mu - target).pow(2).sum()
@@ -101,11 +108,11 @@ def run(arm: Arm, epochs: int, seed: int) -> dict[str, float]:
                 loss.backward()
                 inner.step()
             if epoch <= PROBE_EPOCHS:
+                downhill = _descent(b_theta, a_theta, tasks[t])
                 with torch.no_grad():
                     d_b, d_a = b_phi - b_theta, a_phi - a_theta
-                    change = SCALE * (d_b @ a_theta + b_theta @ d_a)
-                    first.append(_cos(change, theta_mu))
-                    cross.append(_cos(SCALE * d_b @ d_a, theta_mu))
+                    descent.append(_cos(torch.cat([d_b.flatten(), d_a.flatten()]), downhill))
+                    radial.append(_cos(SCALE * (d_b @ a_theta + b_theta @ d_a), theta_mu))
             outer.zero_grad()
             gap = SCALE * b_phi.detach() @ a_phi.detach() - SCALE * b_theta @ a_theta
             (0.5 * arm.lam * gap.pow(2).sum()).backward()
@@ -115,8 +122,23 @@ def run(arm: Arm, epochs: int, seed: int) -> dict[str, float]:
     with torch.no_grad():
         size = float((SCALE * b_theta @ a_theta).norm())
     return {"target": float(shared.norm()), "size": size, "error": errors[-1],
-            "best": min(errors), "first": statistics.mean(first),
-            "cross": statistics.mean(cross)}
+            "best": min(errors), "descent": statistics.mean(descent),
+            "radial": statistics.mean(radial)}
+
+
+def one_coordinate(stiffness: float, beta1: float, lr: float = 1e-3) -> float:
+    """Where a fresh AdamW's ``INNER_STEPS`` steps end on ``g x + k x^2 / 2`` from ``x = 0``
+    (a data gradient ``g = 1`` and a pull of curvature ``k = stiffness * g / lr``), in units
+    of ``lr``: negative is downhill, where the data pointed; positive is past the pull's
+    centre, uphill."""
+    x = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.AdamW([x], lr=lr, betas=(beta1, 0.999), weight_decay=0.0)
+    k = stiffness / lr
+    for _ in range(INNER_STEPS):
+        optimizer.zero_grad()
+        (x + 0.5 * k * x * x).sum().backward()
+        optimizer.step()
+    return float(x.detach()) / lr
 
 
 def main() -> None:
@@ -125,8 +147,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    print("| arm | |M| | |mu| at the end | error at the end | lowest error | radial, first "
-          "order | radial, cross term |")
+    stiffnesses = (0.1, 1.0, 3.0, 10.0, 100.0)
+    print("One coordinate, five AdamW steps: where they end, in units of lr\n")
+    print("| k lr / g | " + " | ".join(f"{k:g}" for k in stiffnesses) + " |")
+    print("| --- | " + " | ".join("---" for _ in stiffnesses) + " |")
+    for beta1 in (0.9, 0.0):
+        print(f"| beta1 {beta1:g} | "
+              + " | ".join(f"{one_coordinate(k, beta1):+.2f}" for k in stiffnesses) + " |")
+    print()
+    print("| arm | |M| | |mu| at the end | error at the end | lowest error | descent | "
+          "radial |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for arm in ARMS:
         rows = [run(arm, args.epochs, seed) for seed in seeds]
@@ -135,8 +165,8 @@ def main() -> None:
             return statistics.mean(r[key] for r in rows)
 
         print(f"| {arm.label()} | {mean('target'):.2f} | {mean('size'):.3g} | "
-              f"{mean('error'):.3g} | {mean('best'):.3g} | {mean('first'):.2g} | "
-              f"{mean('cross'):.2g} |", flush=True)
+              f"{mean('error'):.3g} | {mean('best'):.3g} | {mean('descent'):+.2f} | "
+              f"{mean('radial'):+.2f} |", flush=True)
 
 
 if __name__ == "__main__":

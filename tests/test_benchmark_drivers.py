@@ -388,3 +388,22 @@ def test_the_pull_toys_outer_step_sees_the_pull_alone() -> None:
     pulled = run(Arm(1.0, "adamw", 1e-3, "adamw", 1e-3), epochs=2, seed=0)
     assert pulled["size"] > 0.0 and pulled["target"] == pytest.approx(
         run(Arm(0.0, "sgd", 1e-3, "sgd", 1e-3), epochs=1, seed=0)["target"])
+
+
+def test_one_coordinate_follows_adams_update_rule_by_hand() -> None:
+    from pull_toy import one_coordinate
+
+    def by_hand(stiffness: float, beta1: float, lr: float = 1e-3) -> float:
+        x = m = v = 0.0
+        k = stiffness / lr
+        for t in range(1, 6):
+            g = 1.0 + k * x
+            m, v = beta1 * m + (1 - beta1) * g, 0.999 * v + 0.001 * g * g
+            x -= lr * (m / (1 - beta1 ** t)) / (math.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        return x / lr
+
+    assert one_coordinate(0.0, 0.9) == pytest.approx(-5.0, abs=1e-4)  # no pull: lr downhill
+    for stiffness, beta1 in ((10.0, 0.9), (10.0, 0.0), (0.3, 0.9)):
+        assert one_coordinate(stiffness, beta1) == pytest.approx(by_hand(stiffness, beta1),
+                                                                 abs=1e-3)
+    assert one_coordinate(10.0, 0.9) > 0 > one_coordinate(10.0, 0.0)  # momentum ends uphill
