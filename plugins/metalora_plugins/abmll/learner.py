@@ -56,9 +56,11 @@ theta (tested: larger where the training tasks disagree).
 A strong pull and AdamW's momentum: once the pull's curvature times ``inner_lr`` is a
 few times the data's gradient, the fresh inner AdamW's momentum carries the task means
 back past theta within the five steps, so they end on the far side of theta from where
-the data pointed and the outer step follows them up the loss (tested on the tiny model;
-on SmolLM2 the Uncertainty page's "How the pull makes the global means grow").
-``inner_momentum = 0`` (AdamW's beta1) turns that momentum off.
+the data pointed and the outer step follows them up the loss (tested on the tiny model).
+On SmolLM2 that is what makes the global means run away after about ten epochs at
+beta = 1e-8 with sigma held fixed; ``inner_momentum = 0`` (AdamW's beta1) turns that
+momentum off, and that run did not (the Uncertainty page's "How the pull makes the
+global means grow").
 
 Test-time adaptation (:meth:`ABMLLLearner.adapt`) is the inner loop on the
 support set with the run's ``adapt_steps`` / ``adapt_lr``, starting from the
