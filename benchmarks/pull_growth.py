@@ -2,8 +2,8 @@
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/pull_growth.py --like RUN_DIR FILE.safetensors ... \\
-        [--betas 1e-8,1e-9] [--tasks 4] [--held 16]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/pull_growth.py --like RUN_DIR \\
+        FILE.safetensors ... [--betas 1e-8,1e-9] [--tasks 4] [--held 16]
 
 Each FILE is an epoch's adapters of the ABMLL run RUN_DIR (copied aside while it trained).
 From the global pairs in FILE, for each ``beta`` (the run's settings otherwise, so the pull
@@ -22,7 +22,8 @@ and the B factors of the task mean pair separately:
 * ``flip``: the fraction of coordinates whose AdamW step changes sign from one inner step
   to the next (steps 2 to K), a sign of steps that overshoot and come back;
 * ``descent``: the cosine between the inner loop's displacement ``phi_K - theta`` and the
-  negative NLL gradient at theta on ``--held`` other examples of the task;
+  negative NLL gradient at theta on ``--held`` examples of the task drawn with a seed of
+  their own (they may share examples with the inner loop's batches);
 * ``dNLL``: the NLL on those held examples at ``phi_K`` minus at theta (negative: the
   inner loop helped);
 * ``radial``: the cosine between ``phi_K - theta`` and theta, the direction the outer
