@@ -59,8 +59,8 @@ back past theta within the five steps, so they end on the far side of theta from
 the data pointed and the outer step follows them up the loss (tested on the tiny model).
 On SmolLM2 that is what makes the global means run away after about ten epochs at
 beta = 1e-8 with sigma held fixed; ``inner_momentum = 0`` (AdamW's beta1) turns that
-momentum off, and that run did not (the Uncertainty page's "How the pull makes the
-global means grow").
+momentum off, and without it they did not run away, at three seeds (the Uncertainty page's "How
+the pull makes the global means grow").
 
 Test-time adaptation (:meth:`ABMLLLearner.adapt`) is the inner loop on the
 support set with the run's ``adapt_steps`` / ``adapt_lr``, starting from the
