@@ -27,23 +27,15 @@ import re
 from pathlib import Path
 
 import torch
+from adapter_size import mean_pair
 from safetensors.torch import load_file
 
-MEAN_PAIRS = ("mu_theta", "default")
 PARTS = ("B", "A", "BA")
-
-
-def _layers(tensors: dict[str, torch.Tensor]) -> tuple[list[str], str]:
-    layers = sorted({key.rsplit(".pairs.", 1)[0] for key in tensors})
-    pair = next((p for p in MEAN_PAIRS if f"{layers[0]}.pairs.{p}.B" in tensors), None)
-    if pair is None:
-        raise SystemExit(f"no global mean pair ({', '.join(MEAN_PAIRS)}) in the adapters")
-    return layers, pair
 
 
 def parts(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """B, A and the dense ``B @ A`` of the global mean pair, every layer flattened together."""
-    layers, pair = _layers(tensors)
+    layers, pair = mean_pair(tensors)
     b = [tensors[f"{layer}.pairs.{pair}.B"].double() for layer in layers]
     a = [tensors[f"{layer}.pairs.{pair}.A"].double() for layer in layers]
     return {"B": torch.cat([t.flatten() for t in b]), "A": torch.cat([t.flatten() for t in a]),

@@ -41,6 +41,16 @@ def adapter_files(run_dir: Path) -> list[Path]:
     return files
 
 
+def mean_pair(tensors: dict[str, torch.Tensor]) -> tuple[list[str], str]:
+    """The adapted layers of an adapters file, sorted, and the name of its global mean pair."""
+    layers = sorted({key.rsplit(".pairs.", 1)[0] for key in tensors})
+    pair = next((p for p in MEAN_PAIRS if f"{layers[0]}.pairs.{p}.B" in tensors), None)
+    if pair is None:
+        raise SystemExit(f"no global mean pair ({', '.join(MEAN_PAIRS)}) among the adapters' "
+                         f"pairs of {layers[0]}")
+    return layers, pair
+
+
 def update(tensors: dict[str, torch.Tensor], layer: str, pair: str, scale: float) -> torch.Tensor:
     """The dense ``scale * B @ A`` of one layer's pair."""
     b, a = tensors[f"{layer}.pairs.{pair}.B"], tensors[f"{layer}.pairs.{pair}.A"]
@@ -52,11 +62,7 @@ def sizes(tensors: dict[str, torch.Tensor], settings: dict, base: dict[str, torc
     """The ratios of one adapters file (see the module); ``settings`` are a run's resolved
     ones (its ``config.json``), ABMLL's read from its ``learner_settings``."""
     scale = settings["alpha"] / settings["rank"]
-    layers = sorted({key.rsplit(".pairs.", 1)[0] for key in tensors})
-    pair = next((p for p in MEAN_PAIRS if f"{layers[0]}.pairs.{p}.B" in tensors), None)
-    if pair is None:
-        raise SystemExit(f"no global mean pair ({', '.join(MEAN_PAIRS)}) among the adapters' "
-                         f"pairs of {layers[0]}")
+    layers, pair = mean_pair(tensors)
     abmll = settings.get("learner_settings", {}).get("abmll")
     mean_ratio, log_var_change, noise_ratio = [], [], []
     for layer in layers:
